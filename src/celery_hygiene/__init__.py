@@ -1,0 +1,1 @@
+"""celery-hygiene: task hygiene for Django + Celery."""

@@ -1,0 +1,275 @@
+"""The claim state machine: who may run the body for one ``(entity, operation)``.
+
+No Celery import lives here; the Celery glue (``task.py``) calls these functions.
+
+::
+
+    (no row) ──acquire──▶ running ──complete──▶ succeeded      (duplicates read the result)
+                          │   ▲
+    release_for_retry ────┘   └── acquire: same task id (the retry message), or anyone once
+                          ▼       the lease has expired (takeover after a crash)
+                       retrying
+    running / retrying ──mark_dead──▶ dead ──reopen (replay)──▶ retrying, owned by the replay
+
+Every acquisition bumps ``attempts``. That number is the fencing token: ``complete`` and the
+failure updates only touch the row if the caller still holds the attempt it acquired, so a worker
+whose lease was taken over cannot overwrite the new owner's outcome.
+
+The upsert is the one statement the ORM cannot say (``INSERT .. ON CONFLICT .. DO UPDATE ..
+WHERE .. RETURNING``). It runs on PostgreSQL and on SQLite >= 3.35, and holds no session state
+(no advisory locks, no ``SET``), so it works behind PgBouncer in transaction mode.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+
+from django.db import connections, router
+from django.db.models import DateTimeField, ExpressionWrapper
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from .models import ClaimStatus, TaskClaim
+
+
+@dataclass(frozen=True)
+class ClaimKey:
+    entity: str
+    operation: str
+    task_name: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """Proof of ownership returned by a successful :func:`acquire`."""
+
+    key: ClaimKey
+    owner_task_id: str
+    owner_worker: str
+    attempts: int
+    lease_seconds: float
+    using: str
+
+
+class Outcome(enum.Enum):
+    ACQUIRED = "acquired"
+    SUCCEEDED = "succeeded"  # a duplicate: the body already ran
+    IN_PROGRESS = "in_progress"  # someone else holds a live lease
+    DEAD = "dead"  # dead-lettered; only a replay re-opens it
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    outcome: Outcome
+    ticket: Ticket | None = None
+    existing: TaskClaim | None = None
+    # For IN_PROGRESS: seconds until the holder's lease expires (never negative).
+    wait_seconds: float = 0.0
+
+
+def write_alias() -> str:
+    """The claim always goes to the write database: reading a replica could miss a claim."""
+    return router.db_for_write(TaskClaim)
+
+
+_ACQUIRE_SQL = """
+INSERT INTO {table} AS c
+    (entity, operation, task_name, status, fingerprint, owner_task_id, owner_worker,
+     lease_expires_at, attempts, last_error, created_at, updated_at)
+VALUES
+    (%(entity)s, %(operation)s, %(task_name)s, 'running', %(fingerprint)s, %(owner)s, %(worker)s,
+     {lease_until}, 1, '', {now}, {now})
+ON CONFLICT (entity, operation) DO UPDATE SET
+    status = 'running',
+    owner_task_id = EXCLUDED.owner_task_id,
+    owner_worker = EXCLUDED.owner_worker,
+    lease_expires_at = EXCLUDED.lease_expires_at,
+    attempts = c.attempts + 1,
+    updated_at = EXCLUDED.updated_at
+WHERE
+    -- the scheduled retry (or a replay) of the same task id picks its own claim back up
+    (c.status = 'retrying' AND c.owner_task_id = EXCLUDED.owner_task_id)
+    -- anyone with the same arguments takes over a claim whose owner stopped renewing it
+    OR (c.status IN ('running', 'retrying')
+        AND c.lease_expires_at <= EXCLUDED.updated_at
+        AND c.fingerprint = EXCLUDED.fingerprint)
+RETURNING attempts
+"""
+
+# Failure bookkeeping is an upsert too: in atomic mode the acquiring INSERT was rolled back with
+# the body, so the row may not exist any more; the attempt count must survive that rollback.
+_RECORD_FAILURE_SQL = """
+INSERT INTO {table} AS c
+    (entity, operation, task_name, status, fingerprint, owner_task_id, owner_worker,
+     lease_expires_at, attempts, last_error, created_at, updated_at, completed_at)
+VALUES
+    (%(entity)s, %(operation)s, %(task_name)s, %(status)s, %(fingerprint)s, %(owner)s, %(worker)s,
+     {lease_until}, %(attempts)s, %(error)s, {now}, {now}, {completed_at})
+ON CONFLICT (entity, operation) DO UPDATE SET
+    status = EXCLUDED.status,
+    lease_expires_at = EXCLUDED.lease_expires_at,
+    attempts = EXCLUDED.attempts,
+    last_error = EXCLUDED.last_error,
+    updated_at = EXCLUDED.updated_at,
+    completed_at = EXCLUDED.completed_at
+WHERE c.owner_task_id = EXCLUDED.owner_task_id
+    AND c.status IN ('running', 'retrying')
+    AND c.attempts <= EXCLUDED.attempts
+RETURNING attempts
+"""
+
+
+def _render(sql: str, using: str, *, lease_seconds: float | None, completed: bool) -> tuple[str, dict]:
+    """Fill in table name and clock expressions for the backend.
+
+    PostgreSQL uses its own clock so that workers on hosts with skewed clocks agree on when a
+    lease ends; other backends get the worker's clock as a parameter.
+    """
+    connection = connections[using]
+    params: dict = {}
+    if connection.vendor == "postgresql":
+        now = "statement_timestamp()"
+        lease_until = (
+            "NULL" if lease_seconds is None
+            else "statement_timestamp() + %(lease_seconds)s * interval '1 second'"
+        )
+        params["lease_seconds"] = lease_seconds
+    else:
+        current = timezone.now()
+        now = "%(now)s"
+        params["now"] = connection.ops.adapt_datetimefield_value(current)
+        lease_until = "%(lease_until)s"
+        params["lease_until"] = (
+            None if lease_seconds is None
+            else connection.ops.adapt_datetimefield_value(
+                current + dt.timedelta(seconds=lease_seconds)
+            )
+        )
+    table = connection.ops.quote_name(TaskClaim._meta.db_table)
+    rendered = sql.format(
+        table=table, now=now, lease_until=lease_until, completed_at=now if completed else "NULL"
+    )
+    return rendered, params
+
+
+def acquire(
+    key: ClaimKey, *, owner_task_id: str, owner_worker: str, lease_seconds: float, using: str
+) -> ClaimResult:
+    """Try to own the claim. One round trip when it is free; a second read when it is not."""
+    sql, params = _render(_ACQUIRE_SQL, using, lease_seconds=lease_seconds, completed=False)
+    params.update(
+        entity=key.entity, operation=key.operation, task_name=key.task_name,
+        fingerprint=key.fingerprint, owner=owner_task_id, worker=owner_worker,
+    )
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is not None:
+        ticket = Ticket(key, owner_task_id, owner_worker, int(row[0]), lease_seconds, using)
+        return ClaimResult(Outcome.ACQUIRED, ticket=ticket)
+    return _describe_existing(key, using)
+
+
+def _describe_existing(key: ClaimKey, using: str) -> ClaimResult:
+    existing = (
+        TaskClaim.objects.using(using)
+        .annotate(db_now=Now())
+        .filter(entity=key.entity, operation=key.operation)
+        .first()
+    )
+    if existing is None:
+        # The holder rolled back between our upsert and this read (atomic mode): nothing owns
+        # it now, so the caller should simply try again.
+        return ClaimResult(Outcome.IN_PROGRESS, wait_seconds=0.0)
+    if existing.status == ClaimStatus.SUCCEEDED:
+        return ClaimResult(Outcome.SUCCEEDED, existing=existing)
+    if existing.status == ClaimStatus.DEAD:
+        return ClaimResult(Outcome.DEAD, existing=existing)
+    wait = 0.0
+    if existing.lease_expires_at is not None:
+        wait = max(0.0, (existing.lease_expires_at - existing.db_now).total_seconds())
+    return ClaimResult(Outcome.IN_PROGRESS, existing=existing, wait_seconds=wait)
+
+
+def _owned(ticket: Ticket):  # noqa: ANN202 - a QuerySet
+    return TaskClaim.objects.using(ticket.using).filter(
+        entity=ticket.key.entity,
+        operation=ticket.key.operation,
+        owner_task_id=ticket.owner_task_id,
+        attempts=ticket.attempts,
+    )
+
+
+def complete(ticket: Ticket, result_json: str | None) -> bool:
+    """Record success. False if the lease was taken over meanwhile (the caller logs it)."""
+    return bool(
+        _owned(ticket)
+        .filter(status=ClaimStatus.RUNNING)
+        .update(
+            status=ClaimStatus.SUCCEEDED,
+            result_json=result_json,
+            completed_at=Now(),
+            updated_at=Now(),
+            lease_expires_at=None,
+            last_error="",
+        )
+    )
+
+
+def _record_failure(ticket: Ticket, status: str, error: str, lease_seconds: float | None) -> bool:
+    terminal = status == ClaimStatus.DEAD
+    sql, params = _render(
+        _RECORD_FAILURE_SQL, ticket.using, lease_seconds=lease_seconds, completed=terminal
+    )
+    params.update(
+        entity=ticket.key.entity, operation=ticket.key.operation, task_name=ticket.key.task_name,
+        fingerprint=ticket.key.fingerprint, owner=ticket.owner_task_id,
+        worker=ticket.owner_worker, status=status, attempts=ticket.attempts, error=error[:10_000],
+    )
+    with connections[ticket.using].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone() is not None
+
+
+def release_for_retry(ticket: Ticket, *, countdown: float, error: str) -> bool:
+    """Hand the claim to the scheduled retry of the same task id.
+
+    The lease is extended past the retry's ETA, so duplicates keep waiting instead of taking over
+    while the retry is still on its way.
+    """
+    return _record_failure(
+        ticket, ClaimStatus.RETRYING, error, lease_seconds=countdown + ticket.lease_seconds
+    )
+
+
+def mark_dead(ticket: Ticket, *, error: str) -> bool:
+    """Close the claim for good: duplicates stop here until an operator replays the dead letter."""
+    return _record_failure(ticket, ClaimStatus.DEAD, error, lease_seconds=None)
+
+
+def reopen(
+    entity: str, operation: str, *, owner_task_id: str, lease_seconds: float, using: str | None = None
+) -> bool:
+    """Let a replay (a new task id) run the body once more: dead -> retrying, owned by the replay.
+
+    Attempts restart, because the replay gets the full retry policy again.
+    """
+    using = using or write_alias()
+    return bool(
+        TaskClaim.objects.using(using)
+        .filter(entity=entity, operation=operation, status=ClaimStatus.DEAD)
+        .update(
+            status=ClaimStatus.RETRYING,
+            owner_task_id=owner_task_id,
+            owner_worker="",
+            attempts=0,
+            completed_at=None,
+            updated_at=Now(),
+            lease_expires_at=ExpressionWrapper(
+                Now() + dt.timedelta(seconds=lease_seconds), output_field=DateTimeField()
+            ),
+        )
+    )

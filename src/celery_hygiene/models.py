@@ -1,0 +1,147 @@
+"""Database models: the claim ledger and the dead-letter store.
+
+The unique constraint on ``TaskClaim(entity, operation)`` is the single source of truth for
+"this already ran"; everything else in the library reads or moves that row.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models.functions import Now
+
+
+class ClaimStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    RETRYING = "retrying", "Retry scheduled"
+    SUCCEEDED = "succeeded", "Succeeded"
+    DEAD = "dead", "Dead-lettered"
+
+
+class TaskClaim(models.Model):
+    """One row per ``(entity, operation)``: who owns the work, until when, and how it ended."""
+
+    entity = models.CharField(max_length=255)
+    operation = models.CharField(max_length=255)
+    task_name = models.CharField(max_length=255)
+    status = models.CharField(max_length=16, choices=ClaimStatus.choices)
+    # sha256 of the task's bound arguments: tells a true duplicate from a key collision.
+    fingerprint = models.CharField(max_length=64)
+    owner_task_id = models.CharField(max_length=255)
+    owner_worker = models.CharField(max_length=255, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Bumped on every acquisition (first run, retry, takeover): it is both the fencing token for
+    # completion and the per-logical-task attempt counter that survives worker crashes.
+    attempts = models.PositiveIntegerField(default=1)
+    # The return value as the result serializer wrote it (kombu JSON), so duplicates get back
+    # exactly the types the first run returned.
+    result_json = models.TextField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "task claim"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["entity", "operation"], name="celery_hygiene_claim_entity_operation"
+            ),
+        ]
+        indexes = [
+            # Sweeps for stale leases and retention purges.
+            models.Index(fields=["status", "lease_expires_at"], name="celery_hyg_claim_status_lease"),
+            models.Index(fields=["completed_at"], name="celery_hyg_claim_completed"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.operation}[{self.entity}] {self.status}"
+
+
+class DeadLetterStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    REPLAYING = "replaying", "Replaying"
+    REPLAYED = "replayed", "Replayed"
+    DISCARDED = "discarded", "Discarded"
+
+
+class DeadLetterReason(models.TextChoices):
+    EXHAUSTED = "exhausted", "Retries exhausted"
+    GAVE_UP = "gave_up", "Non-retryable error"
+    TIMEOUT = "timeout", "Time limit exceeded"
+    WORKER_LOST = "worker_lost", "Worker lost too often"
+    DEADLINE = "deadline", "Retry deadline passed"
+
+
+class DeadLetter(models.Model):
+    """A task that will not run again on its own, with everything needed to understand and replay it."""
+
+    task_name = models.CharField(max_length=255)
+    task_id = models.CharField(max_length=255)
+    # The message's args/kwargs as sent (never Celery's argsrepr, which truncates and masks).
+    args = models.JSONField(default=list)
+    kwargs = models.JSONField(default=dict)
+    queue = models.CharField(max_length=255, blank=True, default="")
+    exchange = models.CharField(max_length=255, blank=True, default="")
+    routing_key = models.CharField(max_length=255, blank=True, default="")
+    priority = models.PositiveSmallIntegerField(null=True, blank=True)
+    # root_id, parent_id, group, and our replay link: what a faithful replay re-sends.
+    headers = models.JSONField(default=dict, blank=True)
+    entity = models.CharField(max_length=255, blank=True, default="")
+    operation = models.CharField(max_length=255, blank=True, default="")
+    reason = models.CharField(max_length=16, choices=DeadLetterReason.choices)
+    exception_type = models.CharField(max_length=255)
+    exception_message = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField()
+    first_failed_at = models.DateTimeField()
+    last_failed_at = models.DateTimeField()
+    worker_hostname = models.CharField(max_length=255, blank=True, default="")
+    # Set when args/kwargs could not be stored as sent (too big, or not JSON): replay is unsafe.
+    payload_truncated = models.BooleanField(default=False)
+    payload_note = models.CharField(max_length=255, blank=True, default="")
+    status = models.CharField(
+        max_length=16, choices=DeadLetterStatus.choices, default=DeadLetterStatus.PENDING
+    )
+    replayed_task_id = models.CharField(max_length=255, blank=True, default="")
+    replayed_at = models.DateTimeField(null=True, blank=True)
+    replay_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replays"
+    )
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        verbose_name = "dead letter"
+        ordering = ["-last_failed_at", "-id"]
+        indexes = [
+            models.Index(fields=["-last_failed_at", "-id"], name="celery_hyg_dl_recent"),
+            models.Index(fields=["status", "-last_failed_at"], name="celery_hyg_dl_status_recent"),
+            models.Index(fields=["task_name", "-last_failed_at"], name="celery_hyg_dl_task_recent"),
+            models.Index(fields=["task_id"], name="celery_hyg_dl_task_id"),
+        ]
+        permissions = [
+            ("replay_deadletter", "Can replay dead letters"),
+            ("discard_deadletter", "Can discard dead letters"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}[{self.task_id}] {self.exception_type}"
+
+    @property
+    def failed_at(self):  # noqa: ANN201 - the CLI/JSON name for last_failed_at
+        return self.last_failed_at
+
+
+class RedeliveryCount(models.Model):
+    """How often the broker redelivered one task message (same task id), for tasks without a claim.
+
+    Only written when a message arrives marked as redelivered, so the happy path pays nothing;
+    it is what lets a message that keeps killing its worker be dead-lettered after the cap.
+    """
+
+    task_id = models.CharField(max_length=255, unique=True)
+    task_name = models.CharField(max_length=255)
+    deliveries = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        verbose_name = "redelivery count"

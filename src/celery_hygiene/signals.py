@@ -1,0 +1,18 @@
+"""Signals users can connect to. Each is sent with ``sender`` = the Celery task object.
+
+- ``task_duplicate``: a message found its claim already succeeded (or dead) and did not run the body.
+  kwargs: task_id, entity, operation, status.
+- ``task_claim_mismatch``: same (entity, operation), different arguments. kwargs: task_id, entity,
+  operation, existing_fingerprint, fingerprint.
+- ``task_retry_scheduled``: kwargs: task_id, attempt, countdown, exception.
+- ``task_dead_lettered``: kwargs: task_id, dead_letter (the saved model), exception.
+"""
+
+from __future__ import annotations
+
+from django.dispatch import Signal
+
+task_duplicate = Signal()
+task_claim_mismatch = Signal()
+task_retry_scheduled = Signal()
+task_dead_lettered = Signal()

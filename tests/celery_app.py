@@ -1,0 +1,22 @@
+"""The Celery app of the test project; worker subprocesses run ``celery -A tests.celery_app``."""
+
+import os
+import pkgutil
+
+import django
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+django.setup()
+
+import tests.testapp  # noqa: E402
+
+app = Celery("tests")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+# Every tests/testapp/tasks*.py module is a task module, so each area of the suite keeps its own.
+app.conf.imports = [
+    f"tests.testapp.{module.name}"
+    for module in pkgutil.iter_modules(tests.testapp.__path__)
+    if module.name.startswith("tasks")
+]
+app.loader.import_default_modules()

@@ -1,0 +1,86 @@
+"""Settings for the test suite and for the worker subprocesses it starts.
+
+Services come from the environment (PGHOST/PGPORT/PGUSER/PGPASSWORD, HYGIENE_BROKER_URL,
+HYGIENE_REDIS_URL) with this project's local defaults. A worker subprocess is pointed at the
+pytest database through HYGIENE_TEST_DB_NAME (pytest-django's ``test_<name>``).
+"""
+
+import os
+
+SECRET_KEY = "celery-hygiene-tests"  # noqa: S105 - test only
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "celery_hygiene",
+    "tests.testapp",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+STATIC_URL = "/static/"
+
+_db_name = os.environ.get("HYGIENE_TEST_DB_NAME")
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": _db_name or os.environ.get("HYGIENE_DB_NAME", "celery_hygiene"),
+        "HOST": os.environ.get("PGHOST", "127.0.0.1"),
+        "PORT": os.environ.get("PGPORT", "5432"),
+        "USER": os.environ.get("PGUSER", "postgres"),
+        "PASSWORD": os.environ.get("PGPASSWORD", ""),
+        # Workers must not keep connections across tasks (see the hygiene checks).
+        "CONN_MAX_AGE": 0,
+        "TEST": {"NAME": os.environ.get("HYGIENE_TEST_DB_TEMPLATE_NAME")},
+    }
+}
+
+CELERY_BROKER_URL = os.environ.get("HYGIENE_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+CELERY_RESULT_BACKEND = os.environ.get("HYGIENE_REDIS_URL", "redis://127.0.0.1:6379/15")
+CELERY_BROKER_HEARTBEAT = 0
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("HYGIENE_TEST_QUEUE", "hygiene-tests")
+CELERY_RESULT_EXPIRES = 3600
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+CELERY_HYGIENE = {
+    "DEFAULT_LEASE_SECONDS": 30,
+    "DEFER_MAX_SECONDS": 2,
+    "DEADLETTER_WRITE_MAX_WAIT": 0.5,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"celery_hygiene": {"handlers": ["console"], "level": "INFO"}},
+}

@@ -1,0 +1,1 @@
+"""Tasks the test suite sends through a real broker to real workers."""
