@@ -145,3 +145,63 @@ class RedeliveryCount(models.Model):
 
     class Meta:
         verbose_name = "redelivery count"
+
+
+class TaskDurationFlag(models.Model):
+    """One task run the duration watchdog saw running past its threshold.
+
+    Written by the worker's main process while the task is still running; ``final_duration``
+    is filled in when the run ends (exactly by the process that ran it, or approximately by the
+    watchdog if that process died or was killed by a time limit).
+    """
+
+    task_name = models.CharField(max_length=255)
+    task_id = models.CharField(max_length=255)
+    worker_hostname = models.CharField(max_length=255)
+    worker_pid = models.PositiveIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    threshold = models.FloatField(help_text="Seconds allowed before the run is flagged.")
+    flagged_at = models.DateTimeField()
+    over_by = models.FloatField(help_text="Seconds past the threshold when the run was flagged.")
+    final_duration = models.FloatField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "slow task run"
+        ordering = ["-flagged_at", "-id"]
+        indexes = [
+            models.Index(fields=["task_name", "-flagged_at"], name="celery_hyg_flag_task_recent"),
+            models.Index(fields=["-flagged_at"], name="celery_hyg_flag_recent"),
+            models.Index(fields=["task_id"], name="celery_hyg_flag_task_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}[{self.task_id}] over {self.threshold:g}s"
+
+
+class TaskRunStats(models.Model):
+    """Run durations of one task name, in one worker process, during one hour.
+
+    Each process owns its rows and rewrites them with its running totals, so concurrent writers
+    never contend and a lost flush is corrected by the next one. ``histogram`` maps a log-scale
+    bucket index (see ``runstats.bucket_of``) to a run count; p50/p95 are read from it.
+    """
+
+    task_name = models.CharField(max_length=255)
+    window_start = models.DateTimeField()
+    worker = models.CharField(max_length=255, help_text="hostname:pid of the process that ran them.")
+    runs = models.PositiveIntegerField(default=0)
+    total_seconds = models.FloatField(default=0.0)
+    max_seconds = models.FloatField(default=0.0)
+    histogram = models.JSONField(default=dict)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        verbose_name = "task run statistics"
+        verbose_name_plural = "task run statistics"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["task_name", "window_start", "worker"], name="celery_hyg_stats_unique"
+            ),
+        ]
+        indexes = [models.Index(fields=["window_start"], name="celery_hyg_stats_window")]
