@@ -59,9 +59,13 @@ DATABASES = {
         "PASSWORD": os.environ.get("PGPASSWORD", ""),
         # Workers must not keep connections across tasks (see the hygiene checks).
         "CONN_MAX_AGE": 0,
-        "TEST": {"NAME": os.environ.get("HYGIENE_TEST_DB_TEMPLATE_NAME")},
     }
 }
+# A second connection to the same database: tests record attempts through it so the records
+# survive the rollback of an atomic task's transaction.
+DATABASES["attempts"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+# The claim SQL must also run on SQLite (users' development databases and test suites).
+DATABASES["sqlite"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
 
 CELERY_BROKER_URL = os.environ.get("HYGIENE_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 CELERY_RESULT_BACKEND = os.environ.get("HYGIENE_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -82,5 +86,5 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"celery_hygiene": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {"celery_hygiene": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }

@@ -1,1 +1,37 @@
-"""celery-hygiene: task hygiene for Django + Celery."""
+"""celery-hygiene: task hygiene for Django + Celery.
+
+Import the decorators from here; the models live in ``celery_hygiene.models``.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "HygieneTask",
+    "RetryPolicy",
+    "hygienic_task",
+    "idempotent_task",
+]
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .decorators import hygienic_task, idempotent_task
+    from .retry import RetryPolicy
+    from .task import HygieneTask
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that importing celery_hygiene (e.g. in INSTALLED_APPS) does not import models
+    # before Django's app registry is ready.
+    if name in ("hygienic_task", "idempotent_task"):
+        from . import decorators
+
+        return getattr(decorators, name)
+    if name == "RetryPolicy":
+        from .retry import RetryPolicy
+
+        return RetryPolicy
+    if name == "HygieneTask":
+        from .task import HygieneTask
+
+        return HygieneTask
+    raise AttributeError(f"module 'celery_hygiene' has no attribute {name!r}")

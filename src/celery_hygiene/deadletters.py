@@ -1,0 +1,198 @@
+"""Writing dead letters: a task that will not run again on its own is stored, never dropped.
+
+The write is retried a bounded number of times when the database is unreachable; if it still
+fails, the caller rejects the message to the broker (so a RabbitMQ dead-letter exchange keeps
+it) after the full payload has been logged at ERROR.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import traceback as tb
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import InterfaceError, OperationalError, close_old_connections, router, transaction
+from kombu.utils.json import dumps as kombu_dumps
+from kombu.utils.json import loads as kombu_loads
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from . import conf
+from .events import log_event
+from .models import DeadLetter
+
+TRACEBACK_MAX_CHARS = 64 * 1024
+REPLAY_OF_HEADER = "celery_hygiene_replay_of"
+
+
+@dataclass
+class FailedTask:
+    """Everything known about a task at the moment it is given up."""
+
+    task_name: str
+    task_id: str
+    args: Any
+    kwargs: Any
+    exception: BaseException
+    reason: str
+    attempts: int
+    first_failed_at: dt.datetime
+    last_failed_at: dt.datetime
+    queue: str = ""
+    exchange: str = ""
+    routing_key: str = ""
+    priority: int | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    entity: str = ""
+    operation: str = ""
+    worker_hostname: str = ""
+    traceback: str = ""
+
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "task": self.task_name,
+            "id": self.task_id,
+            "attempts": self.attempts,
+            "reason": self.reason,
+            "exc": type(self.exception).__name__,
+            "entity": self.entity or None,
+            "queue": self.queue or None,
+        }
+
+
+@dataclass(frozen=True)
+class SafePayload:
+    args: Any
+    kwargs: Any
+    truncated: bool
+    note: str
+
+
+def safe_payload(args: Any, kwargs: Any, max_bytes: int) -> SafePayload:
+    """Args/kwargs as JSON the database can hold, exactly as sent when possible.
+
+    kombu's JSON keeps datetimes, Decimals, UUIDs and bytes as tagged values, so a replay
+    (``message_arguments``) gets back the same types the task received.
+    """
+    try:
+        encoded_args = kombu_dumps(list(args or ()))
+        encoded_kwargs = kombu_dumps(dict(kwargs or {}))
+    except (TypeError, ValueError) as exc:
+        return SafePayload(
+            [repr(args)[:max_bytes]], {"__repr__": repr(kwargs)[:max_bytes]}, True,
+            f"not JSON-serializable ({type(exc).__name__}); stored repr()",
+        )
+    size = len(encoded_args) + len(encoded_kwargs)
+    if size > max_bytes:
+        half = max(max_bytes // 2, 1)
+        return SafePayload(
+            ["<truncated>", encoded_args[:half]],
+            {"__truncated__": encoded_kwargs[:half]},
+            True,
+            f"payload of {size} bytes exceeds PAYLOAD_MAX_BYTES={max_bytes}; stored truncated",
+        )
+    return SafePayload(json.loads(encoded_args), json.loads(encoded_kwargs), False, "")
+
+
+def message_arguments(dead_letter: DeadLetter) -> tuple[list[Any], dict[str, Any]]:
+    """The args/kwargs to re-send on replay, with kombu-tagged types restored."""
+    return kombu_loads(json.dumps(dead_letter.args)), kombu_loads(json.dumps(dead_letter.kwargs))
+
+
+def format_traceback(exc: BaseException) -> str:
+    text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+    if len(text) > TRACEBACK_MAX_CHARS:
+        text = text[: TRACEBACK_MAX_CHARS // 2] + "\n... [truncated] ...\n" + text[-TRACEBACK_MAX_CHARS // 2 :]
+    return text
+
+
+def _build(failed: FailedTask) -> DeadLetter:
+    payload = safe_payload(failed.args, failed.kwargs, int(conf.get("PAYLOAD_MAX_BYTES")))
+    replay_of = failed.headers.get(REPLAY_OF_HEADER)
+    return DeadLetter(
+        task_name=failed.task_name,
+        task_id=failed.task_id,
+        args=payload.args,
+        kwargs=payload.kwargs,
+        payload_truncated=payload.truncated,
+        payload_note=payload.note,
+        queue=failed.queue or "",
+        exchange=failed.exchange or "",
+        routing_key=failed.routing_key or "",
+        priority=failed.priority,
+        headers=_json_safe(failed.headers),
+        entity=failed.entity,
+        operation=failed.operation,
+        reason=failed.reason,
+        exception_type=_qualified_name(type(failed.exception)),
+        exception_message=str(failed.exception)[:10_000],
+        traceback=failed.traceback or format_traceback(failed.exception),
+        attempts=failed.attempts,
+        first_failed_at=failed.first_failed_at,
+        last_failed_at=failed.last_failed_at,
+        worker_hostname=failed.worker_hostname or "",
+        replay_of_id=int(replay_of) if str(replay_of or "").isdigit() else None,
+    )
+
+
+def store(failed: FailedTask, *, also: Callable[[], object] | None = None) -> DeadLetter:
+    """Save the dead letter (and run ``also``, e.g. closing the claim, in the same transaction).
+
+    Retries on connection errors; re-raises the last one when the attempts are used up.
+    """
+    dead_letter = _build(failed)
+    using = router.db_for_write(DeadLetter)
+    for attempt in Retrying(
+        stop=stop_after_attempt(int(conf.get("DEADLETTER_WRITE_ATTEMPTS"))),
+        wait=wait_exponential(multiplier=0.2, max=float(conf.get("DEADLETTER_WRITE_MAX_WAIT"))),
+        retry=retry_if_exception_type((OperationalError, InterfaceError)),
+        before_sleep=_reset_connection,
+        reraise=True,
+    ):
+        with attempt:
+            dead_letter.pk = None
+            with transaction.atomic(using=using):
+                dead_letter.save(using=using, force_insert=True)
+                if also is not None:
+                    also()
+    return dead_letter
+
+
+def _reset_connection(retry_state: Any) -> None:
+    log_event(
+        logging.WARNING, "deadletter_write_retry",
+        attempt=retry_state.attempt_number,
+        error=repr(retry_state.outcome.exception()) if retry_state.outcome else None,
+    )
+    # A broken connection stays broken; let Django open a fresh one for the next try.
+    close_old_connections()
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        conn.close()
+
+
+def log_unstorable(failed: FailedTask, error: BaseException) -> None:
+    """Last resort when the database cannot take the dead letter: the whole payload, at ERROR."""
+    payload = {
+        "task_name": failed.task_name, "task_id": failed.task_id, "args": failed.args,
+        "kwargs": failed.kwargs, "queue": failed.queue, "routing_key": failed.routing_key,
+        "headers": failed.headers, "entity": failed.entity, "operation": failed.operation,
+        "exception": repr(failed.exception), "attempts": failed.attempts,
+    }
+    log_event(
+        logging.ERROR, "deadletter_write_failed", **failed.log_fields(),
+        error=repr(error), payload=json.dumps(payload, default=repr),
+    )
+
+
+def _qualified_name(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

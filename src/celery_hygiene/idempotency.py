@@ -1,0 +1,129 @@
+"""What makes two messages "the same work": the entity key, the operation, the arguments.
+
+Validated once at decoration time, so a typo in ``entity=`` fails at import, not at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .exceptions import EntityKeyError, HygieneConfigurationError
+from .keys import fingerprint, normalize_key
+
+EntitySpec = str | Callable[..., Any]
+Mismatch = Literal["warn", "raise"]
+
+
+@dataclass(frozen=True)
+class IdempotencySpec:
+    entity: EntitySpec
+    operation: str | None
+    atomic: bool
+    lease_seconds: float | None
+    on_mismatch: Mismatch
+    signature: inspect.Signature
+    function_name: str
+
+    @classmethod
+    def build(
+        cls,
+        fun: Callable[..., Any],
+        *,
+        entity: EntitySpec,
+        operation: str | None,
+        atomic: bool,
+        lease_seconds: float | None,
+        on_mismatch: str,
+        bind: bool,
+    ) -> IdempotencySpec:
+        name = f"{fun.__module__}.{fun.__qualname__}"
+        signature = _task_signature(fun, bind)
+        _validate_entity(entity, signature, name)
+        if on_mismatch not in ("warn", "raise"):
+            raise HygieneConfigurationError(
+                f"{name}: on_mismatch must be 'warn' or 'raise', got {on_mismatch!r}."
+            )
+        if lease_seconds is not None and not lease_seconds > 0:
+            raise HygieneConfigurationError(
+                f"{name}: lease_seconds must be a positive number of seconds, got {lease_seconds!r}."
+            )
+        if operation is not None and (not isinstance(operation, str) or not operation.strip()):
+            raise HygieneConfigurationError(f"{name}: operation must be a non-empty string.")
+        return cls(entity, operation, atomic, lease_seconds, on_mismatch, signature, name)  # type: ignore[arg-type]
+
+    def bind_arguments(self, task_name: str, args: tuple, kwargs: dict) -> dict[str, Any]:
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise EntityKeyError(f"{task_name}: arguments do not fit the task signature: {exc}") from exc
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def entity_key(self, task_name: str, arguments: dict[str, Any]) -> str:
+        """The normalized entity key, or EntityKeyError naming the task and the problem."""
+        if callable(self.entity):
+            try:
+                raw = self.entity(**arguments)
+            except Exception as exc:
+                raise EntityKeyError(
+                    f"{task_name}: the entity callable raised {type(exc).__name__}: {exc}; "
+                    "the task body was not run."
+                ) from exc
+        else:
+            raw = _lookup(arguments, self.entity)
+            if raw is _MISSING:
+                raise EntityKeyError(
+                    f"{task_name}: entity parameter {self.entity!r} was not passed; "
+                    "the task body was not run."
+                )
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            raise EntityKeyError(
+                f"{task_name}: the entity key is empty ({raw!r}); the task body was not run. "
+                "Return a non-empty string or number that identifies the business object."
+            )
+        return normalize_key(str(raw))
+
+    def operation_name(self, task_name: str) -> str:
+        return normalize_key(self.operation or task_name)
+
+    def fingerprint(self, arguments: dict[str, Any]) -> str:
+        return fingerprint(arguments)
+
+
+_MISSING = object()
+
+
+def _lookup(arguments: dict[str, Any], name: str) -> Any:
+    if name in arguments:
+        return arguments[name]
+    for param_value in arguments.values():  # a **kwargs catch-all
+        if isinstance(param_value, dict) and name in param_value:
+            return param_value[name]
+    return _MISSING
+
+
+def _task_signature(fun: Callable[..., Any], bind: bool) -> inspect.Signature:
+    signature = inspect.signature(fun)
+    if bind:  # Celery passes the task itself first; it is not part of the message
+        params = list(signature.parameters.values())[1:]
+        signature = signature.replace(parameters=params)
+    return signature
+
+
+def _validate_entity(entity: EntitySpec, signature: inspect.Signature, name: str) -> None:
+    if callable(entity):
+        return
+    if not isinstance(entity, str) or not entity:
+        raise HygieneConfigurationError(
+            f"{name}: entity must be a parameter name or a callable, got {entity!r}."
+        )
+    params = signature.parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if entity not in params and not accepts_any:
+        raise HygieneConfigurationError(
+            f"{name}: entity={entity!r} names no parameter of the task; "
+            f"parameters are: {', '.join(params) or '(none)'}."
+        )

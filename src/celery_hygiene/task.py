@@ -1,0 +1,522 @@
+"""The Celery glue: a Task base class that applies claims, the retry policy and dead letters.
+
+``HygieneTask.__call__`` wraps the body. The pieces it glues together each live in their own
+module: ``claims`` (who may run), ``retry`` (when to try again), ``deadletters`` (what to keep).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+from django.db import router, transaction
+from django.utils import timezone
+from kombu.utils.json import dumps as kombu_dumps
+from kombu.utils.json import loads as kombu_loads
+
+from . import claims, conf, deadletters, redeliveries, signals
+from .claims import ClaimKey, ClaimResult, Outcome, Ticket
+from .events import log_event
+from .exceptions import ClaimBusy, EntityKeyError, IdempotencyConflict, ResultNotStorable
+from .idempotency import IdempotencySpec
+from .models import DeadLetterReason, TaskClaim
+from .retry import DEFAULT_POLICY, Decision, RetryPolicy, coerce_policy
+
+FIRST_FAILED_HEADER = "celery_hygiene_first_failed_at"
+FIRST_STARTED_HEADER = "celery_hygiene_first_started_at"
+_CONTROL_FLOW = (Retry, Ignore, Reject)
+_TIME_LIMITS = (SoftTimeLimitExceeded, TimeLimitExceeded)
+
+
+class HygieneTask(Task):
+    """Base class for tasks with bounded retries and dead letters (and claims, if idempotent).
+
+    Use it directly (``@app.task(base=HygieneTask)``) or through the ``hygienic_task`` and
+    ``idempotent_task`` decorators. Class attributes, set by the decorators:
+
+    - ``hygiene_retry``: a RetryPolicy, or None for ``CELERY_HYGIENE["DEFAULT_RETRY_POLICY"]``.
+    - ``hygiene_idempotency``: an IdempotencySpec, or None for tasks without a claim.
+    - ``expected_duration``: seconds before the duration watchdog flags a run (None: default).
+    """
+
+    hygiene_retry: RetryPolicy | None = None
+    hygiene_idempotency: IdempotencySpec | None = None
+    expected_duration: float | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if request.called_directly:  # a plain function call, like any Celery task
+            return super().__call__(*args, **kwargs)
+        if request.is_eager:
+            return self._call_eager(args, kwargs)
+        spec = self.hygiene_idempotency
+        if spec is None:
+            return self._call_plain(args, kwargs)
+        try:
+            return self._call_idempotent(spec, args, kwargs)
+        except (EntityKeyError, IdempotencyConflict) as exc:
+            # The message cannot run as sent; keep it where an operator will see it.
+            self._dead_letter(
+                exc, reason=DeadLetterReason.GAVE_UP, attempts=self.request.retries + 1,
+                ticket=None, key=None,
+            )
+            raise
+
+    # -- policy and context --------------------------------------------------------------
+
+    def hygiene_policy(self) -> RetryPolicy:
+        if self.hygiene_retry is not None:
+            return self.hygiene_retry
+        configured = conf.get("DEFAULT_RETRY_POLICY")
+        return DEFAULT_POLICY if configured is None else coerce_policy(configured)
+
+    def hygiene_lease_seconds(self) -> float:
+        """The claim lease: explicit, else the hard time limit plus a margin, else the default."""
+        spec = self.hygiene_idempotency
+        if spec is not None and spec.lease_seconds is not None:
+            return float(spec.lease_seconds)
+        limit = _hard_time_limit(self)
+        if limit:
+            return float(limit) + float(conf.get("LEASE_MARGIN_SECONDS"))
+        return float(conf.get("DEFAULT_LEASE_SECONDS"))
+
+    def _worker_name(self) -> str:
+        return self.request.hostname or socket.gethostname()
+
+    # -- plain tasks (no claim) ----------------------------------------------------------
+
+    def _call_plain(self, args: tuple, kwargs: dict) -> Any:
+        policy = self.hygiene_policy()
+        attempt = self.request.retries + 1 + redeliveries.count(self.request, self.name)
+        if attempt > policy.max_attempts:
+            return self._give_up_lost(attempt, args, kwargs, ticket=None, key=None)
+        try:
+            return self.run(*args, **kwargs)
+        except _CONTROL_FLOW:
+            raise
+        except Exception as exc:
+            self._on_body_failure(exc, attempt=attempt, ticket=None, key=None)
+            raise
+
+    # -- idempotent tasks ----------------------------------------------------------------
+
+    def _call_idempotent(self, spec: IdempotencySpec, args: tuple, kwargs: dict) -> Any:
+        key = self._claim_key(spec, args, kwargs)
+        if spec.atomic:
+            return self._call_atomic(key, args, kwargs)
+        claim = self._acquire(key, using=claims.write_alias())
+        if claim.outcome is not Outcome.ACQUIRED:
+            return self._not_acquired(spec, key, claim)
+        ticket = claim.ticket
+        assert ticket is not None
+        if ticket.attempts > self.hygiene_policy().max_attempts:
+            return self._give_up_lost(ticket.attempts, args, kwargs, ticket=ticket, key=key)
+        try:
+            value = self.run(*args, **kwargs)
+        except Retry as retry:
+            self._release(ticket, countdown=_retry_delay(retry), error=repr(retry.exc))
+            raise
+        except (Ignore, Reject):
+            self._release(ticket, countdown=0.0, error="ignored or rejected by the task")
+            raise
+        except Exception as exc:
+            self._on_body_failure(exc, attempt=ticket.attempts, ticket=ticket, key=key)
+            raise
+        self._complete(ticket, value)
+        return value
+
+    def _call_atomic(self, key: ClaimKey, args: tuple, kwargs: dict) -> Any:
+        """Claim, body and completion in one transaction: DB effects happen exactly once."""
+        using = claims.write_alias()
+        ticket: Ticket | None = None
+        try:
+            with transaction.atomic(using=using):
+                claim = self._acquire(key, using=using)
+                if claim.outcome is Outcome.ACQUIRED:
+                    ticket = claim.ticket
+                    assert ticket is not None
+                    if ticket.attempts > self.hygiene_policy().max_attempts:
+                        raise _GiveUpLost(ticket.attempts)
+                    value = self.run(*args, **kwargs)
+                    claims.complete(ticket, self._serialize_result(value))
+                    return value
+        except _GiveUpLost as lost:
+            return self._give_up_lost(lost.attempts, args, kwargs, ticket=ticket, key=key)
+        except Retry as retry:
+            if ticket is not None:
+                self._release(ticket, countdown=_retry_delay(retry), error=repr(retry.exc))
+            raise
+        except (Ignore, Reject):
+            raise
+        except Exception as exc:
+            self._on_body_failure(exc, attempt=ticket.attempts if ticket else 1, ticket=ticket, key=key)
+            raise
+        assert self.hygiene_idempotency is not None
+        return self._not_acquired(self.hygiene_idempotency, key, claim)
+
+    def _claim_key(self, spec: IdempotencySpec, args: tuple, kwargs: dict) -> ClaimKey:
+        arguments = spec.bind_arguments(self.name, args, kwargs)
+        return ClaimKey(
+            entity=spec.entity_key(self.name, arguments),
+            operation=spec.operation_name(self.name),
+            task_name=self.name,
+            fingerprint=spec.fingerprint(arguments),
+        )
+
+    def _acquire(self, key: ClaimKey, *, using: str) -> ClaimResult:
+        return claims.acquire(
+            key,
+            owner_task_id=self.request.id,
+            owner_worker=self._worker_name(),
+            lease_seconds=self.hygiene_lease_seconds(),
+            using=using,
+        )
+
+    def _not_acquired(self, spec: IdempotencySpec, key: ClaimKey, claim: ClaimResult) -> Any:
+        existing = claim.existing
+        if existing is not None and existing.fingerprint != key.fingerprint:
+            self._mismatch(spec, key, existing)
+            return None
+        if claim.outcome is Outcome.IN_PROGRESS:
+            self._defer(key, claim.wait_seconds)
+        assert existing is not None
+        self._duplicate(key, existing)
+        if claim.outcome is Outcome.SUCCEEDED:
+            return _load_result(existing.result_json)
+        return None
+
+    def _duplicate(self, key: ClaimKey, existing: TaskClaim) -> None:
+        log_event(
+            logging.INFO, "task_duplicate", task=self.name, id=self.request.id,
+            entity=key.entity, operation=key.operation, status=existing.status,
+            first_id=existing.owner_task_id,
+        )
+        signals.task_duplicate.send(
+            sender=self, task_id=self.request.id, entity=key.entity, operation=key.operation,
+            status=existing.status,
+        )
+
+    def _mismatch(self, spec: IdempotencySpec, key: ClaimKey, existing: TaskClaim) -> None:
+        message = (
+            f"{self.name}: ({key.entity!r}, {key.operation!r}) was already claimed by task "
+            f"{existing.owner_task_id} with different arguments; this message was not run."
+        )
+        log_event(
+            logging.WARNING, "task_claim_mismatch", task=self.name, id=self.request.id,
+            entity=key.entity, operation=key.operation, first_id=existing.owner_task_id,
+        )
+        signals.task_claim_mismatch.send(
+            sender=self, task_id=self.request.id, entity=key.entity, operation=key.operation,
+            existing_fingerprint=existing.fingerprint, fingerprint=key.fingerprint,
+        )
+        if spec.on_mismatch == "raise":
+            raise IdempotencyConflict(message)
+
+    def _defer(self, key: ClaimKey, wait_seconds: float) -> None:
+        """Someone holds a live lease: look again later instead of running or dropping the work.
+
+        Re-published with the same id and retry count (this is not a failed attempt), then
+        the current delivery is acknowledged via Ignore. Never sleeps in the worker.
+        """
+        countdown = min(float(conf.get("DEFER_MAX_SECONDS")), wait_seconds)
+        countdown = max(0.5, countdown) + random.uniform(0, 0.5)
+        log_event(
+            logging.INFO, "task_claim_busy", task=self.name, id=self.request.id,
+            entity=key.entity, operation=key.operation, retry_in=round(countdown, 2),
+        )
+        self.signature_from_request(
+            self.request, countdown=countdown, retries=self.request.retries,
+            headers=dict(self.request.headers or {}),
+        ).apply_async()
+        raise Ignore()
+
+    def _complete(self, ticket: Ticket, value: Any) -> None:
+        try:
+            result_json = self._serialize_result(value)
+        except ResultNotStorable as exc:
+            # The body has run and its effects are out in the world: the claim must say so,
+            # or a duplicate would run it again. The task still fails loudly.
+            claims.complete(ticket, None)
+            log_event(logging.ERROR, "task_result_not_storable", task=self.name, id=self.request.id)
+            raise exc from None
+        if not claims.complete(ticket, result_json):
+            log_event(
+                logging.WARNING, "task_claim_lost", task=self.name, id=self.request.id,
+                entity=ticket.key.entity, operation=ticket.key.operation,
+                detail="lease expired and was taken over before completion",
+            )
+
+    def _serialize_result(self, value: Any) -> str:
+        try:
+            return kombu_dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise ResultNotStorable(
+                f"{self.name}: the return value {type(value).__name__} cannot be stored as the "
+                f"claim's result ({exc}). Return JSON-serializable data (ids, not objects)."
+            ) from exc
+
+    def _release(self, ticket: Ticket, *, countdown: float, error: str) -> None:
+        try:
+            claims.release_for_retry(ticket, countdown=countdown, error=error)
+        except Exception as exc:  # the retry still happens; it waits out the lease instead
+            log_event(logging.WARNING, "claim_release_failed", task=self.name, error=repr(exc))
+
+    # -- failures: retry or dead-letter --------------------------------------------------
+
+    def _on_body_failure(
+        self, exc: Exception, *, attempt: int, ticket: Ticket | None, key: ClaimKey | None
+    ) -> None:
+        """Schedule a retry (raises Retry) or store a dead letter (returns; caller re-raises)."""
+        if isinstance(exc, ResultNotStorable):
+            if not self._is_atomic():
+                return  # the body ran and the claim says so; nothing to retry or replay
+            decision = Decision(retry=False, reason=DeadLetterReason.GAVE_UP)
+        else:
+            decision = self.hygiene_policy().decide(
+                attempt=attempt, exc=exc, elapsed=self._elapsed()
+            )
+        if decision.retry:
+            self._schedule_retry(exc, decision, attempt, ticket)
+        reason = DeadLetterReason.TIMEOUT if isinstance(exc, _TIME_LIMITS) else decision.reason
+        self._dead_letter(exc, reason=reason, attempts=attempt, ticket=ticket, key=key)
+
+    def _is_atomic(self) -> bool:
+        return bool(self.hygiene_idempotency and self.hygiene_idempotency.atomic)
+
+    def _elapsed(self) -> float:
+        started = _header(self.request, FIRST_STARTED_HEADER)
+        return max(0.0, time.time() - float(started)) if started else 0.0
+
+    def _schedule_retry(
+        self, exc: Exception, decision: Decision, attempt: int, ticket: Ticket | None
+    ) -> None:
+        countdown = decision.countdown
+        _warn_visibility_timeout(self, countdown)
+        if ticket is not None:
+            self._release(ticket, countdown=countdown, error=repr(exc))
+        now = time.time()
+        headers = dict(self.request.headers or {})
+        headers.setdefault(FIRST_FAILED_HEADER, _header(self.request, FIRST_FAILED_HEADER) or now)
+        headers.setdefault(
+            FIRST_STARTED_HEADER, _header(self.request, FIRST_STARTED_HEADER) or now
+        )
+        log_event(
+            logging.WARNING, "task_retry_scheduled", task=self.name, id=self.request.id,
+            attempt=attempt, max_attempts=self.hygiene_policy().max_attempts,
+            countdown=round(countdown, 3), exc=type(exc).__name__,
+        )
+        _send_safely(
+            signals.task_retry_scheduled, sender=self, task_id=self.request.id, attempt=attempt,
+            countdown=countdown, exception=exc,
+        )
+        raise self.retry(
+            exc=exc, countdown=countdown, max_retries=self.request.retries + 1, headers=headers
+        )
+
+    def _give_up_lost(
+        self, attempts: int, args: tuple, kwargs: dict, *, ticket: Ticket | None, key: ClaimKey | None
+    ) -> None:
+        """The message came back more times than the policy allows: it keeps killing workers."""
+        from billiard.exceptions import WorkerLostError
+
+        exc = WorkerLostError(
+            f"{self.name}[{self.request.id}] was delivered {attempts} times without finishing "
+            f"(max_attempts={self.hygiene_policy().max_attempts}); the worker running it was "
+            "lost each time (killed, out of memory, crashed)."
+        )
+        self._dead_letter(
+            exc, reason=DeadLetterReason.WORKER_LOST, attempts=attempts, ticket=ticket, key=key
+        )
+        return None
+
+    def _dead_letter(
+        self, exc: BaseException, *, reason: str, attempts: int, ticket: Ticket | None,
+        key: ClaimKey | None,
+    ) -> None:
+        """Store the dead letter. Never raises into Celery, except Reject when nothing could be stored."""
+        failed = self._failed_task(exc, reason=reason, attempts=attempts, key=key)
+        close_claim = (lambda: claims.mark_dead(ticket, error=repr(exc))) if ticket else None
+        if ticket is None and key is not None:
+            close_claim = _mark_dead_by_key(key, self.request.id, attempts, exc, self)
+        try:
+            dead_letter = deadletters.store(failed, also=close_claim)
+        except Exception as error:
+            deadletters.log_unstorable(failed, error)
+            # Not acknowledged: with acks_late the broker keeps the message (route it to a
+            # dead-letter exchange); without acks_late it was acked on receipt and the log
+            # line above is the only copy left.
+            raise Reject(error, requeue=False) from error
+        log_event(logging.ERROR, "task_dead_lettered", **failed.log_fields(), dead_letter=dead_letter.pk)
+        _send_safely(
+            signals.task_dead_lettered, sender=self, task_id=self.request.id,
+            dead_letter=dead_letter, exception=exc,
+        )
+
+    def _failed_task(
+        self, exc: BaseException, *, reason: str, attempts: int, key: ClaimKey | None
+    ) -> deadletters.FailedTask:
+        request = self.request
+        delivery = request.delivery_info or {}
+        now = timezone.now()
+        first = _header(request, FIRST_FAILED_HEADER)
+        return deadletters.FailedTask(
+            task_name=self.name,
+            task_id=request.id,
+            args=request.args if request.args is not None else [],
+            kwargs=request.kwargs if request.kwargs is not None else {},
+            exception=exc,
+            reason=reason,
+            attempts=attempts,
+            first_failed_at=_from_epoch(first) if first else now,
+            last_failed_at=now,
+            queue=_queue_name(delivery),
+            exchange=delivery.get("exchange") or "",
+            routing_key=delivery.get("routing_key") or "",
+            priority=delivery.get("priority"),
+            headers=_replay_headers(request),
+            entity=key.entity if key else "",
+            operation=key.operation if key else "",
+            worker_hostname=request.hostname or socket.gethostname(),
+        )
+
+    # -- eager mode (users' unit tests) --------------------------------------------------
+
+    def _call_eager(self, args: tuple, kwargs: dict) -> Any:
+        """Eager mode has no broker to retry through or redeliver from.
+
+        Claims are still enforced against the database, so a user's test that sends a task
+        twice sees one run and the stored result; a failure releases the claim and propagates
+        like a plain eager task, without retries or dead letters.
+        """
+        spec = self.hygiene_idempotency
+        if spec is None:
+            return self.run(*args, **kwargs)
+        key = self._claim_key(spec, args, kwargs)
+        using = claims.write_alias()
+        with transaction.atomic(using=using) if spec.atomic else _nullcontext():
+            claim = self._acquire(key, using=using)
+            if claim.outcome is Outcome.ACQUIRED:
+                ticket = claim.ticket
+                assert ticket is not None
+                try:
+                    value = self.run(*args, **kwargs)
+                except BaseException:
+                    if not spec.atomic:
+                        self._release(ticket, countdown=0.0, error="eager failure")
+                    raise
+                self._complete(ticket, value)
+                return value
+        if claim.existing is not None and claim.existing.fingerprint != key.fingerprint:
+            self._mismatch(spec, key, claim.existing)
+            return None
+        if claim.outcome is Outcome.IN_PROGRESS:
+            raise ClaimBusy(
+                f"{self.name}: ({key.entity!r}, {key.operation!r}) is claimed by "
+                f"{claim.existing.owner_task_id if claim.existing else 'another run'} and eager "
+                "mode cannot wait for it. Clear claims between tests "
+                "(celery_hygiene.testing.clear_claims)."
+            )
+        assert claim.existing is not None
+        self._duplicate(key, claim.existing)
+        return _load_result(claim.existing.result_json) if claim.outcome is Outcome.SUCCEEDED else None
+
+
+class _GiveUpLost(Exception):
+    def __init__(self, attempts: int) -> None:
+        super().__init__(attempts)
+        self.attempts = attempts
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _mark_dead_by_key(key: ClaimKey, task_id: str, attempts: int, exc: BaseException, task: HygieneTask):
+    """Close a claim we do not hold a ticket for (atomic mode rolled ours back)."""
+    ticket = Ticket(
+        key, task_id, task._worker_name(), max(attempts, 1), task.hygiene_lease_seconds(),
+        router.db_for_write(TaskClaim),
+    )
+    return lambda: claims.mark_dead(ticket, error=repr(exc))
+
+
+def _load_result(result_json: str | None) -> Any:
+    return None if result_json is None else kombu_loads(result_json)
+
+
+def _retry_delay(retry: Retry) -> float:
+    when = retry.when
+    if when is None:
+        return 0.0
+    if isinstance(when, int | float):
+        return float(when)
+    return max(0.0, (when - timezone.now()).total_seconds())
+
+
+def _hard_time_limit(task: Task) -> float | None:
+    request_limit = (task.request.timelimit or (None, None))[0]
+    return request_limit or task.time_limit or task.app.conf.task_time_limit
+
+
+def _header(request: Any, name: str) -> Any:
+    headers = request.headers or {}
+    return headers.get(name, getattr(request, name, None))
+
+
+def _from_epoch(value: Any) -> Any:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(float(value), tz=dt.UTC)
+
+
+def _queue_name(delivery: dict[str, Any]) -> str:
+    # RabbitMQ's delivery_info has no queue name: with the default direct routing the routing
+    # key is the queue name, which is what Celery itself assumes when it retries.
+    return delivery.get("queue") or delivery.get("routing_key") or ""
+
+
+def _replay_headers(request: Any) -> dict[str, Any]:
+    headers = {
+        "root_id": request.root_id,
+        "parent_id": request.parent_id,
+        "group_id": request.group,
+        "retries": request.retries,
+    }
+    replay_of = _header(request, deadletters.REPLAY_OF_HEADER)
+    if replay_of is not None:
+        headers[deadletters.REPLAY_OF_HEADER] = replay_of
+    return {k: v for k, v in headers.items() if v is not None}
+
+
+def _warn_visibility_timeout(task: Task, countdown: float) -> None:
+    """On Redis/SQS a countdown past the visibility timeout makes the broker redeliver early."""
+    conf_ = task.app.conf
+    url = str(conf_.broker_url or "")
+    if not url.startswith(("redis", "rediss", "sqs")):
+        return
+    timeout = (conf_.broker_transport_options or {}).get("visibility_timeout", 3600)
+    if countdown > float(timeout):
+        log_event(
+            logging.WARNING, "retry_exceeds_visibility_timeout", task=task.name,
+            countdown=round(countdown, 1), visibility_timeout=timeout,
+            hint="raise broker_transport_options['visibility_timeout'] or lower max_delay",
+        )
+
+
+def _send_safely(signal: Any, **kwargs: Any) -> None:
+    """Receivers are user code: their errors are logged, never raised into Celery's handlers."""
+    for receiver, response in signal.send_robust(**kwargs):
+        if isinstance(response, Exception):
+            log_event(
+                logging.ERROR, "signal_receiver_failed", receiver=getattr(receiver, "__qualname__", receiver),
+                error=repr(response),
+            )
