@@ -10,6 +10,12 @@ Every key is optional::
         "DEADLETTER_WRITE_ATTEMPTS": 5,    # tries to store a dead letter before rejecting
         "DEADLETTER_WRITE_MAX_WAIT": 5.0,  # longest pause between those tries, seconds
         "PAYLOAD_MAX_BYTES": 262144,       # larger args/kwargs are stored truncated and flagged
+        "CELERY_APP": None,                # dotted path of the Celery app used to replay dead
+                                           # letters ("proj.celery.app"); None = celery.current_app
+        "REDACT_KEYS": ["password", "secret", "token", "api_key", "authorization"],
+                                           # payload keys masked in CLI/admin output (nested,
+                                           # case-insensitive substring); stored data is unchanged
+        "REPLAY_RATE": 10.0,               # default bulk replay rate, messages per second
     }
 """
 
@@ -28,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
     "DEADLETTER_WRITE_ATTEMPTS": 5,
     "DEADLETTER_WRITE_MAX_WAIT": 5.0,
     "PAYLOAD_MAX_BYTES": 256 * 1024,
+    "CELERY_APP": None,
+    "REDACT_KEYS": ["password", "secret", "token", "api_key", "authorization"],
+    "REPLAY_RATE": 10.0,
 }
 
 

@@ -1,0 +1,420 @@
+"""``manage.py deadletter list|show|replay|discard|purge``: dead-letter operations for on-call.
+
+Bad input (unknown id, unknown task, malformed duration) raises ``CommandError`` before anything
+is changed. Payloads are printed redacted (``CELERY_HYGIENE["REDACT_KEYS"]``); replays send the
+stored, real values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from celery_hygiene import conf
+from celery_hygiene.durations import DurationError, parse_duration, parse_since
+from celery_hygiene.models import DeadLetter, DeadLetterStatus
+from celery_hygiene.redaction import redact
+from celery_hygiene.replay import (
+    Outcome,
+    ReplayResult,
+    celery_app,
+    paced,
+    pending_ids,
+    refusal,
+    replay,
+)
+from celery_hygiene.selection import Selection
+
+STATUSES = [choice.value for choice in DeadLetterStatus]
+# Retention never deletes a row whose replay is in flight.
+PURGEABLE = (DeadLetterStatus.REPLAYED, DeadLetterStatus.DISCARDED)
+
+
+class Command(BaseCommand):
+    help = "Inspect, replay, discard and purge dead-lettered Celery tasks."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+
+        listing = sub.add_parser("list", help="Dead letters, newest first.")
+        _add_filters(listing)
+        listing.add_argument("--status", choices=STATUSES, help="Only this status.")
+        listing.add_argument("--limit", type=int, default=50, help="Rows to print (default 50).")
+        listing.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
+
+        show = sub.add_parser("show", help="Everything about one dead letter.")
+        show.add_argument("id", type=int)
+        show.add_argument("--json", action="store_true")
+
+        rep = sub.add_parser("replay", help="Send dead letters back to their queue.")
+        _add_targets(rep)
+        rep.add_argument("--queue", help="Publish to this queue instead of the original one.")
+        rep.add_argument(
+            "--rate",
+            type=float,
+            default=None,
+            help="Messages per second for bulk replays (default CELERY_HYGIENE['REPLAY_RATE']).",
+        )
+        rep.add_argument(
+            "--force", action="store_true", help="Replay even if the payload was stored truncated."
+        )
+
+        discard = sub.add_parser("discard", help="Mark as handled without replaying.")
+        _add_targets(discard)
+
+        purge = sub.add_parser("purge", help="Delete old handled dead letters, in small batches.")
+        purge.add_argument("--older-than", required=True, help="Age, e.g. 30d, 12h, 2w.")
+        purge.add_argument(
+            "--include-pending",
+            action="store_true",
+            help="Also delete pending (never handled) ones. Default: replayed and discarded only.",
+        )
+        purge.add_argument("--batch-size", type=int, default=1000)
+        purge.add_argument("--dry-run", action="store_true", help="Count, delete nothing.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.verbosity = int(options.get("verbosity", 1))
+        handler = getattr(self, f"handle_{options['subcommand']}")
+        handler(options)
+
+    # -- list / show -------------------------------------------------------------------------
+
+    def handle_list(self, options: dict[str, Any]) -> None:
+        selection = self._selection(
+            options, statuses=(options["status"],) if options["status"] else ()
+        )
+        if options["limit"] < 0:
+            raise CommandError("--limit must be 0 (no limit) or more")
+        rows: QuerySet[DeadLetter] | list[DeadLetter] = selection.queryset()
+        if options["limit"]:
+            rows = rows[: options["limit"]]
+        if options["json"]:
+            self.stdout.write(json.dumps([as_dict(row) for row in rows], indent=2))
+            return
+        self.stdout.write(format_table(list(rows)))
+
+    def handle_show(self, options: dict[str, Any]) -> None:
+        dead_letter = _get(options["id"])
+        if options["json"]:
+            self.stdout.write(json.dumps(as_dict(dead_letter, full=True), indent=2))
+            return
+        self.stdout.write(format_detail(dead_letter))
+
+    # -- replay ------------------------------------------------------------------------------
+
+    def handle_replay(self, options: dict[str, Any]) -> None:
+        rate = options["rate"] if options["rate"] is not None else float(conf.get("REPLAY_RATE"))
+        if rate <= 0:
+            raise CommandError(f"--rate must be greater than 0 (got {rate:g})")
+        app = celery_app()
+        ids, total = self._targets(options)
+        if options["ids"]:
+            # Named ids are all-or-nothing: any refusal stops the command before a single publish.
+            refusals = [
+                r for r in (refusal(dl, app, force=options["force"]) for dl in _get_many(ids)) if r
+            ]
+            if refusals:
+                raise CommandError(
+                    "nothing replayed:\n  " + "\n  ".join(r.message for r in refusals)
+                )
+        if options["dry_run"]:
+            self._dry_run_replay(ids, total, app, options)
+            return
+        failed = 0
+        for index, pk in enumerate(paced(ids, rate), start=1):
+            result = replay(pk, queue=options["queue"], force=options["force"], app=app)
+            failed += not result.ok
+            self._progress(index, total, result)
+        self._finish("replayed", total, failed)
+
+    def _dry_run_replay(
+        self, ids: Iterable[int], total: int, app: Any, options: dict[str, Any]
+    ) -> None:
+        would = 0
+        for dead_letter in _get_many(ids):
+            refused = refusal(dead_letter, app, force=options["force"])
+            if refused:
+                self.stdout.write(f"would skip {dead_letter.pk}: {refused.message}")
+                continue
+            would += 1
+            target = options["queue"] or dead_letter.queue or "(default queue)"
+            self.stdout.write(f"would replay {dead_letter.pk} {dead_letter.task_name} -> {target}")
+        self.stdout.write(f"dry run: {would} of {total} would be replayed; nothing was changed")
+
+    def _progress(self, index: int, total: int, result: ReplayResult) -> None:
+        if result.ok and self.verbosity < 1:
+            return
+        if result.ok:
+            line = f"[{index}/{total}] replayed {result.dead_letter_id} as task {result.task_id}"
+            if result.outcome is Outcome.SCHEDULED:
+                line += " (sent when the surrounding transaction commits)"
+            if result.message:
+                line += f"; note: {result.message}"
+            self.stdout.write(line)
+        else:
+            self.stderr.write(
+                f"[{index}/{total}] not replayed {result.dead_letter_id}: {result.message}"
+            )
+
+    def _finish(self, verb: str, total: int, failed: int) -> None:
+        if failed:
+            raise CommandError(f"{failed} of {total} dead letters were not {verb} (see above)")
+        if self.verbosity >= 1:
+            self.stdout.write(f"{verb} {total} dead letter{'s' if total != 1 else ''}")
+
+    # -- discard -----------------------------------------------------------------------------
+
+    def handle_discard(self, options: dict[str, Any]) -> None:
+        ids, total = self._targets(options)
+        if options["ids"]:
+            not_pending = [dl for dl in _get_many(ids) if dl.status != DeadLetterStatus.PENDING]
+            if not_pending:
+                raise CommandError(
+                    "nothing discarded; only pending dead letters can be discarded: "
+                    + ", ".join(f"{dl.pk} is {dl.status}" for dl in not_pending)
+                )
+        if options["dry_run"]:
+            self.stdout.write(f"dry run: {total} would be discarded; nothing was changed")
+            return
+        done = 0
+        for chunk in _chunks(ids, 500):
+            # Status guard: a row replayed meanwhile by someone else stays replayed.
+            done += DeadLetter.objects.filter(pk__in=chunk, status=DeadLetterStatus.PENDING).update(
+                status=DeadLetterStatus.DISCARDED
+            )
+            if self.verbosity >= 1 and total > 500:
+                self.stdout.write(f"[{done}/{total}] discarded")
+        self._finish("discarded", total, total - done)
+
+    # -- purge -------------------------------------------------------------------------------
+
+    def handle_purge(self, options: dict[str, Any]) -> None:
+        age = _duration(options["older_than"], "--older-than")
+        if options["batch_size"] <= 0:
+            raise CommandError("--batch-size must be greater than 0")
+        statuses = (
+            [*PURGEABLE, DeadLetterStatus.PENDING] if options["include_pending"] else PURGEABLE
+        )
+        cutoff = timezone.now() - age
+        # order_by() drops the default ordering: batches need no sort, just bounded size.
+        old = DeadLetter.objects.filter(status__in=statuses, last_failed_at__lt=cutoff).order_by()
+        if options["dry_run"]:
+            self.stdout.write(
+                f"dry run: {old.count()} dead letters older than {cutoff:%Y-%m-%d %H:%M} "
+                "would be purged"
+            )
+            return
+        purged = 0
+        while True:
+            # One short transaction per batch: locks are held for one batch, never the whole purge.
+            with transaction.atomic():
+                batch = list(old.values_list("pk", flat=True)[: options["batch_size"]])
+                if not batch:
+                    break
+                DeadLetter.objects.filter(pk__in=batch).delete()
+            purged += len(batch)
+            if self.verbosity >= 2:
+                self.stdout.write(f"purged {purged} so far")
+        self.stdout.write(f"purged {purged} dead letters older than {cutoff:%Y-%m-%d %H:%M %Z}")
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def _selection(self, options: dict[str, Any], statuses: tuple[str, ...] = ()) -> Selection:
+        task = options.get("task")
+        if task:
+            _check_task(task)
+        since = options.get("since")
+        return Selection(
+            task=task,
+            statuses=statuses,
+            exception=options.get("exception"),
+            since=_since(since) if since else None,
+        )
+
+    def _targets(self, options: dict[str, Any]) -> tuple[Iterable[int], int]:
+        """Ids named on the command line (all must exist), or every pending row of a filter."""
+        ids: list[int] = options["ids"]
+        has_filter = bool(options["task"] or options["since"] or options["exception"])
+        if ids and (has_filter or options["all"]):
+            raise CommandError(
+                "give either dead-letter ids or a filter (--task/--since/--exception/--all), "
+                "not both"
+            )
+        if ids:
+            _get_many(ids)  # unknown ids fail here, before anything changes
+            return list(dict.fromkeys(ids)), len(set(ids))
+        if not has_filter and not options["all"]:
+            raise CommandError(
+                "say which dead letters: ids, a filter (--task, --since, --exception), or --all"
+            )
+        selection = self._selection(options)
+        total = selection.queryset().filter(status=DeadLetterStatus.PENDING).count()
+        return pending_ids(selection), total
+
+
+def _add_filters(parser: CommandParser) -> None:
+    parser.add_argument("--task", help="Exact task name.")
+    parser.add_argument(
+        "--exception", help="Exception type, e.g. TimeoutError or requests.HTTPError."
+    )
+    parser.add_argument(
+        "--since", help="Failed since: a duration ago (2h, 7d) or a date (2024-05-01)."
+    )
+
+
+def _add_targets(parser: CommandParser) -> None:
+    parser.add_argument("ids", nargs="*", type=int, metavar="ID")
+    _add_filters(parser)
+    parser.add_argument("--all", action="store_true", help="Every pending dead letter.")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="Show what would happen; change nothing."
+    )
+
+
+def _duration(text: str, option: str) -> Any:
+    try:
+        return parse_duration(text)
+    except DurationError as exc:
+        raise CommandError(f"{option}: {exc}") from None
+
+
+def _since(text: str) -> Any:
+    try:
+        return parse_since(text)
+    except DurationError as exc:
+        raise CommandError(f"--since: {exc}") from None
+
+
+def _check_task(name: str) -> None:
+    """A task name that neither failed nor exists is a typo: say so instead of matching nothing."""
+    if DeadLetter.objects.filter(task_name=name).exists():
+        return
+    registered = [t for t in celery_app().tasks if not t.startswith("celery.")]
+    if name in registered:
+        return
+    known = set(registered) | set(
+        DeadLetter.objects.order_by().values_list("task_name", flat=True).distinct()[:1000]
+    )
+    close = difflib.get_close_matches(name, sorted(known), n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise CommandError(
+        f"unknown task {name!r}: no dead letters and not registered in Celery.{hint}"
+    )
+
+
+def _get(pk: int) -> DeadLetter:
+    try:
+        return DeadLetter.objects.get(pk=pk)
+    except DeadLetter.DoesNotExist:
+        raise CommandError(f"no dead letter with id {pk}") from None
+
+
+def _get_many(ids: Iterable[int]) -> list[DeadLetter]:
+    wanted = list(dict.fromkeys(ids))
+    found = DeadLetter.objects.in_bulk(wanted)
+    missing = [pk for pk in wanted if pk not in found]
+    if missing:
+        raise CommandError(
+            f"no dead letter with id {', '.join(map(str, missing))}; nothing changed"
+        )
+    return [found[pk] for pk in wanted]
+
+
+def _chunks(items: Iterable[int], size: int) -> Iterator[list[int]]:
+    chunk: list[int] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def as_dict(dl: DeadLetter, *, full: bool = False) -> dict[str, Any]:
+    """The JSON shape of ``list --json`` / ``show --json`` (payload redacted)."""
+    data: dict[str, Any] = {
+        "id": dl.pk,
+        "task_name": dl.task_name,
+        "task_id": dl.task_id,
+        "args": redact(dl.args),
+        "kwargs": redact(dl.kwargs),
+        "exception_type": dl.exception_type,
+        "exception_message": dl.exception_message,
+        "attempts": dl.attempts,
+        "status": dl.status,
+        "reason": dl.reason,
+        "failed_at": _iso(dl.last_failed_at),
+        "first_failed_at": _iso(dl.first_failed_at),
+        "entity": dl.entity,
+        "operation": dl.operation,
+        "queue": dl.queue,
+        "replay_of": dl.replay_of_id,
+        "replayed_task_id": dl.replayed_task_id,
+        "replayed_at": _iso(dl.replayed_at),
+        "payload_truncated": dl.payload_truncated,
+    }
+    if full:
+        data.update(
+            exchange=dl.exchange,
+            routing_key=dl.routing_key,
+            priority=dl.priority,
+            headers=redact(dl.headers),
+            worker_hostname=dl.worker_hostname,
+            payload_note=dl.payload_note,
+            traceback=dl.traceback,
+            replays=list(dl.replays.values_list("pk", flat=True)),
+        )
+    return data
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_table(rows: list[DeadLetter]) -> str:
+    if not rows:
+        return "no dead letters match"
+    header = ("ID", "STATUS", "FAILED AT (UTC)", "TRIES", "TASK", "EXCEPTION", "ENTITY")
+    lines = [
+        (
+            str(dl.pk),
+            dl.status,
+            dl.last_failed_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            str(dl.attempts),
+            _cut(dl.task_name, 40),
+            _cut(f"{dl.exception_type}: {dl.exception_message}", 60),
+            _cut(dl.entity, 24),
+        )
+        for dl in rows
+    ]
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *lines]
+    )
+
+
+def format_detail(dl: DeadLetter) -> str:
+    data = as_dict(dl, full=True)
+    traceback = data.pop("traceback") or "(none)"
+    payload = {key: data.pop(key) for key in ("args", "kwargs", "headers")}
+    width = max(len(key) for key in data)
+    lines = [f"{key.ljust(width)}  {'' if value is None else value}" for key, value in data.items()]
+    for key, value in payload.items():
+        lines.append(f"\n{key}:\n{json.dumps(value, indent=2, sort_keys=True)}")
+    lines.append(f"\ntraceback:\n{traceback}")
+    return "\n".join(lines)
