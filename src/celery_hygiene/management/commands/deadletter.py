@@ -7,6 +7,7 @@ stored, real values.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import difflib
 import json
@@ -79,6 +80,13 @@ class Command(BaseCommand):
         )
         purge.add_argument("--batch-size", type=int, default=1000)
         purge.add_argument("--dry-run", action="store_true", help="Count, delete nothing.")
+
+        for subparser in sub.choices.values():
+            # Operators type `deadletter purge ... -v 2`; argparse only knows -v before the
+            # subcommand. SUPPRESS keeps the top-level value when it is not given here.
+            subparser.add_argument(
+                "-v", "--verbosity", type=int, choices=[0, 1, 2, 3], default=argparse.SUPPRESS
+            )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.verbosity = int(options.get("verbosity", 1))
