@@ -8,3 +8,9 @@ class CeleryHygieneConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from . import worker_failures
+
+        worker_failures.connect()
+        from . import worker_hooks
+
+        worker_hooks.connect()  # duration watchdog, run statistics, per-queue time limits

@@ -273,3 +273,32 @@ def reopen(
             ),
         )
     )
+
+
+def mark_dead_for_owner(
+    entity: str, operation: str, *, owner_task_id: str, error: str, using: str | None = None
+) -> int:
+    """Close a claim from outside the task (the worker's main process after a hard kill).
+
+    Returns the attempt count the claim had, or 0 if this task id no longer owned it.
+    """
+    using = using or write_alias()
+    claim = (
+        TaskClaim.objects.using(using)
+        .filter(
+            entity=entity, operation=operation, owner_task_id=owner_task_id,
+            status__in=[ClaimStatus.RUNNING, ClaimStatus.RETRYING],
+        )
+        .first()
+    )
+    if claim is None:
+        return 0
+    updated = (
+        TaskClaim.objects.using(using)
+        .filter(pk=claim.pk, attempts=claim.attempts, owner_task_id=owner_task_id)
+        .update(
+            status=ClaimStatus.DEAD, last_error=error[:10_000], completed_at=Now(),
+            updated_at=Now(), lease_expires_at=None,
+        )
+    )
+    return claim.attempts if updated else 0

@@ -384,6 +384,53 @@ class HygieneTask(Task):
             worker_hostname=request.hostname or socket.gethostname(),
         )
 
+    # -- failures reported in the worker's main process --------------------------------
+
+    def dead_letter_from_parent(
+        self, task_id: str, exc: BaseException, args: Any, kwargs: Any
+    ) -> None:
+        """Dead-letter a run that the pool lost (hard time limit, lost worker without requeue).
+
+        Runs in the worker's main process: ``self.request`` carries the message's context only
+        when Celery pushed it (worker lost); after a hard timeout we rebuild what we can.
+        """
+        request = self.request if self.request.id == task_id else None
+        reason = (
+            DeadLetterReason.TIMEOUT if isinstance(exc, TimeLimitExceeded)
+            else DeadLetterReason.WORKER_LOST
+        )
+        key = self._key_or_none(args or (), kwargs or {})
+        attempts = (request.retries + 1) if request is not None else 1
+        if key is not None:
+            attempts = claims.mark_dead_for_owner(
+                key.entity, key.operation, owner_task_id=task_id, error=repr(exc)
+            ) or attempts
+        failed = self._failed_task(exc, reason=reason, attempts=attempts, key=key)
+        failed.task_id = task_id
+        failed.args = list(args or ())
+        failed.kwargs = dict(kwargs or {})
+        if request is None:
+            failed.queue = failed.routing_key = _default_queue(self)
+        try:
+            dead_letter = deadletters.store(failed)
+        except Exception as error:
+            deadletters.log_unstorable(failed, error)
+            return
+        log_event(logging.ERROR, "task_dead_lettered", **failed.log_fields(), dead_letter=dead_letter.pk)
+        _send_safely(
+            signals.task_dead_lettered, sender=self, task_id=task_id, dead_letter=dead_letter,
+            exception=exc,
+        )
+
+    def _key_or_none(self, args: Any, kwargs: Any) -> ClaimKey | None:
+        spec = self.hygiene_idempotency
+        if spec is None:
+            return None
+        try:
+            return self._claim_key(spec, tuple(args), dict(kwargs))
+        except Exception:
+            return None
+
     # -- eager mode (users' unit tests) --------------------------------------------------
 
     def _call_eager(self, args: tuple, kwargs: dict) -> Any:
@@ -495,6 +542,16 @@ def _replay_headers(request: Any) -> dict[str, Any]:
     if replay_of is not None:
         headers[deadletters.REPLAY_OF_HEADER] = replay_of
     return {k: v for k, v in headers.items() if v is not None}
+
+
+def _default_queue(task: Task) -> str:
+    """Where this task is routed by configuration (the message itself is gone)."""
+    try:
+        route = task.app.amqp.router.route({}, task.name, (), {})
+        queue = route.get("queue")
+        return getattr(queue, "name", None) or str(queue or "")
+    except Exception:
+        return task.app.conf.task_default_queue or ""
 
 
 def _warn_visibility_timeout(task: Task, countdown: float) -> None:

@@ -1,0 +1,229 @@
+"""Bounded retries and dead letters through a real broker and worker (issue 3)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+
+import psycopg
+import pytest
+from django.db import connection
+
+from celery_hygiene.models import ClaimStatus, DeadLetter, DeadLetterStatus, TaskClaim
+from tests.conftest import wait_until
+from tests.testapp import tasks_retry as t
+from tests.testapp.models import Attempt, SideEffect
+
+pytestmark = pytest.mark.worker
+
+
+def attempts(task: str, key: str) -> int:
+    return Attempt.objects.filter(task=task, key=key).count()
+
+
+def dead_letter_for(task_id: str, timeout: float = 30) -> DeadLetter:
+    wait_until(lambda: DeadLetter.objects.filter(task_id=task_id).exists(), timeout=timeout)
+    return DeadLetter.objects.get(task_id=task_id)
+
+
+def test_always_failing_task_runs_max_attempts_then_one_complete_dead_letter(worker, queue_name):
+    payload = {"sku": "A-1", "qty": 2, "note": "ünïcode"}
+    result = t.always_times_out.apply_async(("k1",), {"payload": payload}, queue=queue_name)
+    with pytest.raises(TimeoutError):
+        result.get(timeout=30)
+    dead = dead_letter_for(result.id)
+
+    assert attempts("always_times_out", "k1") == 4
+    assert DeadLetter.objects.filter(task_id=result.id).count() == 1
+    assert dead.task_name == "tests.testapp.tasks_retry.always_times_out"
+    assert dead.args == ["k1"] and dead.kwargs == {"payload": payload}
+    assert dead.queue == queue_name and dead.routing_key == queue_name
+    assert dead.exception_type == "TimeoutError"
+    assert dead.exception_message == "upstream timed out for k1"
+    assert "raise TimeoutError" in dead.traceback
+    assert dead.attempts == 4
+    assert dead.reason == "exhausted"
+    assert dead.first_failed_at < dead.last_failed_at
+    assert dead.worker_hostname == worker.hostname
+    assert dead.headers["root_id"] == result.id
+    assert dead.status == DeadLetterStatus.PENDING
+    assert not dead.payload_truncated
+    assert "task_dead_lettered task=tests.testapp.tasks_retry.always_times_out" in worker.log()
+    assert "attempts=4" in worker.log()
+    # Each retry and the dead-lettering fired our signals, in the worker.
+    retries = SideEffect.objects.filter(entity=result.id, kind="signal:retry")
+    assert sorted(r.payload["attempt"] for r in retries) == [1, 2, 3]
+    assert all(0.2 <= r.payload["countdown"] <= 0.4 for r in retries)
+    assert SideEffect.objects.get(entity=result.id, kind="signal:dead").payload == {
+        "dead_letter": dead.pk
+    }
+
+
+def test_give_up_error_is_dead_lettered_on_first_failure_and_claim_is_dead(worker, queue_name):
+    result = t.charge_with_policy.apply_async((501, "invalid"), queue=queue_name)
+    with pytest.raises(ValueError):
+        result.get(timeout=30)
+    dead = dead_letter_for(result.id)
+    assert attempts("charge_with_policy", "501") == 1
+    assert (dead.reason, dead.attempts, dead.exception_type) == ("gave_up", 1, "ValueError")
+    assert (dead.entity, dead.operation) == ("501", "charge-retry")
+
+    claim = TaskClaim.objects.get(entity="501", operation="charge-retry")
+    assert claim.status == ClaimStatus.DEAD
+    # A duplicate does not silently run the dead work again.
+    duplicate = t.charge_with_policy.apply_async((501, "invalid"), queue=queue_name)
+    assert duplicate.get(timeout=30) is None
+    assert attempts("charge_with_policy", "501") == 1
+
+
+def test_error_outside_retry_on_is_final(worker, queue_name):
+    result = t.not_retryable.apply_async(("nr",), queue=queue_name)
+    with pytest.raises(RuntimeError):
+        result.get(timeout=30)
+    assert dead_letter_for(result.id).reason == "gave_up"
+    assert attempts("not_retryable", "nr") == 1
+
+
+def test_idempotent_exhaustion_counts_attempts_on_the_claim(worker, queue_name):
+    result = t.charge_with_policy.apply_async((502, "always"), queue=queue_name)
+    with pytest.raises(ConnectionError):
+        result.get(timeout=30)
+    dead = dead_letter_for(result.id)
+    assert attempts("charge_with_policy", "502") == 3
+    assert (dead.reason, dead.attempts) == ("exhausted", 3)
+    assert TaskClaim.objects.get(entity="502").status == ClaimStatus.DEAD
+
+
+def test_fails_twice_then_succeeds_leaves_no_dead_letter(worker, queue_name):
+    result = t.charge_with_policy.apply_async((503, "flaky"), queue=queue_name)
+    assert result.get(timeout=30) == "charged:503"
+    assert attempts("charge_with_policy", "503") == 3
+    assert SideEffect.objects.filter(entity="503", kind="charge-retry").count() == 1
+    assert not DeadLetter.objects.exists()
+    claim = TaskClaim.objects.get(entity="503")
+    assert (claim.status, claim.attempts) == (ClaimStatus.SUCCEEDED, 3)
+
+
+def test_total_elapsed_bound_stops_retries_before_max_attempts(worker, queue_name):
+    result = t.deadline_bound.apply_async(("dl",), queue=queue_name)
+    with pytest.raises(ConnectionError):
+        result.get(timeout=30)
+    dead = dead_letter_for(result.id)
+    assert dead.reason == "deadline"
+    assert 2 <= dead.attempts < 10
+
+
+def test_non_json_payload_is_stored_as_repr_and_flagged(worker_factory, queue_name):
+    # Pickle is only accepted by this test's own worker (Celery refuses it as root otherwise).
+    worker_factory(queue_name, env={"HYGIENE_ACCEPT_PICKLE": "1", "C_FORCE_ROOT": "1"})
+    result = t.odd_payload.apply_async(("odd",), {"blob": {1, 2, 3}}, queue=queue_name)
+    with pytest.raises(ValueError):
+        result.get(timeout=30)
+    dead = dead_letter_for(result.id)
+    assert dead.payload_truncated
+    assert "repr" in dead.payload_note
+    assert "{1, 2, 3}" in json.dumps(dead.kwargs)
+
+
+def test_huge_payload_is_truncated_with_a_marker_and_flagged(worker, queue_name):
+    blob = "x" * 400_000  # over the default 256 KiB PAYLOAD_MAX_BYTES
+    result = t.huge_payload.apply_async(("big", blob), queue=queue_name)
+    with pytest.raises(ValueError):
+        result.get(timeout=30)
+    dead = dead_letter_for(result.id)
+    assert dead.payload_truncated and "exceeds PAYLOAD_MAX_BYTES" in dead.payload_note
+    assert dead.args[0] == "<truncated>"
+    assert len(json.dumps(dead.args)) + len(json.dumps(dead.kwargs)) < 300_000
+
+
+def test_message_that_keeps_killing_its_worker_is_dead_lettered_after_the_cap(worker, queue_name):
+    plain = t.kills_its_worker_plain.apply_async(("boom",), queue=queue_name)
+    dead = dead_letter_for(plain.id, timeout=60)
+    assert dead.reason == "worker_lost"
+    assert attempts("kills_its_worker_plain", "boom") == 3
+    assert dead.attempts == 4  # the fourth delivery was refused before running
+
+    keyed = t.kills_its_worker_idempotent.apply_async(("boom-2",), queue=queue_name)
+    dead = dead_letter_for(keyed.id, timeout=60)
+    assert dead.reason == "worker_lost"
+    assert attempts("kills_its_worker_idempotent", "boom-2") == 3
+    assert TaskClaim.objects.get(entity="boom-2").status == ClaimStatus.DEAD
+
+
+def test_hard_time_limit_kill_is_dead_lettered_from_the_parent(worker, queue_name):
+    result = t.exceeds_hard_limit.apply_async(("slow-1",), queue=queue_name)
+    dead = dead_letter_for(result.id, timeout=30)
+    assert dead.reason == "timeout"
+    assert dead.exception_type == "billiard.exceptions.TimeLimitExceeded"
+    assert dead.args == ["slow-1"] and dead.entity == "slow-1"
+    assert TaskClaim.objects.get(entity="slow-1").status == ClaimStatus.DEAD
+    wait_until(lambda: "Hard time limit" in worker.log())
+    assert DeadLetter.objects.filter(task_id=result.id).count() == 1
+
+
+def test_soft_time_limit_is_retried_then_dead_lettered_as_timeout(worker, queue_name):
+    result = t.exceeds_soft_limit.apply_async(("soft-1",), queue=queue_name)
+    dead = dead_letter_for(result.id, timeout=30)
+    assert dead.reason == "timeout"
+    assert dead.exception_type == "billiard.exceptions.SoftTimeLimitExceeded"
+    assert attempts("exceeds_soft_limit", "soft-1") == 2
+
+
+@pytest.fixture
+def parking_queue(queue_name):
+    """A RabbitMQ policy attaches a dead-letter exchange to the test queue (the documented setup)."""
+    exchange, parked = f"{queue_name}-dlx", f"{queue_name}-parked"
+    from tests.celery_app import app
+
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        channel.exchange_declare(exchange, "fanout", durable=True)
+        channel.queue_declare(parked, durable=True)
+        channel.queue_bind(parked, exchange, "")
+    policy = f"hygiene-test-{uuid.uuid4().hex[:6]}"
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_policy", "--apply-to", "queues", policy, f"^{queue_name}$",
+         json.dumps({"dead-letter-exchange": exchange})],
+        check=True, capture_output=True,
+    )
+    yield parked
+    subprocess.run(["rabbitmqctl", "-q", "clear_policy", policy], capture_output=True)
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_delete(parked)
+        conn.default_channel.exchange_delete(exchange)
+
+
+def _set_db_connections(allowed: bool) -> None:
+    name = connection.settings_dict["NAME"]
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as pg:
+        pg.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}')
+        if not allowed:
+            pg.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
+            )
+
+
+def test_database_down_during_dead_letter_write_rejects_to_broker_and_logs_payload(
+    worker, queue_name, parking_queue
+):
+    from tests.celery_app import app
+
+    connection.close()
+    _set_db_connections(False)
+    try:
+        result = t.fails_while_db_is_down.apply_async(("db-down",), queue=queue_name)
+        worker.wait_for_log("deadletter_write_failed", timeout=60)
+        with app.connection_for_write() as conn:
+            message = wait_until(lambda: conn.default_channel.basic_get(parking_queue, no_ack=True))
+    finally:
+        _set_db_connections(True)
+        connection.close()
+
+    # The broker kept the message (via the dead-letter exchange), not acknowledged into the void.
+    assert message.headers["id"] == result.id
+    assert json.loads(message.body)[0] == ["db-down"]
+    log = worker.log()
+    assert log.count("deadletter_write_retry") >= 4  # bounded retries before giving up
+    assert '\\"args\\": [\\"db-down\\"]' in log  # the full payload is in the ERROR line
+    assert not DeadLetter.objects.exists()

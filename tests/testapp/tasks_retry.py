@@ -1,0 +1,116 @@
+"""Tasks for the retry-policy and dead-letter tests (issue 3)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from django.dispatch import receiver
+
+from celery_hygiene import RetryPolicy, hygienic_task, idempotent_task
+from celery_hygiene.signals import task_dead_lettered, task_retry_scheduled
+from tests.testapp.models import Attempt, SideEffect
+
+QUICK = dict(min_delay=0.2, max_delay=0.4)
+
+
+def _attempt(task: str, key: str) -> int:
+    Attempt.objects.create(task=task, key=key)
+    return Attempt.objects.filter(task=task, key=key).count()
+
+
+@hygienic_task(retry=RetryPolicy(max_attempts=4, retry_on=(TimeoutError,), **QUICK), acks_late=True)
+def always_times_out(key: str, payload: dict | None = None) -> None:
+    _attempt("always_times_out", key)
+    raise TimeoutError(f"upstream timed out for {key}")
+
+
+@idempotent_task(
+    entity="order_id", operation="charge-retry", acks_late=True,
+    retry=RetryPolicy(max_attempts=3, retry_on=(ConnectionError,), give_up_on=(ValueError,), **QUICK),
+)
+def charge_with_policy(order_id: int, mode: str) -> str:
+    attempt = _attempt("charge_with_policy", str(order_id))
+    if mode == "always":
+        raise ConnectionError("gateway unreachable")
+    if mode == "invalid":
+        raise ValueError("card number is invalid")
+    if mode == "flaky" and attempt <= 2:
+        raise ConnectionError("gateway hiccup")
+    SideEffect.objects.create(entity=str(order_id), kind="charge-retry")
+    return f"charged:{order_id}"
+
+
+@hygienic_task(retry=RetryPolicy(max_attempts=2, retry_on=(KeyError,), **QUICK), acks_late=True)
+def not_retryable(key: str) -> None:
+    _attempt("not_retryable", key)
+    raise RuntimeError("not in retry_on, so this is final")
+
+
+@hygienic_task(retry=RetryPolicy(max_attempts=3, **QUICK), acks_late=True, serializer="pickle")
+def odd_payload(key: str, blob: object = None) -> None:
+    raise ValueError("payload test")
+
+
+@hygienic_task(retry=RetryPolicy(max_attempts=1, **QUICK), acks_late=True)
+def huge_payload(key: str, blob: str) -> None:
+    raise ValueError("payload test")
+
+
+@hygienic_task(retry=RetryPolicy(max_attempts=1, **QUICK), acks_late=True)
+def fails_while_db_is_down(key: str) -> None:
+    raise ValueError("final failure while the database is unavailable")
+
+
+@hygienic_task(
+    retry=RetryPolicy(max_attempts=3, **QUICK), acks_late=True, reject_on_worker_lost=True
+)
+def kills_its_worker_plain(key: str) -> None:
+    _attempt("kills_its_worker_plain", key)
+    os.kill(os.getpid(), signal.SIGKILL)  # as an OOM kill or a segfault would
+
+
+@idempotent_task(
+    entity="key", lease_seconds=1, acks_late=True, reject_on_worker_lost=True,
+    retry=RetryPolicy(max_attempts=3, **QUICK),
+)
+def kills_its_worker_idempotent(key: str) -> None:
+    _attempt("kills_its_worker_idempotent", key)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@idempotent_task(entity="key", time_limit=1, retry=RetryPolicy(max_attempts=3, **QUICK))
+def exceeds_hard_limit(key: str) -> None:
+    _attempt("exceeds_hard_limit", key)
+    time.sleep(10)
+
+
+@hygienic_task(soft_time_limit=0.5, retry=RetryPolicy(max_attempts=2, **QUICK), acks_late=True)
+def exceeds_soft_limit(key: str) -> None:
+    _attempt("exceeds_soft_limit", key)
+    time.sleep(5)
+
+
+@hygienic_task(
+    retry=RetryPolicy(max_attempts=10, min_delay=0.3, max_delay=0.3, max_elapsed=1.0),
+    acks_late=True,
+)
+def deadline_bound(key: str) -> None:
+    _attempt("deadline_bound", key)
+    time.sleep(0.2)
+    raise ConnectionError("still down")
+
+
+@receiver(task_retry_scheduled)
+def _record_retry(sender, task_id, attempt, countdown, exception, **kwargs):  # noqa: ANN001
+    SideEffect.objects.create(
+        entity=task_id, kind="signal:retry", payload={"attempt": attempt, "countdown": countdown}
+    )
+
+
+@receiver(task_dead_lettered)
+def _record_dead_letter(sender, task_id, dead_letter, exception, **kwargs):  # noqa: ANN001
+    SideEffect.objects.create(
+        entity=task_id, kind="signal:dead", payload={"dead_letter": dead_letter.pk}
+    )
