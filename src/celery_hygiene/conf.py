@@ -16,6 +16,10 @@ Every key is optional::
                                            # payload keys masked in CLI/admin output (nested,
                                            # case-insensitive substring); stored data is unchanged
         "REPLAY_RATE": 10.0,               # default bulk replay rate, messages per second
+        "WATCHDOG_ENABLED": True,          # watch run durations in every worker (docs/watchdog.md)
+        "DURATION_THRESHOLD_SECONDS": 60,  # flag runs longer than this; per task: expected_duration=
+        "WATCHDOG_INTERVAL_SECONDS": 1.0,  # how often the worker's main process looks
+        "RUN_STATS_FLUSH_SECONDS": 60,     # how often a process writes its run statistics
     }
 """
 
@@ -37,6 +41,10 @@ DEFAULTS: dict[str, Any] = {
     "CELERY_APP": None,
     "REDACT_KEYS": ["password", "secret", "token", "api_key", "authorization"],
     "REPLAY_RATE": 10.0,
+    "WATCHDOG_ENABLED": True,
+    "DURATION_THRESHOLD_SECONDS": 60.0,
+    "WATCHDOG_INTERVAL_SECONDS": 1.0,
+    "RUN_STATS_FLUSH_SECONDS": 60.0,
 }
 
 

@@ -6,6 +6,9 @@
   operation, existing_fingerprint, fingerprint.
 - ``task_retry_scheduled``: kwargs: task_id, attempt, countdown, exception.
 - ``task_dead_lettered``: kwargs: task_id, dead_letter (the saved model), exception.
+- ``task_over_duration``: a run went past its threshold (sent once per run, while it runs, in
+  the worker's main process: keep receivers quick). kwargs: task_id, task_name, elapsed,
+  threshold, worker.
 """
 
 from __future__ import annotations
@@ -16,3 +19,4 @@ task_duplicate = Signal()
 task_claim_mismatch = Signal()
 task_retry_scheduled = Signal()
 task_dead_lettered = Signal()
+task_over_duration = Signal()

@@ -1,0 +1,129 @@
+"""``manage.py taskhygiene report|check``: which tasks to split, and is the Celery config sane.
+
+- ``report``: per task name, runs and p50 / p95 / max duration from the workers' statistics, and
+  how many runs the duration watchdog flagged.
+- ``check``: the hygiene audit (the ``celery_hygiene`` system checks). Exits 1 when a message is
+  at or above ``--fail-level`` (default ERROR), so it can gate a deploy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from django.core import checks
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from celery_hygiene.durations import DurationError, parse_since
+from celery_hygiene.report import TaskDurations, duration_report
+
+LEVELS = {
+    "DEBUG": checks.DEBUG,
+    "INFO": checks.INFO,
+    "WARNING": checks.WARNING,
+    "ERROR": checks.ERROR,
+    "CRITICAL": checks.CRITICAL,
+}
+
+
+class Command(BaseCommand):
+    help = "Task duration report and Celery configuration audit."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+        report = sub.add_parser("report", help="Runs and p50/p95/max duration per task name.")
+        report.add_argument(
+            "--since", default="7d", help="A duration ago (24h, 7d) or a date. Default 7d."
+        )
+        report.add_argument("--task", help="Only task names matching this glob, e.g. 'shop.*'.")
+        report.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
+
+        check = sub.add_parser("check", help="Audit the Celery configuration; exit 1 on errors.")
+        check.add_argument(
+            "--fail-level",
+            default="ERROR",
+            choices=sorted(LEVELS, key=LEVELS.__getitem__),
+            help="Exit 1 if a message is at least this serious (default ERROR).",
+        )
+        check.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
+
+    def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
+        if subcommand == "report":
+            self._report(options)
+        else:
+            self._check(options)
+
+    def _report(self, options: dict[str, Any]) -> None:
+        try:
+            since = parse_since(options["since"])
+        except DurationError as exc:
+            raise CommandError(str(exc)) from exc
+        rows = duration_report(since=since, task_pattern=options["task"])
+        if options["json"]:
+            self.stdout.write(json.dumps([asdict(row) for row in rows], indent=2))
+            return
+        if not rows:
+            self.stdout.write(f"No task runs recorded since {since:%Y-%m-%d %H:%M %Z}.")
+            return
+        self.stdout.write(_table(rows))
+
+    def _check(self, options: dict[str, Any]) -> None:
+        messages = checks.run_checks(tags=["celery_hygiene"], include_deployment_checks=True)
+        if options["json"]:
+            self.stdout.write(json.dumps([_as_dict(m) for m in messages], indent=2))
+        elif not messages:
+            self.stdout.write("Celery hygiene: no issues found.")
+        for message in [] if options["json"] else messages:
+            stream = self.stderr if message.is_serious() else self.stdout
+            stream.write(f"{_level_name(message.level)} {message}")
+        fail_level = LEVELS[options["fail_level"]]
+        failing = [m for m in messages if m.level >= fail_level and not m.is_silenced()]
+        if failing:
+            raise CommandError(
+                f"{len(failing)} hygiene issue(s) at {options['fail_level']} or above.",
+                returncode=1,
+            )
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.1f}s"
+
+
+def _table(rows: list[TaskDurations]) -> str:
+    header = ("TASK", "RUNS", "P50", "P95", "MAX", "FLAGGED")
+    lines = [
+        (
+            r.task_name,
+            str(r.runs),
+            _seconds(r.p50),
+            _seconds(r.p95),
+            _seconds(r.max),
+            str(r.flagged),
+        )
+        for r in rows
+    ]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *lines, strict=False)]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in [header, *lines]
+    )
+
+
+def _level_name(level: int) -> str:
+    return next((name for name, value in LEVELS.items() if value == level), str(level))
+
+
+def _as_dict(message: checks.CheckMessage) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "level": _level_name(message.level),
+        "msg": message.msg,
+        "hint": message.hint,
+        "obj": str(message.obj) if message.obj is not None else None,
+    }
