@@ -1,0 +1,3 @@
+"""Admin registrations; each concern keeps its admin in its own module, imported here."""
+
+from .deadletter_admin import DeadLetterAdmin  # noqa: F401  (registers the dead-letter browser)
