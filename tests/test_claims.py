@@ -1,0 +1,159 @@
+"""The claim state machine on its own, against real PostgreSQL and SQLite connections."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connections
+
+from celery_hygiene import claims
+from celery_hygiene.claims import ClaimKey, Outcome
+from celery_hygiene.keys import MAX_KEY_LENGTH, fingerprint, normalize_key
+from celery_hygiene.models import ClaimStatus, TaskClaim
+
+BOTH = pytest.mark.parametrize("alias", ["default", "sqlite"])
+
+
+def key(entity: str = "order-1", fp: str = "fp-1") -> ClaimKey:
+    return ClaimKey(entity=entity, operation="charge", task_name="shop.charge", fingerprint=fp)
+
+
+def acquire(alias: str, k: ClaimKey, owner: str, lease: float = 30.0) -> claims.ClaimResult:
+    return claims.acquire(k, owner_task_id=owner, owner_worker="w@test", lease_seconds=lease, using=alias)
+
+
+@BOTH
+@pytest.mark.django_db(databases=["default", "sqlite"], transaction=True)
+def test_acquire_complete_duplicate(alias):
+    first = acquire(alias, key(), "t1")
+    assert first.outcome is Outcome.ACQUIRED and first.ticket.attempts == 1
+    assert claims.complete(first.ticket, '{"ok": true}')
+
+    again = acquire(alias, key(), "t2")
+    assert again.outcome is Outcome.SUCCEEDED
+    assert again.existing.result_json == '{"ok": true}'
+    assert again.existing.owner_task_id == "t1"
+
+
+@BOTH
+@pytest.mark.django_db(databases=["default", "sqlite"], transaction=True)
+def test_live_lease_blocks_and_expired_lease_is_taken_over(alias):
+    held = acquire(alias, key(), "t1", lease=1.0)
+    busy = acquire(alias, key(), "t2")
+    assert busy.outcome is Outcome.IN_PROGRESS and 0 < busy.wait_seconds <= 1.0
+    # Same task id redelivered while the lease is live: also waits (the owner may be alive).
+    assert acquire(alias, key(), "t1").outcome is Outcome.IN_PROGRESS
+
+    time.sleep(1.1)
+    taken = acquire(alias, key(), "t2")
+    assert taken.outcome is Outcome.ACQUIRED and taken.ticket.attempts == 2
+    # The old owner's completion is fenced off by the attempt number.
+    assert not claims.complete(held.ticket, '"stale"')
+    assert claims.complete(taken.ticket, '"fresh"')
+    assert TaskClaim.objects.using(alias).get().result_json == '"fresh"'
+
+
+@BOTH
+@pytest.mark.django_db(databases=["default", "sqlite"], transaction=True)
+def test_retry_hands_the_claim_to_the_same_task_id_only(alias):
+    first = acquire(alias, key(), "t1")
+    assert claims.release_for_retry(first.ticket, countdown=5, error="boom")
+    assert acquire(alias, key(), "other").outcome is Outcome.IN_PROGRESS
+    retried = acquire(alias, key(), "t1")
+    assert retried.outcome is Outcome.ACQUIRED and retried.ticket.attempts == 2
+
+
+@BOTH
+@pytest.mark.django_db(databases=["default", "sqlite"], transaction=True)
+def test_dead_claims_stop_duplicates_until_reopened_for_a_replay(alias):
+    first = acquire(alias, key(), "t1")
+    assert claims.mark_dead(first.ticket, error="gave up")
+    assert acquire(alias, key(), "t2").outcome is Outcome.DEAD
+    assert claims.reopen("order-1", "charge", owner_task_id="replay-1", lease_seconds=60, using=alias)
+    assert acquire(alias, key(), "t2").outcome is Outcome.IN_PROGRESS
+    replay = acquire(alias, key(), "replay-1")
+    assert replay.outcome is Outcome.ACQUIRED and replay.ticket.attempts == 1
+
+
+@BOTH
+@pytest.mark.django_db(databases=["default", "sqlite"], transaction=True)
+def test_different_arguments_never_take_over_an_expired_lease(alias):
+    acquire(alias, key(fp="fp-1"), "t1", lease=0.01)
+    time.sleep(0.05)
+    other = acquire(alias, key(fp="fp-2"), "t2")
+    assert other.outcome is Outcome.IN_PROGRESS
+    assert other.existing.fingerprint == "fp-1"
+
+
+@BOTH
+@pytest.mark.django_db(databases=["default", "sqlite"], transaction=True)
+def test_long_and_unicode_keys(alias):
+    long_key = "客户:" + "ß" * 1000
+    nul_key = "a\x00b"
+    for entity in (long_key, nul_key, "emoji-🧾", ""):
+        normalized = normalize_key(entity) if entity else "∅"
+        result = acquire(alias, key(entity=normalized), f"t-{len(entity)}")
+        assert result.outcome is Outcome.ACQUIRED
+    stored = set(TaskClaim.objects.using(alias).values_list("entity", flat=True))
+    assert normalize_key(long_key) in stored and "emoji-🧾" in stored
+    assert all(len(e) <= MAX_KEY_LENGTH for e in stored)
+    assert normalize_key(long_key).startswith("客户:ßßß")  # the readable part is kept
+    assert normalize_key(long_key) != normalize_key(long_key + "x")
+    assert "\x00" not in normalize_key(nul_key)
+
+
+def test_fingerprint_ignores_key_order():
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_racing_connections_exactly_one_acquires():
+    """Twenty threads, each with its own PostgreSQL connection, race for one key."""
+    barrier = threading.Barrier(20)
+    outcomes: list[Outcome] = []
+
+    def race(n: int) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(acquire("default", key(entity="hot"), f"t{n}").outcome)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count(Outcome.ACQUIRED) == 1
+    assert outcomes.count(Outcome.IN_PROGRESS) == 19
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claim_uses_no_session_state():
+    """PgBouncer transaction mode: no advisory locks or SET outside a transaction."""
+    statements: list[str] = []
+
+    def record(execute, sql, params, many, context):  # noqa: ANN001
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connections["default"].execute_wrapper(record):
+        first = acquire("default", key(entity="pgb"), "t1")
+        claims.complete(first.ticket, "1")
+    assert len(statements) == 2  # the happy path: claim, complete
+    assert not any("advisory" in s.lower() or s.lstrip().upper().startswith("SET ") for s in statements)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claim_lookup_uses_the_unique_index():
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "EXPLAIN SELECT 1 FROM celery_hygiene_taskclaim WHERE entity = %s AND operation = %s",
+            ["x", "y"],
+        )
+        plan = " ".join(row[0] for row in cursor.fetchall())
+    assert "celery_hygiene_claim_entity_operation" in plan
+    assert ClaimStatus.RUNNING == "running"

@@ -1,0 +1,115 @@
+"""Declaring tasks: errors at import time, Celery options passed through, eager mode."""
+
+from __future__ import annotations
+
+import pytest
+from celery import Celery, Task
+
+from celery_hygiene import HygieneTask, idempotent_task
+from celery_hygiene.exceptions import ClaimBusy, HygieneConfigurationError
+from celery_hygiene.models import ClaimStatus, TaskClaim
+from celery_hygiene.testing import clear_claims
+from tests.testapp.models import SideEffect
+
+
+def test_entity_that_names_no_parameter_fails_at_decoration_naming_the_task():
+    with pytest.raises(HygieneConfigurationError) as info:
+
+        @idempotent_task(entity="order")
+        def charge(order_id: int) -> None: ...
+
+    assert "test_decorator" in str(info.value) and "charge" in str(info.value)
+    assert "'order' names no parameter" in str(info.value)
+    assert "order_id" in str(info.value)
+
+
+def test_bound_task_entity_skips_self():
+    with pytest.raises(HygieneConfigurationError, match="names no parameter"):
+
+        @idempotent_task(entity="self", bind=True)
+        def bound(self, order_id: int) -> None: ...  # noqa: ANN001
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"on_mismatch": "ignore"}, "on_mismatch"),
+        ({"lease_seconds": 0}, "lease_seconds"),
+        ({"operation": " "}, "operation"),
+        ({"expected_duration": -1}, "expected_duration"),
+        ({"base": object}, "celery.Task subclass"),
+    ],
+)
+def test_bad_options_are_refused(options, message):
+    with pytest.raises(HygieneConfigurationError, match=message):
+
+        @idempotent_task(entity="key", **options)
+        def task(key: str) -> None: ...
+
+
+def test_explicit_app_and_user_base_class_are_kept():
+    app = Celery("explicit", set_as_current=False)
+
+    class AuditedTask(Task):
+        audited = True
+
+    @idempotent_task(entity="key", app=app, base=AuditedTask, name="explicit.t", acks_late=True)
+    def task(key: str) -> str:
+        return key
+
+    assert "explicit.t" in app.tasks
+    registered = app.tasks["explicit.t"]
+    assert isinstance(registered, HygieneTask) and isinstance(registered, AuditedTask)
+    assert registered.acks_late is True and registered.audited is True
+
+
+@pytest.fixture
+def eager_app():
+    from tests.celery_app import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield app
+    app.conf.task_always_eager = False
+    app.conf.task_eager_propagates = False
+
+
+@pytest.mark.django_db
+def test_eager_mode_enforces_claims_and_returns_the_stored_result(eager_app):
+    """Users' own unit tests often run tasks eagerly; the decorator must not break them."""
+    from tests.testapp import tasks
+
+    assert tasks.race_effect.delay("eager-1", 1).get() == "eager-1"
+    assert tasks.race_effect.delay("eager-1", 1).get() == "eager-1"
+    assert SideEffect.objects.filter(entity="eager-1").count() == 1
+    assert TaskClaim.objects.get(entity="eager-1").status == ClaimStatus.SUCCEEDED
+
+    clear_claims()
+    tasks.race_effect.delay("eager-1", 1).get()
+    assert SideEffect.objects.filter(entity="eager-1").count() == 2
+
+
+@pytest.mark.django_db
+def test_eager_failure_propagates_and_releases_the_claim(eager_app):
+    from tests.testapp import tasks_retry
+
+    with pytest.raises(ConnectionError):
+        tasks_retry.charge_with_policy.delay(900, "always").get()
+    claim = TaskClaim.objects.get(entity="900")
+    assert claim.status == ClaimStatus.RETRYING
+    # The same call again is refused clearly rather than waiting in a unit test.
+    with pytest.raises(ClaimBusy, match="clear_claims"):
+        tasks_retry.charge_with_policy.delay(900, "always").get()
+    clear_claims()
+    assert tasks_retry.charge_with_policy.delay(900, "ok").get() == "charged:900"
+
+
+@pytest.mark.django_db
+def test_direct_call_is_a_plain_function_call():
+    """Calling the task object like a function runs the body, as Celery does, without a claim."""
+    from tests.testapp import tasks
+
+    assert tasks.race_effect("direct-1", 1) == "direct-1"
+    assert tasks.race_effect("direct-1", 1) == "direct-1"
+    assert SideEffect.objects.filter(entity="direct-1").count() == 2
+    assert not TaskClaim.objects.filter(entity="direct-1").exists()
