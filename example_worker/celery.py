@@ -1,0 +1,16 @@
+"""The example's Celery app: config from Django settings, queues from the hygiene declaration."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_worker.settings")
+
+app = Celery("example_worker")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+# CELERY_HYGIENE_QUEUES (settings.py) -> kombu Queues, task_routes, per-queue time limits.
+from celery_hygiene.routing import configure_queues  # noqa: E402
+
+configure_queues(app)
+app.autodiscover_tasks()
