@@ -19,3 +19,41 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         )
         for key in conf.unknown_keys()
     ]
+
+
+@checks.register("celery_hygiene")
+def check_celery_config(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The hygiene audit (see ``audit.py`` for every id) against the project's Celery app."""
+    from . import audit
+
+    app, problem = load_celery_app()
+    if problem is not None:
+        return [problem]
+    messages = audit.audit(app)
+    if not audit.project_tasks(app):
+        messages.append(
+            checks.Warning(
+                f"The Celery app {app.main!r} has no project tasks, so no task was audited.",
+                hint="Set CELERY_HYGIENE['CELERY_APP'] to your app, e.g. 'proj.celery.app', or "
+                "import it in proj/__init__.py as Celery's Django guide does.",
+                id="celery_hygiene.W002",
+            )
+        )
+    return messages
+
+
+def load_celery_app() -> tuple[Any, checks.CheckMessage | None]:
+    from .replay import celery_app
+
+    try:
+        app = celery_app()
+        # Autodiscovered task modules are imported lazily; the audit must see every task.
+        app.loader.import_default_modules()
+    except Exception as exc:  # noqa: BLE001 - reported as a check error, with the cause
+        return None, checks.Error(
+            f"Could not load the Celery app or its task modules: {exc!r}.",
+            hint="CELERY_HYGIENE['CELERY_APP'] must be the dotted path of your app, e.g. "
+            "'proj.celery.app', and its task modules must import cleanly.",
+            id="celery_hygiene.E002",
+        )
+    return app, None

@@ -29,6 +29,9 @@ LEVELS = {
 
 class Command(BaseCommand):
     help = "Task duration report and Celery configuration audit."
+    # `check` runs the hygiene checks itself; Django's run before every command would print
+    # them twice (and could stop `report` on an unrelated error).
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
@@ -47,6 +50,10 @@ class Command(BaseCommand):
             help="Exit 1 if a message is at least this serious (default ERROR).",
         )
         check.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
+        check.add_argument(
+            "--task",
+            help="Audit only tasks matching this glob, e.g. 'shop.*' (config rules still run).",
+        )
 
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
         if subcommand == "report":
@@ -69,7 +76,10 @@ class Command(BaseCommand):
         self.stdout.write(_table(rows))
 
     def _check(self, options: dict[str, Any]) -> None:
-        messages = checks.run_checks(tags=["celery_hygiene"], include_deployment_checks=True)
+        if options["task"]:
+            messages = _audit_only(options["task"])
+        else:
+            messages = checks.run_checks(tags=["celery_hygiene"], include_deployment_checks=True)
         if options["json"]:
             self.stdout.write(json.dumps([_as_dict(m) for m in messages], indent=2))
         elif not messages:
@@ -84,6 +94,16 @@ class Command(BaseCommand):
                 f"{len(failing)} hygiene issue(s) at {options['fail_level']} or above.",
                 returncode=1,
             )
+
+
+def _audit_only(pattern: str) -> list[checks.CheckMessage]:
+    from celery_hygiene import audit
+    from celery_hygiene.checks import check_settings, load_celery_app
+
+    app, problem = load_celery_app()
+    if problem is not None:
+        return [problem]
+    return [*check_settings(), *audit.audit(app, task_pattern=pattern)]
 
 
 def _seconds(value: float | None) -> str:

@@ -1,0 +1,296 @@
+"""The hygiene audit: Celery configuration the field knows to hurt, as Django check messages.
+
+Each rule is one small function ``(Celery app) -> messages`` with its own id; ``audit`` runs them
+all. Registered as a system check in ``checks.py`` and run by ``manage.py taskhygiene check``.
+
+=====================  ========================================================================
+id                     what
+=====================  ========================================================================
+celery_hygiene.E001    ``CELERY_HYGIENE_QUEUES`` is invalid
+celery_hygiene.E002    the Celery app named by ``CELERY_HYGIENE["CELERY_APP"]`` cannot be loaded
+celery_hygiene.W002    no project tasks found in the Celery app (wrong app?)
+celery_hygiene.W010    a task can retry forever
+celery_hygiene.W011    ``acks_late`` on a task that is not idempotent (redelivery runs it twice)
+celery_hygiene.W012    an idempotent task that a crash loses (no ``acks_late`` +
+                       ``reject_on_worker_lost``)
+celery_hygiene.W020    no time limit on any queue, nor a global one
+celery_hygiene.E021    a task is routed to a queue that is not declared
+celery_hygiene.W030    a slow queue's worker prefetches more than one message per process
+celery_hygiene.W040    Redis ``visibility_timeout`` shorter than a retry countdown or time limit
+celery_hygiene.W050    ``CONN_MAX_AGE = None``: every worker process keeps connections forever
+=====================  ========================================================================
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
+
+from .exceptions import HygieneConfigurationError
+from .routing import QueueSpec, declared_queues
+
+Messages = list[checks.CheckMessage]
+DEFAULT_VISIBILITY_TIMEOUT = 3600.0  # kombu's Redis transport default
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What the rules look at: the Celery app, its declared queues, the tasks to audit."""
+
+    app: Any
+    specs: dict[str, QueueSpec]
+    tasks: list[Any]
+
+
+def project_tasks(app: Any, pattern: str | None = None) -> list[Any]:
+    """Registered tasks, without Celery's own (``celery.*``, e.g. chord_unlock retries forever).
+
+    ``pattern`` (a glob) narrows the audit, e.g. to one Django app's tasks: every Celery app in
+    a process also holds every ``shared_task`` imported so far.
+    """
+    return [
+        task
+        for name, task in sorted(app.tasks.items())
+        if not name.startswith("celery.")
+        and (pattern is None or fnmatch.fnmatchcase(name, pattern))
+    ]
+
+
+def is_idempotent(task: Any) -> bool:
+    return getattr(task, "hygiene_idempotency", None) is not None
+
+
+def is_hygienic(task: Any) -> bool:
+    return hasattr(task, "hygiene_retry")
+
+
+# -- tasks -------------------------------------------------------------------------------------
+
+
+def check_retry_forever(scope: Scope) -> Messages:
+    # Hygiene tasks always have a RetryPolicy, whose max_attempts is a required, bounded number.
+    return [
+        checks.Warning(
+            f"Task {task.name!r} has max_retries=None: once it starts retrying, it never stops.",
+            hint="Set max_retries (e.g. max_retries=5), or use @hygienic_task(retry=RetryPolicy("
+            "max_attempts=5)) so the last failure becomes a dead letter instead of a loop.",
+            obj=task.name,
+            id="celery_hygiene.W010",
+        )
+        for task in scope.tasks
+        if not is_hygienic(task) and task.max_retries is None
+    ]
+
+
+def check_acks_late(scope: Scope) -> Messages:
+    messages: Messages = []
+    for task in scope.tasks:
+        late, reject = bool(task.acks_late), bool(task.reject_on_worker_lost)
+        if late and not is_idempotent(task):
+            messages.append(_acks_late_not_idempotent(task, reject))
+        elif is_idempotent(task) and not (late and reject):
+            messages.append(_idempotent_acks_early(task, late))
+    return messages
+
+
+def _acks_late_not_idempotent(task: Any, reject: bool) -> checks.CheckMessage:
+    lost = (
+        "a killed pool process requeues it too"
+        if reject
+        else "a killed pool process still loses it (no reject_on_worker_lost)"
+    )
+    return checks.Warning(
+        f"Task {task.name!r} acknowledges late (acks_late=True) but is not idempotent: a message "
+        f"redelivered after a lost connection or worker restart runs its side effects twice; "
+        f"{lost}.",
+        hint="Make it idempotent with @idempotent_task(entity=...), so a redelivery is "
+        "harmless, or set acks_late=False if losing a run is better than running it twice.",
+        obj=task.name,
+        id="celery_hygiene.W011",
+    )
+
+
+def _idempotent_acks_early(task: Any, late: bool) -> checks.CheckMessage:
+    missing = "reject_on_worker_lost=False" if late else "acks_late=False"
+    return checks.Warning(
+        f"Task {task.name!r} is idempotent but a worker crash loses it ({missing}), although "
+        "running it again would be safe.",
+        hint="Set acks_late=True and reject_on_worker_lost=True on the task (or "
+        "CELERY_TASK_ACKS_LATE / CELERY_TASK_REJECT_ON_WORKER_LOST).",
+        obj=task.name,
+        id="celery_hygiene.W012",
+    )
+
+
+# -- queues ------------------------------------------------------------------------------------
+
+
+def check_time_limits(scope: Scope) -> Messages:
+    app = scope.app
+    if any(spec.bounded for spec in scope.specs.values()):
+        return []
+    if app.conf.task_time_limit or app.conf.task_soft_time_limit:
+        return []
+    return [
+        checks.Warning(
+            "No queue has a time limit and CELERY_TASK_TIME_LIMIT is not set: a stuck task holds "
+            "its worker process forever.",
+            hint="Declare a time-bounded queue in CELERY_HYGIENE_QUEUES (soft_time_limit, "
+            "time_limit) for tasks that must end, or set CELERY_TASK_SOFT_TIME_LIMIT and "
+            "CELERY_TASK_TIME_LIMIT as a backstop.",
+            id="celery_hygiene.W020",
+        )
+    ]
+
+
+def _routed_queues(scope: Scope) -> Iterable[tuple[str, str]]:
+    """(where, queue name) for every place the config or a task names a queue."""
+    app = scope.app
+    routes = app.conf.task_routes
+    for route_map in routes if isinstance(routes, list | tuple) else [routes]:
+        if isinstance(route_map, dict):
+            for pattern, route in route_map.items():
+                queue = route if isinstance(route, str) else (route or {}).get("queue")
+                if isinstance(queue, str):
+                    yield f"task_routes[{pattern!r}]", queue
+    for task in scope.tasks:
+        if isinstance(getattr(task, "queue", None), str):
+            yield f"task {task.name!r} (queue=)", task.queue
+    if app.conf.task_default_queue:
+        yield "task_default_queue", app.conf.task_default_queue
+
+
+def check_undeclared_queues(scope: Scope) -> Messages:
+    known = set(scope.specs) | {queue.name for queue in scope.app.conf.task_queues or ()}
+    if not known:
+        return []  # nothing declared: Celery creates queues on demand, W020 covers the rest
+    return [
+        checks.Error(
+            f"{where} routes tasks to queue {queue!r}, which is not declared: no worker pool "
+            "is planned for it, so its tasks wait forever.",
+            hint=f"Add {queue!r} to CELERY_HYGIENE_QUEUES (declared: "
+            f"{', '.join(sorted(known))}), or route the task to a declared queue.",
+            obj=queue,
+            id="celery_hygiene.E021",
+        )
+        for where, queue in _routed_queues(scope)
+        if queue not in known
+    ]
+
+
+def check_slow_prefetch(scope: Scope) -> Messages:
+    messages: Messages = []
+    for spec in scope.specs.values():
+        multiplier = spec.prefetch_multiplier or scope.app.conf.worker_prefetch_multiplier
+        if spec.slow and multiplier and multiplier > 1:
+            messages.append(
+                checks.Warning(
+                    f"Slow queue {spec.name!r} is consumed with prefetch multiplier {multiplier}: "
+                    "a process busy with a long task holds messages an idle worker could run.",
+                    hint=f"Set 'prefetch_multiplier': 1 on {spec.name!r} and start its worker "
+                    "with --prefetch-multiplier=1 (or CELERY_WORKER_PREFETCH_MULTIPLIER = 1).",
+                    obj=spec.name,
+                    id="celery_hygiene.W030",
+                )
+            )
+    return messages
+
+
+# -- broker and database -----------------------------------------------------------------------
+
+
+def _longest_waits(scope: Scope) -> list[tuple[float, str]]:
+    """(seconds, what) a message may stay unacknowledged: retry countdowns and time limits."""
+    waits = [(spec.time_limit, f"queue {spec.name!r} time_limit") for spec in scope.specs.values()]
+    waits.append((scope.app.conf.task_time_limit, "CELERY_TASK_TIME_LIMIT"))
+    for task in scope.tasks:
+        waits.append((task.time_limit, f"task {task.name!r} time_limit"))
+        waits.append((_longest_countdown(task), f"task {task.name!r} retry countdown"))
+    return sorted(((float(s), what) for s, what in waits if s), reverse=True)
+
+
+def _longest_countdown(task: Any) -> float | None:
+    if callable(getattr(task, "hygiene_policy", None)):
+        return float(task.hygiene_policy().longest_countdown())
+    # autoretry_for/retry_backoff exist only on tasks that set them (Celery's autoretry.py).
+    if getattr(task, "autoretry_for", ()) and getattr(task, "retry_backoff", False):
+        return float(getattr(task, "retry_backoff_max", 600))
+    return float(task.default_retry_delay) if task.default_retry_delay else None
+
+
+def check_visibility_timeout(scope: Scope) -> Messages:
+    app = scope.app
+    url = str(app.conf.broker_url or "")
+    if not url.startswith(("redis://", "rediss://", "sentinel://", "redis+socket://")):
+        return []
+    options = app.conf.broker_transport_options or {}
+    timeout = float(options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
+    too_long = [(seconds, what) for seconds, what in _longest_waits(scope) if seconds > timeout]
+    if not too_long:
+        return []
+    seconds, what = too_long[0]
+    others = f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else ""
+    return [
+        checks.Warning(
+            f"Redis visibility_timeout is {timeout:g}s but {what} is {seconds:g}s{others}: Redis "
+            "hands a message that stays unacknowledged that long to another worker, so it runs "
+            "twice.",
+            hint=f"Set CELERY_BROKER_TRANSPORT_OPTIONS = {{'visibility_timeout': "
+            f"{int(seconds * 1.2)}}} or more, or shorten the countdown/time limit.",
+            id="celery_hygiene.W040",
+        )
+    ]
+
+
+def check_conn_max_age(scope: Scope | None = None) -> Messages:
+    return [
+        checks.Warning(
+            f"DATABASES[{alias!r}]['CONN_MAX_AGE'] is None: every worker process (and every "
+            "thread of the threads pool) keeps its connection open for its whole life, and a "
+            "connection the server dropped fails the next task.",
+            hint="Use CONN_MAX_AGE = 0 for workers (Celery closes it after each task), a few "
+            "minutes at most, or a connection pooler such as PgBouncer.",
+            obj=alias,
+            id="celery_hygiene.W050",
+        )
+        for alias, database in settings.DATABASES.items()
+        if "CONN_MAX_AGE" in database and database["CONN_MAX_AGE"] is None
+    ]
+
+
+# -- all together ------------------------------------------------------------------------------
+
+RULES: list[Callable[[Scope], Messages]] = [
+    check_conn_max_age,
+    check_retry_forever,
+    check_acks_late,
+    check_time_limits,
+    check_undeclared_queues,
+    check_slow_prefetch,
+    check_visibility_timeout,
+]
+
+
+def audit(app: Any, task_pattern: str | None = None) -> Messages:
+    """Every rule against one Celery app (and Django's DATABASES); tasks narrowed by a glob."""
+    messages: Messages = []
+    try:
+        specs = declared_queues(app)
+    except HygieneConfigurationError as exc:
+        messages.append(
+            checks.Error(
+                str(exc),
+                hint="See docs/queues.md for the declaration format.",
+                id="celery_hygiene.E001",
+            )
+        )
+        specs = {}
+    scope = Scope(app, specs, project_tasks(app, task_pattern))
+    for rule in RULES:
+        messages.extend(rule(scope))
+    return messages
