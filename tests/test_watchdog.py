@@ -229,3 +229,31 @@ def test_report_command_prints_worst_tasks_first() -> None:
     rows = json.loads(out.getvalue())
     assert [row["task_name"] for row in rows] == ["shop.fast"]
     assert rows[0]["p50"] == pytest.approx(0.05, rel=0.05)
+
+
+@pytest.mark.django_db
+def test_admin_shows_the_report_and_flagged_runs(admin_client) -> None:  # noqa: ANN001
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+    TaskRunStats.objects.create(
+        task_name="shop.slow",
+        window_start=hour,
+        worker="w1:1",
+        runs=2,
+        max_seconds=120.0,
+        histogram={str(runstats.bucket_of(90.0)): 1, str(runstats.bucket_of(120.0)): 1},
+    )
+    TaskDurationFlag.objects.create(
+        task_name="shop.slow",
+        task_id="abc",
+        worker_hostname="w1",
+        started_at=hour,
+        threshold=60,
+        flagged_at=timezone.now(),
+        over_by=1,
+    )
+    page = admin_client.get("/admin/celery_hygiene/taskrunstats/?since=1d").content.decode()
+    assert "shop.slow" in page and "120.000" in page
+    bad = admin_client.get("/admin/celery_hygiene/taskrunstats/?since=yesterday").content.decode()
+    assert "malformed time" in bad
+    flags = admin_client.get("/admin/celery_hygiene/taskdurationflag/").content.decode()
+    assert "abc" in flags
