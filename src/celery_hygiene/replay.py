@@ -249,12 +249,13 @@ def _undo(dead_letter: DeadLetter, task_id: str, using: str) -> None:
             pk=dead_letter.pk, status=DeadLetterStatus.REPLAYING, replayed_task_id=task_id
         ).update(status=DeadLetterStatus.PENDING, replayed_task_id="")
         if dead_letter.entity and dead_letter.operation:
-            TaskClaim.objects.using(using).filter(
-                entity=dead_letter.entity,
-                operation=dead_letter.operation,
-                status=ClaimStatus.RETRYING,
+            claims.mark_dead_for_owner(
+                dead_letter.entity,
+                dead_letter.operation,
                 owner_task_id=task_id,
-            ).update(status=ClaimStatus.DEAD, lease_expires_at=None, completed_at=Now())
+                error="replay could not be published",
+                using=using,
+            )
 
 
 def pending_ids(selection: Selection, batch_size: int = 500) -> Iterator[int]:
