@@ -53,10 +53,15 @@ def exactly_once() -> None:
     results = [tasks.charge_order.delay(order, 2500) for _ in range(3)]
     values = [r.get(timeout=60) for r in results]
     print(f"  results: {values}")
-    check(all(v == {"order_id": order, "charged": 2500} for v in values), "every caller got the result")
+    check(
+        all(v == {"order_id": order, "charged": 2500} for v in values),
+        "every caller got the result",
+    )
     check(Charge.objects.filter(order_id=order).count() == 1, "exactly one Charge row")
     claim = TaskClaim.objects.get(entity=str(order), operation="charge")
-    check(claim.status == "succeeded", f"claim ({claim.entity}, {claim.operation}) is {claim.status}")
+    check(
+        claim.status == "succeeded", f"claim ({claim.entity}, {claim.operation}) is {claim.status}"
+    )
 
 
 def retries_then_dead_letter() -> DeadLetter:

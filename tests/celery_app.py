@@ -1,5 +1,6 @@
 """The Celery app of the test project; worker subprocesses run ``celery -A tests.celery_app``."""
 
+import importlib
 import os
 import pkgutil
 
@@ -19,4 +20,7 @@ app.conf.imports = [
     for module in pkgutil.iter_modules(tests.testapp.__path__)
     if module.name.startswith("tasks")
 ]
-app.loader.import_default_modules()
+# Import them here too (not via app.loader.import_default_modules, which also runs Django's
+# system checks from Celery's Django fixup): publishers need the task objects registered.
+for module_name in app.conf.imports:
+    importlib.import_module(module_name)

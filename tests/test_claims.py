@@ -21,7 +21,9 @@ def key(entity: str = "order-1", fp: str = "fp-1") -> ClaimKey:
 
 
 def acquire(alias: str, k: ClaimKey, owner: str, lease: float = 30.0) -> claims.ClaimResult:
-    return claims.acquire(k, owner_task_id=owner, owner_worker="w@test", lease_seconds=lease, using=alias)
+    return claims.acquire(
+        k, owner_task_id=owner, owner_worker="w@test", lease_seconds=lease, using=alias
+    )
 
 
 @BOTH
@@ -71,7 +73,9 @@ def test_dead_claims_stop_duplicates_until_reopened_for_a_replay(alias):
     first = acquire(alias, key(), "t1")
     assert claims.mark_dead(first.ticket, error="gave up")
     assert acquire(alias, key(), "t2").outcome is Outcome.DEAD
-    assert claims.reopen("order-1", "charge", owner_task_id="replay-1", lease_seconds=60, using=alias)
+    assert claims.reopen(
+        "order-1", "charge", owner_task_id="replay-1", lease_seconds=60, using=alias
+    )
     assert acquire(alias, key(), "t2").outcome is Outcome.IN_PROGRESS
     replay = acquire(alias, key(), "replay-1")
     assert replay.outcome is Outcome.ACQUIRED and replay.ticket.attempts == 1
@@ -144,7 +148,9 @@ def test_claim_uses_no_session_state():
         first = acquire("default", key(entity="pgb"), "t1")
         claims.complete(first.ticket, "1")
     assert len(statements) == 2  # the happy path: claim, complete
-    assert not any("advisory" in s.lower() or s.lstrip().upper().startswith("SET ") for s in statements)
+    assert not any(
+        "advisory" in s.lower() or s.lstrip().upper().startswith("SET ") for s in statements
+    )
 
 
 @pytest.mark.django_db(transaction=True)

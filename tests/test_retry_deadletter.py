@@ -172,7 +172,7 @@ def test_soft_time_limit_is_retried_then_dead_lettered_as_timeout(worker, queue_
 
 @pytest.fixture
 def parking_queue(queue_name):
-    """A RabbitMQ policy attaches a dead-letter exchange to the test queue (the documented setup)."""
+    """A RabbitMQ policy attaches a dead-letter exchange to the test queue (as documented)."""
     exchange, parked = f"{queue_name}-dlx", f"{queue_name}-parked"
     from tests.celery_app import app
 
@@ -183,9 +183,18 @@ def parking_queue(queue_name):
         channel.queue_bind(parked, exchange, "")
     policy = f"hygiene-test-{uuid.uuid4().hex[:6]}"
     subprocess.run(
-        ["rabbitmqctl", "-q", "set_policy", "--apply-to", "queues", policy, f"^{queue_name}$",
-         json.dumps({"dead-letter-exchange": exchange})],
-        check=True, capture_output=True,
+        [
+            "rabbitmqctl",
+            "-q",
+            "set_policy",
+            "--apply-to",
+            "queues",
+            policy,
+            f"^{queue_name}$",
+            json.dumps({"dead-letter-exchange": exchange}),
+        ],
+        check=True,
+        capture_output=True,
     )
     yield parked
     subprocess.run(["rabbitmqctl", "-q", "clear_policy", policy], capture_output=True)
@@ -196,7 +205,9 @@ def parking_queue(queue_name):
 
 def _set_db_connections(allowed: bool) -> None:
     name = connection.settings_dict["NAME"]
-    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as pg:
+    with psycopg.connect(
+        host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
+    ) as pg:
         pg.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}')
         if not allowed:
             pg.execute(

@@ -15,8 +15,10 @@ from celery_hygiene.retry import DEFAULT_POLICY
 
 def test_issue_example_policy_retries_retryable_and_gives_up_on_value_error():
     policy = RetryPolicy(
-        max_attempts=5, wait=wait_exponential_jitter(multiplier=2, max=300),
-        retry_on=(TimeoutError, ConnectionError), give_up_on=(ValueError,),
+        max_attempts=5,
+        wait=wait_exponential_jitter(multiplier=2, max=300),
+        retry_on=(TimeoutError, ConnectionError),
+        give_up_on=(ValueError,),
     )
     decisions = [policy.decide(attempt=n, exc=TimeoutError()) for n in range(1, 6)]
     assert [d.retry for d in decisions] == [True, True, True, True, False]
@@ -34,7 +36,9 @@ def test_give_up_on_wins_over_retry_on_for_subclasses():
 
 
 def test_full_jitter_never_schedules_an_immediate_retry():
-    policy = RetryPolicy(max_attempts=50, wait=wait_random_exponential(multiplier=0.001), min_delay=0.5)
+    policy = RetryPolicy(
+        max_attempts=50, wait=wait_random_exponential(multiplier=0.001), min_delay=0.5
+    )
     assert min(policy.countdown(n) for n in range(1, 50) for _ in range(20)) >= 0.5
 
 

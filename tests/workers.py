@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -30,9 +31,24 @@ class WorkerProcess:
         self.logfile = Path(tempfile.mkstemp(prefix="hygiene-worker-", suffix=".log")[1])
         self.hostname = f"{queues.split(',')[0]}-{os.getpid()}-{time.monotonic_ns()}@localhost"
         self.command = [
-            sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
-            "-Q", queues, "-c", str(concurrency), "-P", pool, "-n", self.hostname,
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.celery_app",
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            str(concurrency),
+            "-P",
+            pool,
+            "-n",
+            self.hostname,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel=INFO",
             *extra_args,
         ]
         self.env = {**os.environ, "HYGIENE_TEST_DB_NAME": db_name, **(env or {})}
@@ -41,7 +57,11 @@ class WorkerProcess:
     def start(self, timeout: float = 60.0) -> WorkerProcess:
         with self.logfile.open("ab") as log:
             self.process = subprocess.Popen(
-                self.command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                self.command,
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
@@ -66,10 +86,8 @@ class WorkerProcess:
         """SIGKILL the whole worker (main process and pool children): a crash, not a shutdown."""
         if self.process is None or self.process.poll() is not None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=30)
 
     def stop(self, timeout: float = 20.0) -> None:

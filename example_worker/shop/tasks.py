@@ -25,8 +25,12 @@ def send_receipt(order_id: int) -> str:
 @hygienic_task(
     name="shop.call_partner",
     retry=RetryPolicy(
-        max_attempts=3, wait=wait_exponential_jitter(multiplier=1, max=4),
-        retry_on=(ConnectionError,), give_up_on=(ValueError,), min_delay=1, max_delay=4,
+        max_attempts=3,
+        wait=wait_exponential_jitter(multiplier=1, max=4),
+        retry_on=(ConnectionError,),
+        give_up_on=(ValueError,),
+        min_delay=1,
+        max_delay=4,
     ),
 )
 def call_partner(request_id: str, succeed_on_attempt: int) -> str:

@@ -122,7 +122,9 @@ RETURNING attempts
 """
 
 
-def _render(sql: str, using: str, *, lease_seconds: float | None, completed: bool) -> tuple[str, dict]:
+def _render(
+    sql: str, using: str, *, lease_seconds: float | None, completed: bool
+) -> tuple[str, dict]:
     """Fill in table name and clock expressions for the backend.
 
     PostgreSQL uses its own clock so that workers on hosts with skewed clocks agree on when a
@@ -133,7 +135,8 @@ def _render(sql: str, using: str, *, lease_seconds: float | None, completed: boo
     if connection.vendor == "postgresql":
         now = "statement_timestamp()"
         lease_until = (
-            "NULL" if lease_seconds is None
+            "NULL"
+            if lease_seconds is None
             else "statement_timestamp() + %(lease_seconds)s * interval '1 second'"
         )
         params["lease_seconds"] = lease_seconds
@@ -143,7 +146,8 @@ def _render(sql: str, using: str, *, lease_seconds: float | None, completed: boo
         params["now"] = connection.ops.adapt_datetimefield_value(current)
         lease_until = "%(lease_until)s"
         params["lease_until"] = (
-            None if lease_seconds is None
+            None
+            if lease_seconds is None
             else connection.ops.adapt_datetimefield_value(
                 current + dt.timedelta(seconds=lease_seconds)
             )
@@ -161,8 +165,12 @@ def acquire(
     """Try to own the claim. One round trip when it is free; a second read when it is not."""
     sql, params = _render(_ACQUIRE_SQL, using, lease_seconds=lease_seconds, completed=False)
     params.update(
-        entity=key.entity, operation=key.operation, task_name=key.task_name,
-        fingerprint=key.fingerprint, owner=owner_task_id, worker=owner_worker,
+        entity=key.entity,
+        operation=key.operation,
+        task_name=key.task_name,
+        fingerprint=key.fingerprint,
+        owner=owner_task_id,
+        worker=owner_worker,
     )
     with connections[using].cursor() as cursor:
         cursor.execute(sql, params)
@@ -190,7 +198,8 @@ def _describe_existing(key: ClaimKey, using: str) -> ClaimResult:
         return ClaimResult(Outcome.DEAD, existing=existing)
     wait = 0.0
     if existing.lease_expires_at is not None:
-        wait = max(0.0, (existing.lease_expires_at - existing.db_now).total_seconds())
+        db_now = existing.db_now  # type: ignore[attr-defined]  # annotated above
+        wait = max(0.0, (existing.lease_expires_at - db_now).total_seconds())
     return ClaimResult(Outcome.IN_PROGRESS, existing=existing, wait_seconds=wait)
 
 
@@ -225,9 +234,15 @@ def _record_failure(ticket: Ticket, status: str, error: str, lease_seconds: floa
         _RECORD_FAILURE_SQL, ticket.using, lease_seconds=lease_seconds, completed=terminal
     )
     params.update(
-        entity=ticket.key.entity, operation=ticket.key.operation, task_name=ticket.key.task_name,
-        fingerprint=ticket.key.fingerprint, owner=ticket.owner_task_id,
-        worker=ticket.owner_worker, status=status, attempts=ticket.attempts, error=error[:10_000],
+        entity=ticket.key.entity,
+        operation=ticket.key.operation,
+        task_name=ticket.key.task_name,
+        fingerprint=ticket.key.fingerprint,
+        owner=ticket.owner_task_id,
+        worker=ticket.owner_worker,
+        status=status,
+        attempts=ticket.attempts,
+        error=error[:10_000],
     )
     with connections[ticket.using].cursor() as cursor:
         cursor.execute(sql, params)
@@ -251,7 +266,12 @@ def mark_dead(ticket: Ticket, *, error: str) -> bool:
 
 
 def reopen(
-    entity: str, operation: str, *, owner_task_id: str, lease_seconds: float, using: str | None = None
+    entity: str,
+    operation: str,
+    *,
+    owner_task_id: str,
+    lease_seconds: float,
+    using: str | None = None,
 ) -> bool:
     """Let a replay (a new task id) run the body once more: dead -> retrying, owned by the replay.
 
@@ -286,7 +306,9 @@ def mark_dead_for_owner(
     claim = (
         TaskClaim.objects.using(using)
         .filter(
-            entity=entity, operation=operation, owner_task_id=owner_task_id,
+            entity=entity,
+            operation=operation,
+            owner_task_id=owner_task_id,
             status__in=[ClaimStatus.RUNNING, ClaimStatus.RETRYING],
         )
         .first()
@@ -297,8 +319,11 @@ def mark_dead_for_owner(
         TaskClaim.objects.using(using)
         .filter(pk=claim.pk, attempts=claim.attempts, owner_task_id=owner_task_id)
         .update(
-            status=ClaimStatus.DEAD, last_error=error[:10_000], completed_at=Now(),
-            updated_at=Now(), lease_expires_at=None,
+            status=ClaimStatus.DEAD,
+            last_error=error[:10_000],
+            completed_at=Now(),
+            updated_at=Now(),
+            lease_expires_at=None,
         )
     )
     return claim.attempts if updated else 0

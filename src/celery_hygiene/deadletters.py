@@ -82,7 +82,9 @@ def safe_payload(args: Any, kwargs: Any, max_bytes: int) -> SafePayload:
         encoded_kwargs = kombu_dumps(dict(kwargs or {}))
     except (TypeError, ValueError) as exc:
         return SafePayload(
-            [repr(args)[:max_bytes]], {"__repr__": repr(kwargs)[:max_bytes]}, True,
+            [repr(args)[:max_bytes]],
+            {"__repr__": repr(kwargs)[:max_bytes]},
+            True,
             f"not JSON-serializable ({type(exc).__name__}); stored repr()",
         )
     size = len(encoded_args) + len(encoded_kwargs)
@@ -105,7 +107,11 @@ def message_arguments(dead_letter: DeadLetter) -> tuple[list[Any], dict[str, Any
 def format_traceback(exc: BaseException) -> str:
     text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
     if len(text) > TRACEBACK_MAX_CHARS:
-        text = text[: TRACEBACK_MAX_CHARS // 2] + "\n... [truncated] ...\n" + text[-TRACEBACK_MAX_CHARS // 2 :]
+        text = (
+            text[: TRACEBACK_MAX_CHARS // 2]
+            + "\n... [truncated] ...\n"
+            + text[-TRACEBACK_MAX_CHARS // 2 :]
+        )
     return text
 
 
@@ -134,7 +140,7 @@ def _build(failed: FailedTask) -> DeadLetter:
         first_failed_at=failed.first_failed_at,
         last_failed_at=failed.last_failed_at,
         worker_hostname=failed.worker_hostname or "",
-        replay_of_id=int(replay_of) if str(replay_of or "").isdigit() else None,
+        replay_of_id=_as_id(replay_of),
     )
 
 
@@ -163,7 +169,8 @@ def store(failed: FailedTask, *, also: Callable[[], object] | None = None) -> De
 
 def _reset_connection(retry_state: Any) -> None:
     log_event(
-        logging.WARNING, "deadletter_write_retry",
+        logging.WARNING,
+        "deadletter_write_retry",
         attempt=retry_state.attempt_number,
         error=repr(retry_state.outcome.exception()) if retry_state.outcome else None,
     )
@@ -178,15 +185,31 @@ def _reset_connection(retry_state: Any) -> None:
 def log_unstorable(failed: FailedTask, error: BaseException) -> None:
     """Last resort when the database cannot take the dead letter: the whole payload, at ERROR."""
     payload = {
-        "task_name": failed.task_name, "task_id": failed.task_id, "args": failed.args,
-        "kwargs": failed.kwargs, "queue": failed.queue, "routing_key": failed.routing_key,
-        "headers": failed.headers, "entity": failed.entity, "operation": failed.operation,
-        "exception": repr(failed.exception), "attempts": failed.attempts,
+        "task_name": failed.task_name,
+        "task_id": failed.task_id,
+        "args": failed.args,
+        "kwargs": failed.kwargs,
+        "queue": failed.queue,
+        "routing_key": failed.routing_key,
+        "headers": failed.headers,
+        "entity": failed.entity,
+        "operation": failed.operation,
+        "exception": repr(failed.exception),
+        "attempts": failed.attempts,
     }
     log_event(
-        logging.ERROR, "deadletter_write_failed", **failed.log_fields(),
-        error=repr(error), payload=json.dumps(payload, default=repr),
+        logging.ERROR,
+        "deadletter_write_failed",
+        **failed.log_fields(),
+        error=repr(error),
+        payload=json.dumps(payload, default=repr),
     )
+
+
+def _as_id(value: Any) -> int | None:
+    """The replay link from a header; anything but a plain id is ignored rather than trusted."""
+    text = str(value) if value is not None else ""
+    return int(text) if text.isdigit() else None
 
 
 def _qualified_name(cls: type) -> str:

@@ -66,8 +66,13 @@ def idempotent_task(
 
     def decorate(fun: F) -> Any:
         spec = IdempotencySpec.build(
-            fun, entity=entity, operation=operation, atomic=atomic, lease_seconds=lease_seconds,
-            on_mismatch=on_mismatch, bind=bool(options.get("bind", False)),
+            fun,
+            entity=entity,
+            operation=operation,
+            atomic=atomic,
+            lease_seconds=lease_seconds,
+            on_mismatch=on_mismatch,
+            bind=bool(options.get("bind", False)),
         )
         return _register(
             fun, app, options, retry=retry, expected_duration=expected_duration, idempotency=spec
@@ -89,7 +94,8 @@ def _register(
     policy = coerce_policy(retry) if retry is not None else None
     if expected_duration is not None and not expected_duration > 0:
         raise HygieneConfigurationError(
-            f"{name}: expected_duration must be a positive number of seconds, got {expected_duration!r}."
+            f"{name}: expected_duration must be a positive number of seconds, "
+            f"got {expected_duration!r}."
         )
     options = dict(options)
     options["base"] = _hygienic_base(options.get("base"), name)
@@ -107,7 +113,9 @@ def _hygienic_base(base: type[Task] | None, name: str) -> type[Task]:
     if base is None:
         return HygieneTask
     if not (isinstance(base, type) and issubclass(base, Task)):
-        raise HygieneConfigurationError(f"{name}: base must be a celery.Task subclass, got {base!r}.")
+        raise HygieneConfigurationError(
+            f"{name}: base must be a celery.Task subclass, got {base!r}."
+        )
     if issubclass(base, HygieneTask):
         return base
     # Keep the user's base (its hooks and defaults) and put ours in front of it.

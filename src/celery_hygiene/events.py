@@ -1,6 +1,6 @@
 """Structured log lines: one event name followed by key=value fields.
 
-    task_dead_lettered task=shop.charge_order id=5f0c... attempts=5 exc=TimeoutError
+task_dead_lettered task=shop.charge_order id=5f0c... attempts=5 exc=TimeoutError
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ def _format_value(value: Any) -> str:
 
 def format_event(event: str, **fields: Any) -> str:
     parts = [event]
-    parts.extend(f"{key}={_format_value(value)}" for key, value in fields.items() if value is not None)
+    parts.extend(
+        f"{key}={_format_value(value)}" for key, value in fields.items() if value is not None
+    )
     return " ".join(parts)
 
 

@@ -48,7 +48,8 @@ class IdempotencySpec:
             )
         if lease_seconds is not None and not lease_seconds > 0:
             raise HygieneConfigurationError(
-                f"{name}: lease_seconds must be a positive number of seconds, got {lease_seconds!r}."
+                f"{name}: lease_seconds must be a positive number of seconds, "
+                f"got {lease_seconds!r}."
             )
         if operation is not None and (not isinstance(operation, str) or not operation.strip()):
             raise HygieneConfigurationError(f"{name}: operation must be a non-empty string.")
@@ -58,7 +59,9 @@ class IdempotencySpec:
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise EntityKeyError(f"{task_name}: arguments do not fit the task signature: {exc}") from exc
+            raise EntityKeyError(
+                f"{task_name}: arguments do not fit the task signature: {exc}"
+            ) from exc
         bound.apply_defaults()
         return dict(bound.arguments)
 

@@ -49,7 +49,9 @@ class TaskClaim(models.Model):
         ]
         indexes = [
             # Sweeps for stale leases and retention purges.
-            models.Index(fields=["status", "lease_expires_at"], name="celery_hyg_claim_status_lease"),
+            models.Index(
+                fields=["status", "lease_expires_at"], name="celery_hyg_claim_status_lease"
+            ),
             models.Index(fields=["completed_at"], name="celery_hyg_claim_completed"),
         ]
 
@@ -73,7 +75,7 @@ class DeadLetterReason(models.TextChoices):
 
 
 class DeadLetter(models.Model):
-    """A task that will not run again on its own, with everything needed to understand and replay it."""
+    """A task that will not run again on its own, with what it takes to understand and replay it."""
 
     task_name = models.CharField(max_length=255)
     task_id = models.CharField(max_length=255)
@@ -189,7 +191,9 @@ class TaskRunStats(models.Model):
 
     task_name = models.CharField(max_length=255)
     window_start = models.DateTimeField()
-    worker = models.CharField(max_length=255, help_text="hostname:pid of the process that ran them.")
+    worker = models.CharField(
+        max_length=255, help_text="hostname:pid of the process that ran them."
+    )
     runs = models.PositiveIntegerField(default=0)
     total_seconds = models.FloatField(default=0.0)
     max_seconds = models.FloatField(default=0.0)

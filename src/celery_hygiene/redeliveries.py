@@ -22,8 +22,10 @@ def count(request: Any, task_name: str) -> int:
     if not delivery.get("redelivered"):
         return 0
     using = router.db_for_write(RedeliveryCount)
-    updated = RedeliveryCount.objects.using(using).filter(task_id=request.id).update(
-        deliveries=F("deliveries") + 1, updated_at=Now()
+    updated = (
+        RedeliveryCount.objects.using(using)
+        .filter(task_id=request.id)
+        .update(deliveries=F("deliveries") + 1, updated_at=Now())
     )
     if not updated:
         RedeliveryCount.objects.using(using).get_or_create(

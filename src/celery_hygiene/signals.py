@@ -1,6 +1,6 @@
 """Signals users can connect to. Each is sent with ``sender`` = the Celery task object.
 
-- ``task_duplicate``: a message found its claim already succeeded (or dead) and did not run the body.
+- ``task_duplicate``: a message found its claim succeeded (or dead) and did not run the body.
   kwargs: task_id, entity, operation, status.
 - ``task_claim_mismatch``: same (entity, operation), different arguments. kwargs: task_id, entity,
   operation, existing_fingerprint, fingerprint.

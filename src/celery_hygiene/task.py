@@ -62,8 +62,11 @@ class HygieneTask(Task):
         except (EntityKeyError, IdempotencyConflict) as exc:
             # The message cannot run as sent; keep it where an operator will see it.
             self._dead_letter(
-                exc, reason=DeadLetterReason.GAVE_UP, attempts=self.request.retries + 1,
-                ticket=None, key=None,
+                exc,
+                reason=DeadLetterReason.GAVE_UP,
+                attempts=self.request.retries + 1,
+                ticket=None,
+                key=None,
             )
             raise
 
@@ -154,7 +157,9 @@ class HygieneTask(Task):
         except (Ignore, Reject):
             raise
         except Exception as exc:
-            self._on_body_failure(exc, attempt=ticket.attempts if ticket else 1, ticket=ticket, key=key)
+            self._on_body_failure(
+                exc, attempt=ticket.attempts if ticket else 1, ticket=ticket, key=key
+            )
             raise
         assert self.hygiene_idempotency is not None
         return self._not_acquired(self.hygiene_idempotency, key, claim)
@@ -192,12 +197,20 @@ class HygieneTask(Task):
 
     def _duplicate(self, key: ClaimKey, existing: TaskClaim) -> None:
         log_event(
-            logging.INFO, "task_duplicate", task=self.name, id=self.request.id,
-            entity=key.entity, operation=key.operation, status=existing.status,
+            logging.INFO,
+            "task_duplicate",
+            task=self.name,
+            id=self.request.id,
+            entity=key.entity,
+            operation=key.operation,
+            status=existing.status,
             first_id=existing.owner_task_id,
         )
         signals.task_duplicate.send(
-            sender=self, task_id=self.request.id, entity=key.entity, operation=key.operation,
+            sender=self,
+            task_id=self.request.id,
+            entity=key.entity,
+            operation=key.operation,
             status=existing.status,
         )
 
@@ -207,12 +220,21 @@ class HygieneTask(Task):
             f"{existing.owner_task_id} with different arguments; this message was not run."
         )
         log_event(
-            logging.WARNING, "task_claim_mismatch", task=self.name, id=self.request.id,
-            entity=key.entity, operation=key.operation, first_id=existing.owner_task_id,
+            logging.WARNING,
+            "task_claim_mismatch",
+            task=self.name,
+            id=self.request.id,
+            entity=key.entity,
+            operation=key.operation,
+            first_id=existing.owner_task_id,
         )
         signals.task_claim_mismatch.send(
-            sender=self, task_id=self.request.id, entity=key.entity, operation=key.operation,
-            existing_fingerprint=existing.fingerprint, fingerprint=key.fingerprint,
+            sender=self,
+            task_id=self.request.id,
+            entity=key.entity,
+            operation=key.operation,
+            existing_fingerprint=existing.fingerprint,
+            fingerprint=key.fingerprint,
         )
         if spec.on_mismatch == "raise":
             raise IdempotencyConflict(message)
@@ -226,11 +248,18 @@ class HygieneTask(Task):
         countdown = min(float(conf.get("DEFER_MAX_SECONDS")), wait_seconds)
         countdown = max(0.5, countdown) + random.uniform(0, 0.5)
         log_event(
-            logging.INFO, "task_claim_busy", task=self.name, id=self.request.id,
-            entity=key.entity, operation=key.operation, retry_in=round(countdown, 2),
+            logging.INFO,
+            "task_claim_busy",
+            task=self.name,
+            id=self.request.id,
+            entity=key.entity,
+            operation=key.operation,
+            retry_in=round(countdown, 2),
         )
         self.signature_from_request(
-            self.request, countdown=countdown, retries=self.request.retries,
+            self.request,
+            countdown=countdown,
+            retries=self.request.retries,
             headers=dict(self.request.headers or {}),
         ).apply_async()
         raise Ignore()
@@ -246,8 +275,12 @@ class HygieneTask(Task):
             raise exc from None
         if not claims.complete(ticket, result_json):
             log_event(
-                logging.WARNING, "task_claim_lost", task=self.name, id=self.request.id,
-                entity=ticket.key.entity, operation=ticket.key.operation,
+                logging.WARNING,
+                "task_claim_lost",
+                task=self.name,
+                id=self.request.id,
+                entity=ticket.key.entity,
+                operation=ticket.key.operation,
                 detail="lease expired and was taken over before completion",
             )
 
@@ -302,24 +335,37 @@ class HygieneTask(Task):
         now = time.time()
         headers = dict(self.request.headers or {})
         headers.setdefault(FIRST_FAILED_HEADER, _header(self.request, FIRST_FAILED_HEADER) or now)
-        headers.setdefault(
-            FIRST_STARTED_HEADER, _header(self.request, FIRST_STARTED_HEADER) or now
-        )
+        headers.setdefault(FIRST_STARTED_HEADER, _header(self.request, FIRST_STARTED_HEADER) or now)
         log_event(
-            logging.WARNING, "task_retry_scheduled", task=self.name, id=self.request.id,
-            attempt=attempt, max_attempts=self.hygiene_policy().max_attempts,
-            countdown=round(countdown, 3), exc=type(exc).__name__,
+            logging.WARNING,
+            "task_retry_scheduled",
+            task=self.name,
+            id=self.request.id,
+            attempt=attempt,
+            max_attempts=self.hygiene_policy().max_attempts,
+            countdown=round(countdown, 3),
+            exc=type(exc).__name__,
         )
         _send_safely(
-            signals.task_retry_scheduled, sender=self, task_id=self.request.id, attempt=attempt,
-            countdown=countdown, exception=exc,
+            signals.task_retry_scheduled,
+            sender=self,
+            task_id=self.request.id,
+            attempt=attempt,
+            countdown=countdown,
+            exception=exc,
         )
         raise self.retry(
             exc=exc, countdown=countdown, max_retries=self.request.retries + 1, headers=headers
         )
 
     def _give_up_lost(
-        self, attempts: int, args: tuple, kwargs: dict, *, ticket: Ticket | None, key: ClaimKey | None
+        self,
+        attempts: int,
+        args: tuple,
+        kwargs: dict,
+        *,
+        ticket: Ticket | None,
+        key: ClaimKey | None,
     ) -> None:
         """The message came back more times than the policy allows: it keeps killing workers."""
         from billiard.exceptions import WorkerLostError
@@ -335,10 +381,15 @@ class HygieneTask(Task):
         return None
 
     def _dead_letter(
-        self, exc: BaseException, *, reason: str, attempts: int, ticket: Ticket | None,
+        self,
+        exc: BaseException,
+        *,
+        reason: str,
+        attempts: int,
+        ticket: Ticket | None,
         key: ClaimKey | None,
     ) -> None:
-        """Store the dead letter. Never raises into Celery, except Reject when nothing could be stored."""
+        """Store the dead letter; never raises into Celery, except Reject if nothing was stored."""
         failed = self._failed_task(exc, reason=reason, attempts=attempts, key=key)
         close_claim = (lambda: claims.mark_dead(ticket, error=repr(exc))) if ticket else None
         if ticket is None and key is not None:
@@ -351,10 +402,15 @@ class HygieneTask(Task):
             # dead-letter exchange); without acks_late it was acked on receipt and the log
             # line above is the only copy left.
             raise Reject(error, requeue=False) from error
-        log_event(logging.ERROR, "task_dead_lettered", **failed.log_fields(), dead_letter=dead_letter.pk)
+        log_event(
+            logging.ERROR, "task_dead_lettered", **failed.log_fields(), dead_letter=dead_letter.pk
+        )
         _send_safely(
-            signals.task_dead_lettered, sender=self, task_id=self.request.id,
-            dead_letter=dead_letter, exception=exc,
+            signals.task_dead_lettered,
+            sender=self,
+            task_id=self.request.id,
+            dead_letter=dead_letter,
+            exception=exc,
         )
 
     def _failed_task(
@@ -396,15 +452,19 @@ class HygieneTask(Task):
         """
         request = self.request if self.request.id == task_id else None
         reason = (
-            DeadLetterReason.TIMEOUT if isinstance(exc, TimeLimitExceeded)
+            DeadLetterReason.TIMEOUT
+            if isinstance(exc, TimeLimitExceeded)
             else DeadLetterReason.WORKER_LOST
         )
         key = self._key_or_none(args or (), kwargs or {})
         attempts = (request.retries + 1) if request is not None else 1
         if key is not None:
-            attempts = claims.mark_dead_for_owner(
-                key.entity, key.operation, owner_task_id=task_id, error=repr(exc)
-            ) or attempts
+            attempts = (
+                claims.mark_dead_for_owner(
+                    key.entity, key.operation, owner_task_id=task_id, error=repr(exc)
+                )
+                or attempts
+            )
         failed = self._failed_task(exc, reason=reason, attempts=attempts, key=key)
         failed.task_id = task_id
         failed.args = list(args or ())
@@ -416,9 +476,14 @@ class HygieneTask(Task):
         except Exception as error:
             deadletters.log_unstorable(failed, error)
             return
-        log_event(logging.ERROR, "task_dead_lettered", **failed.log_fields(), dead_letter=dead_letter.pk)
+        log_event(
+            logging.ERROR, "task_dead_lettered", **failed.log_fields(), dead_letter=dead_letter.pk
+        )
         _send_safely(
-            signals.task_dead_lettered, sender=self, task_id=task_id, dead_letter=dead_letter,
+            signals.task_dead_lettered,
+            sender=self,
+            task_id=task_id,
+            dead_letter=dead_letter,
             exception=exc,
         )
 
@@ -470,7 +535,9 @@ class HygieneTask(Task):
             )
         assert claim.existing is not None
         self._duplicate(key, claim.existing)
-        return _load_result(claim.existing.result_json) if claim.outcome is Outcome.SUCCEEDED else None
+        return (
+            _load_result(claim.existing.result_json) if claim.outcome is Outcome.SUCCEEDED else None
+        )
 
 
 class _GiveUpLost(Exception):
@@ -487,10 +554,16 @@ class _nullcontext:
         return None
 
 
-def _mark_dead_by_key(key: ClaimKey, task_id: str, attempts: int, exc: BaseException, task: HygieneTask):
+def _mark_dead_by_key(
+    key: ClaimKey, task_id: str, attempts: int, exc: BaseException, task: HygieneTask
+):
     """Close a claim we do not hold a ticket for (atomic mode rolled ours back)."""
     ticket = Ticket(
-        key, task_id, task._worker_name(), max(attempts, 1), task.hygiene_lease_seconds(),
+        key,
+        task_id,
+        task._worker_name(),
+        max(attempts, 1),
+        task.hygiene_lease_seconds(),
         router.db_for_write(TaskClaim),
     )
     return lambda: claims.mark_dead(ticket, error=repr(exc))
@@ -563,8 +636,11 @@ def _warn_visibility_timeout(task: Task, countdown: float) -> None:
     timeout = (conf_.broker_transport_options or {}).get("visibility_timeout", 3600)
     if countdown > float(timeout):
         log_event(
-            logging.WARNING, "retry_exceeds_visibility_timeout", task=task.name,
-            countdown=round(countdown, 1), visibility_timeout=timeout,
+            logging.WARNING,
+            "retry_exceeds_visibility_timeout",
+            task=task.name,
+            countdown=round(countdown, 1),
+            visibility_timeout=timeout,
             hint="raise broker_transport_options['visibility_timeout'] or lower max_delay",
         )
 
@@ -574,6 +650,8 @@ def _send_safely(signal: Any, **kwargs: Any) -> None:
     for receiver, response in signal.send_robust(**kwargs):
         if isinstance(response, Exception):
             log_event(
-                logging.ERROR, "signal_receiver_failed", receiver=getattr(receiver, "__qualname__", receiver),
+                logging.ERROR,
+                "signal_receiver_failed",
+                receiver=getattr(receiver, "__qualname__", receiver),
                 error=repr(response),
             )

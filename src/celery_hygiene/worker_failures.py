@@ -33,8 +33,12 @@ def _first_report(task_id: str) -> bool:
 
 
 def on_task_failure(
-    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
-    args: Any = None, kwargs: Any = None, **_: Any,
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    **_: Any,
 ) -> None:
     from .task import HygieneTask
 
@@ -53,7 +57,13 @@ def on_task_failure(
     try:
         sender.dead_letter_from_parent(task_id, exception, args, kwargs)
     except Exception as error:  # never raise into the worker's main loop
-        log_event(logging.ERROR, "deadletter_parent_failed", task=sender.name, id=task_id, error=repr(error))
+        log_event(
+            logging.ERROR,
+            "deadletter_parent_failed",
+            task=sender.name,
+            id=task_id,
+            error=repr(error),
+        )
 
 
 def connect() -> None:

@@ -1,4 +1,4 @@
-"""Side-effect tables: tests assert "exactly once" from these, not from the library's bookkeeping."""
+"""Side-effect tables: tests assert "exactly once" from these, not from library bookkeeping."""
 
 from django.db import models
 

@@ -24,7 +24,7 @@ def charge_order(order_id: int, amount_cents: int, work_seconds: float = 0.0) ->
 
 
 @idempotent_task(
-    entity="key", acks_late=True, reject_on_worker_lost=True, lease_seconds=3, retry=FAST_RETRY
+    entity="key", acks_late=True, reject_on_worker_lost=True, lease_seconds=8, retry=FAST_RETRY
 )
 def crashable(key: str, work_seconds: float) -> str:
     """Records each start, works for a while (the test kills the worker here), then the effect."""
@@ -36,7 +36,7 @@ def crashable(key: str, work_seconds: float) -> str:
 
 @idempotent_task(entity="key", lease_seconds=3, retry=FAST_RETRY)
 def early_ack(key: str, work_seconds: float) -> str:
-    """acks_late off: a killed worker loses this message; a later duplicate must still do the work."""
+    """acks_late off: a killed worker loses the message; a later duplicate still does the work."""
     Attempt.objects.create(task="early_ack", key=key)
     time.sleep(work_seconds if Attempt.objects.filter(key=key).count() == 1 else 0.1)
     SideEffect.objects.create(entity=key, kind="early_ack")
@@ -44,7 +44,9 @@ def early_ack(key: str, work_seconds: float) -> str:
 
 
 @idempotent_task(
-    entity=lambda invoice_id, **_: f"invoice:{invoice_id}", atomic=True, acks_late=True,
+    entity=lambda invoice_id, **_: f"invoice:{invoice_id}",
+    atomic=True,
+    acks_late=True,
     retry=FAST_RETRY,
 )
 def issue_invoice(invoice_id: int, fail_first: int = 0) -> str:

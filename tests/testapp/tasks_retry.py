@@ -27,8 +27,12 @@ def always_times_out(key: str, payload: dict | None = None) -> None:
 
 
 @idempotent_task(
-    entity="order_id", operation="charge-retry", acks_late=True,
-    retry=RetryPolicy(max_attempts=3, retry_on=(ConnectionError,), give_up_on=(ValueError,), **QUICK),
+    entity="order_id",
+    operation="charge-retry",
+    acks_late=True,
+    retry=RetryPolicy(
+        max_attempts=3, retry_on=(ConnectionError,), give_up_on=(ValueError,), **QUICK
+    ),
 )
 def charge_with_policy(order_id: int, mode: str) -> str:
     attempt = _attempt("charge_with_policy", str(order_id))
@@ -72,7 +76,10 @@ def kills_its_worker_plain(key: str) -> None:
 
 
 @idempotent_task(
-    entity="key", lease_seconds=1, acks_late=True, reject_on_worker_lost=True,
+    entity="key",
+    lease_seconds=1,
+    acks_late=True,
+    reject_on_worker_lost=True,
     retry=RetryPolicy(max_attempts=3, **QUICK),
 )
 def kills_its_worker_idempotent(key: str) -> None:
