@@ -32,6 +32,9 @@ def test_first_delivery_runs_once_and_duplicates_get_the_stored_result(worker, q
     assert claim.owner_task_id == first.id
     worker.wait_for_log("task_duplicate")
     assert worker.log().count("task_duplicate task=tests.testapp.tasks.charge_order") == 3
+    # Users can count duplicates: our signal fired once per duplicate, in the worker.
+    signalled = SideEffect.objects.filter(entity="7", kind="signal:duplicate")
+    assert sorted(s.payload["task_id"] for s in signalled) == sorted(d.id for d in duplicates)
 
 
 def test_keyword_and_positional_calls_are_the_same_work(worker, queue_name):

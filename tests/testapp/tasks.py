@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import time
 
+from django.dispatch import receiver
+
 from celery_hygiene import RetryPolicy, idempotent_task
+from celery_hygiene.signals import task_duplicate
 from tests.testapp.models import Attempt, SideEffect
 
 FAST_RETRY = RetryPolicy(max_attempts=3, min_delay=0.2, max_delay=0.5)
@@ -93,3 +96,8 @@ def unstorable_result(key: str) -> object:
 def bound_task(self, key: str) -> str:  # noqa: ANN001
     SideEffect.objects.create(entity=key, kind="bound", payload={"task_id": self.request.id})
     return self.request.id
+
+
+@receiver(task_duplicate)
+def _record_duplicate(sender, task_id, entity, operation, status, **kwargs):  # noqa: ANN001
+    SideEffect.objects.create(entity=entity, kind="signal:duplicate", payload={"task_id": task_id})
