@@ -49,9 +49,10 @@ def test_claims_read_and_write_the_write_database_even_when_reads_are_routed_awa
         using = claims.write_alias()
         assert using == "default"
         key = ClaimKey("routed", "op", "t", "fp")
-        first = claims.acquire(key, owner_task_id="a", owner_worker="w", lease_seconds=30, using=using)
+        options = {"owner_worker": "w", "lease_seconds": 30, "using": using}
+        first = claims.acquire(key, owner_task_id="a", **options)
         claims.complete(first.ticket, '"r"')
-        again = claims.acquire(key, owner_task_id="b", owner_worker="w", lease_seconds=30, using=using)
+        again = claims.acquire(key, owner_task_id="b", **options)
     # Read from a replica-like alias, the duplicate would have looked like "in progress".
     assert again.outcome is Outcome.SUCCEEDED
     assert not TaskClaim.objects.using("sqlite").exists()
