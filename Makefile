@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: example test services bootstrap lint
+.PHONY: example test services bootstrap lint bench bench-env bench-smoke
 
 services:
 	bash scripts/services.sh
@@ -20,3 +20,15 @@ test: services bootstrap
 
 lint:
 	$(VENV)/bin/ruff check src tests
+
+## Benchmarks (docs/benchmarks.md), in their own venv with celery-once. Full run: ~30 min.
+BENCH_VENV ?= .venv-bench
+bench-env:
+	BENCH_VENV=$(BENCH_VENV) bash benchmarks/bootstrap.sh
+
+bench: services bench-env
+	$(BENCH_VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
+
+## Tiny sizes (< 60 s); CI runs it after the tests so the benchmark cannot rot.
+bench-smoke: services bench-env
+	$(BENCH_VENV)/bin/python benchmarks/run.py --smoke $(BENCH_ARGS)

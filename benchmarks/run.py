@@ -1,0 +1,929 @@
+#!/usr/bin/env python
+"""What task hygiene costs: plain Celery vs ``@idempotent_task`` vs celery-once, in one run.
+
+    make bench                      # full run (N=10,000, 3 rounds, 1,000,000-row scale test)
+    make bench-smoke                # tiny N; CI runs it so the benchmark cannot rot
+    .venv-bench/bin/python benchmarks/run.py --help
+
+Phases, all against the same real ``celery worker`` command line (prefork, fixed concurrency,
+``-Q`` a private queue, RabbitMQ broker, a scratch PostgreSQL database that is dropped and
+re-created at the start):
+
+1. Throughput. For each variant: truncate the tables, publish all N messages while no worker
+   runs, start a fresh worker, and time from the first task start to the last completion (both
+   noted by the same signal handlers for every variant). Variants alternate a,b,c,d,e,a,b,...
+   for ``--rounds`` rounds; the median per variant is reported.
+2. Worker-side cost. Every task's time between ``task_prerun`` and ``task_postrun`` minus the
+   body's own time (from the throughput runs, i.e. under full load, and from a paced run at low
+   load), and the PostgreSQL round trips per task from a libpq wire trace.
+3. Scale. ``claims.acquire`` + ``claims.complete`` latency with 10,000 and 1,000,000 existing
+   claim rows, then ``retention.purge_claims`` of 1,000,000 old claims and
+   ``manage.py deadletter purge`` of 1,000,000 old dead letters.
+4. Admin. The dead-letter changelist at 1,000,000 rows, through benchmarks/admin_changelist.py
+   when that module exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+VARIANTS = {
+    "a": ("plain Celery task", "bench.plain"),
+    "b": ("@idempotent_task, unique keys", "bench.idempotent"),
+    "c": ("@idempotent_task(atomic=True), unique keys", "bench.idempotent_atomic"),
+    "d": ("@idempotent_task, 50% duplicate messages", "bench.idempotent"),
+    "e": ("celery-once QueueOnce, unique keys", "bench.once"),
+}
+TARGETS = {"b": 0.90, "c": 0.85, "d": 1.0}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, < 60 s: proves it still runs")
+    p.add_argument("-n", "--tasks", type=int, default=10_000, help="messages per throughput run")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of a,b,c,d,e")
+    p.add_argument("--variants", default="abcde", help="subset of abcde")
+    p.add_argument("--concurrency", type=int, default=4, help="prefork pool size")
+    p.add_argument("--work-ms", type=float, default=2.0, help="simulated I/O in each body, ms")
+    p.add_argument("--latency-tasks", type=int, default=1000, help="per variant, paced run")
+    p.add_argument("--latency-rate", type=float, default=150.0, help="messages/s, paced run")
+    p.add_argument("--trace-tasks", type=int, default=40, help="traced tasks per variant")
+    p.add_argument("--scale-small", type=int, default=10_000)
+    p.add_argument("--scale-large", type=int, default=1_000_000)
+    p.add_argument("--scale-samples", type=int, default=2000, help="claims timed per size")
+    p.add_argument("--deadletters", type=int, default=None, help="default: --scale-large")
+    p.add_argument("--synchronous-commit", choices=["on", "off"], default="on",
+                   help="PostgreSQL synchronous_commit for the benchmark's connections (what-if)")
+    p.add_argument("--db-per-task", action="store_true",
+                   help="Celery's default: a new DB connection for every task (no CELERY_DB_REUSE_MAX)")
+    p.add_argument("--skip", default="", help="comma list of phases: throughput,latency,trace,scale")
+    # Not "celery_hygiene_bench": benchmarks/admin_changelist.py drops and re-creates that one.
+    p.add_argument("--db", default=os.environ.get("BENCH_DB_NAME", "celery_hygiene_bench_run"))
+    p.add_argument("--markdown", type=Path, default=None, help="write the report here too")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.tasks, args.rounds = 50, 1
+        args.latency_tasks, args.latency_rate, args.trace_tasks = 20, 100.0, 6
+        args.scale_small, args.scale_large, args.scale_samples = 100, 1000, 50
+    if args.deadletters is None:
+        args.deadletters = args.scale_large
+    bad = set(args.variants) - set(VARIANTS)
+    if bad or not args.variants:
+        p.error(f"--variants: unknown {sorted(bad)}; choose from {''.join(VARIANTS)}")
+    args.skip = {s for s in args.skip.split(",") if s}
+    return args
+
+
+ARGS = parse_args()
+QUEUE = f"hygiene-bench-{os.getpid()}"
+os.environ.update(
+    BENCH_DB_NAME=ARGS.db, BENCH_QUEUE=QUEUE, BENCH_WORK_MS=str(ARGS.work_ms),
+    DJANGO_SETTINGS_MODULE="benchproject.settings", BENCH_SYNCHRONOUS_COMMIT=ARGS.synchronous_commit,
+    BENCH_DB_PER_TASK="1" if ARGS.db_per_task else "0",
+)
+sys.path.insert(0, str(BENCH_DIR))
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- database and broker -----------------------------------------------------------------------
+
+
+def recreate_database(name: str) -> None:
+    import psycopg
+
+    dsn = dict(
+        host=os.environ.get("PGHOST", "127.0.0.1"), port=os.environ.get("PGPORT", "5432"),
+        user=os.environ.get("PGUSER", "postgres"), password=os.environ.get("PGPASSWORD", ""),
+        dbname="postgres",
+    )
+    with psycopg.connect(**dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def setup_django() -> None:
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", run_syncdb=True, verbosity=0)
+
+
+def sql(statement: str, params: object = None, fetch: bool = False) -> list[tuple]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchall() if fetch else []
+
+
+def truncate(*models: type) -> None:
+    tables = ", ".join(m._meta.db_table for m in models)
+    sql(f"TRUNCATE {tables} RESTART IDENTITY")
+
+
+# -- worker --------------------------------------------------------------------------------------
+
+
+class Worker:
+    """The one ``celery -A benchproject worker`` subprocess that serves every run.
+
+    Between runs its consumer is cancelled (remote control), so the next run's messages are all
+    published before any of them starts; start-up and shutdown are never part of a measurement.
+    """
+
+    def __init__(self) -> None:
+        self.hostname = f"bench-{os.getpid()}@localhost"
+        self.logfile = Path(tempfile.mkstemp(prefix="bench-worker-", suffix=".log")[1])
+        self.command = [
+            sys.executable, "-m", "celery", "-A", "benchproject", "worker",
+            "-P", "prefork", "-c", str(ARGS.concurrency), "-Q", QUEUE, "-n", self.hostname,
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=WARNING",
+        ]
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")])),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 180.0) -> Worker:
+        from benchproject.celery import app
+
+        with self.logfile.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.command, cwd=BENCH_DIR, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        while not app.control.ping(destination=[self.hostname], timeout=1.0):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker not ready after {timeout:.0f}s:\n{self.errors()}")
+        self.startup_s = time.perf_counter() - started
+        return self
+
+    def _control(self, command: str) -> None:
+        from benchproject.celery import app
+
+        method = getattr(app.control, command)
+        replies = method(QUEUE, destination=[self.hostname], reply=True, timeout=30)
+        if not replies:
+            raise RuntimeError(f"worker did not answer {command}:\n{self.errors()}")
+
+    def pause(self) -> None:
+        self._control("cancel_consumer")
+
+    def resume(self) -> None:
+        self._control("add_consumer")
+
+    def check_alive(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"worker exited:\n{self.logfile.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        # Warm shutdown through the main process only: a SIGTERM to every pool process would
+        # make the main process report their last jobs as lost.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def errors(self) -> str:
+        text = self.logfile.read_text(errors="replace")
+        return "\n".join(line for line in text.splitlines() if "ERROR" in line or "Traceback" in line)
+
+
+def declare_queue() -> None:
+    from benchproject.celery import app
+
+    with app.connection_for_write() as conn:
+        app.amqp.queues.select_add(QUEUE)
+        app.amqp.queues[QUEUE].bind(conn.default_channel).declare()
+        conn.default_channel.queue_purge(QUEUE)
+
+
+def delete_queue() -> None:
+    from benchproject.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_delete(QUEUE)
+
+
+def publish(messages: list[tuple[str, str]], rate: float | None = None) -> tuple[float, int]:
+    """Send (task name, key) messages; returns (seconds, messages celery-once refused)."""
+    from benchapp import tasks
+    from benchproject.celery import app
+
+    by_name = {
+        "bench.plain": tasks.plain, "bench.idempotent": tasks.idempotent,
+        "bench.idempotent_atomic": tasks.idempotent_atomic, "bench.once": tasks.once,
+    }
+    refused = 0
+    started = time.perf_counter()
+    with app.producer_or_acquire() as producer:
+        for i, (name, key) in enumerate(messages):
+            if rate:
+                delay = started + i / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            result = by_name[name].apply_async(kwargs={"key": key}, queue=QUEUE, producer=producer)
+            if getattr(result, "state", None) == "REJECTED":  # celery-once: already queued
+                refused += 1
+    return time.perf_counter() - started, refused
+
+
+def redis():  # noqa: ANN201
+    from benchproject.celery import redis_client
+
+    return redis_client()
+
+
+def wait_done(worker: Worker, run: str, expected: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    r = redis()
+    while True:
+        done = int(r.get(f"bench:{run}:done") or 0)
+        if done >= expected:
+            return
+        worker.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"run {run}: {done}/{expected} tasks done after {timeout:.0f}s; "
+                f"worker errors:\n{worker.errors()[-4000:]}"
+            )
+        time.sleep(0.05)
+
+
+def collect(run: str) -> dict:
+    r = redis()
+    firsts = [float(v) for v in r.hvals(f"bench:{run}:first")]
+    lasts = [float(v) for v in r.hvals(f"bench:{run}:last")]
+    samples = []
+    for raw in r.lrange(f"bench:{run}:samples", 0, -1):
+        name, total, body = raw.decode().split(",")
+        samples.append((name, float(total), float(body)))
+    traces = [json.loads(raw) for raw in r.lrange(f"bench:{run}:trace", 0, -1)]
+    deferred = int(r.get(f"bench:{run}:deferred") or 0)
+    for suffix in ("first", "last", "samples", "trace", "deferred", "done"):
+        r.delete(f"bench:{run}:{suffix}")
+    return {
+        "first": min(firsts) if firsts else None, "last": max(lasts) if lasts else None,
+        "samples": samples, "traces": traces, "deferred": deferred,
+    }
+
+
+# -- phase 1: throughput -------------------------------------------------------------------------
+
+
+def messages_for(variant: str, n: int, run: str) -> list[tuple[str, str]]:
+    name = VARIANTS[variant][1]
+    if variant != "d":
+        return [(name, f"{run}:{i}") for i in range(n)]
+    # 50 % duplicates: each block of unique keys is followed by the same keys again, shuffled,
+    # so a duplicate arrives hundreds of messages after its original (a redelivery, a retried
+    # publish, a double click), not while the original is still running.
+    rng = random.Random(6)
+    out: list[tuple[str, str]] = []
+    unique = n // 2
+    block = 500
+    for start in range(0, unique, block):
+        keys = [f"{run}:{i}" for i in range(start, min(start + block, unique))]
+        again = keys[:]
+        rng.shuffle(again)
+        out += [(name, k) for k in keys] + [(name, k) for k in again]
+    out += [(name, f"{run}:extra") for _ in range(n - len(out))]  # odd n
+    return out
+
+
+def throughput_run(worker: Worker, variant: str, round_no: int) -> dict:
+    from benchapp.models import Effect
+
+    from celery_hygiene.models import TaskClaim
+
+    run = f"{variant}{round_no}-{uuid.uuid4().hex[:6]}"
+    truncate(TaskClaim, Effect)
+    messages = messages_for(variant, ARGS.tasks, run)
+    publish_s, refused = publish(messages)
+    worker.resume()
+    try:
+        wait_done(worker, run, len(messages) - refused, timeout=120 + len(messages) / 20)
+    finally:
+        worker.pause()
+    data = collect(run)
+    elapsed = data["last"] - data["first"]
+    effects = Effect.objects.count()
+    expected = len({k for _, k in messages})
+    result = {
+        "variant": variant, "round": round_no, "messages": len(messages), "seconds": elapsed,
+        "tasks_per_s": len(messages) / elapsed, "publish_s": publish_s,
+        "publish_per_s": len(messages) / publish_s, "refused": refused,
+        "effects": effects, "expected_effects": expected, "deferred": data["deferred"],
+        "samples": data["samples"], "errors": worker.errors()[-2000:],
+    }
+    if effects != expected:
+        raise RuntimeError(f"run {run}: {effects} side effects, expected {expected}: {result['errors']}")
+    return result
+
+
+# -- phase 2: worker-side cost at low load, and round trips --------------------------------------
+
+
+def latency_run(worker: Worker, variants: str) -> dict:
+    """Interleaved variants, paced well below capacity: the cost of hygiene without queueing."""
+    from benchapp.models import Effect
+
+    from celery_hygiene.models import TaskClaim
+
+    run = f"lat-{uuid.uuid4().hex[:6]}"
+    truncate(TaskClaim, Effect)
+    messages = [(VARIANTS[v][1], f"{run}:{v}:{i}") for i in range(ARGS.latency_tasks)
+                for v in variants]
+    worker.resume()
+    try:
+        publish(messages, rate=ARGS.latency_rate)
+        wait_done(worker, run, len(messages), timeout=120)
+    finally:
+        worker.pause()
+    return collect(run)
+
+
+def trace_run(worker: Worker, variants: str) -> dict:
+    """Wire-level trace of each task's PostgreSQL traffic; duplicates are traced in a second pass.
+
+    Runs first, on the fresh worker, so it also warms every pool process's connection.
+    """
+    from benchapp.models import Effect
+
+    from celery_hygiene.models import TaskClaim
+
+    run = f"trace-{uuid.uuid4().hex[:6]}"
+    truncate(TaskClaim, Effect)
+    first = [(VARIANTS[v][1], f"{run}:{v}:{i}") for i in range(ARGS.trace_tasks)
+             for v in variants if v != "d"]
+    publish(first)
+    worker.resume()
+    try:
+        wait_done(worker, run, len(first), timeout=120)
+        expected = len(first)
+        if "d" in variants:  # the same keys again: every one of these is a duplicate
+            again = [(VARIANTS["b"][1], f"{run}:b:{i}") for i in range(ARGS.trace_tasks)]
+            publish(again)
+            expected += len(again)
+            wait_done(worker, run, expected, timeout=120)
+    finally:
+        worker.pause()
+    return collect(run)
+
+
+# -- phase 3: scale and retention ----------------------------------------------------------------
+
+
+def _insert_select(model: type, overrides: dict[str, str], start: int, stop: int) -> None:
+    """INSERT .. SELECT generate_series for every concrete column of ``model``.
+
+    Columns named in ``overrides`` get that SQL expression (``g`` is the series value); the
+    rest get their model default, so the loader keeps working when columns are added.
+    """
+    from django.db import connection
+
+    columns, values, params = [], [], []
+    for field in model._meta.concrete_fields:
+        if field.primary_key:
+            continue
+        columns.append(connection.ops.quote_name(field.column))
+        if field.column in overrides:
+            values.append(overrides[field.column])
+        elif field.has_default():
+            values.append("%s")
+            params.append(field.get_db_prep_save(field.get_default(), connection))
+        elif field.null:
+            values.append("NULL")
+        elif field.db_default is not None and field.db_default is not field.__class__.db_default:
+            values.append("now()")
+        else:
+            raise RuntimeError(f"bench loader: no value for {model.__name__}.{field.column}")
+    step = 200_000
+    for lo in range(start, stop, step):
+        hi = min(stop, lo + step)
+        sql(
+            f"INSERT INTO {model._meta.db_table} ({', '.join(columns)}) "
+            f"SELECT {', '.join(values)} FROM generate_series({lo}, {hi - 1}) AS g",
+            params,
+        )
+
+
+CLAIM_ROW = {
+    "entity": "'order:' || md5(g::text)",
+    "operation": "'bench.scale'",
+    "task_name": "'bench.scale'",
+    "status": "'succeeded'",
+    "fingerprint": "md5(g::text) || md5(g::text)",
+    "owner_task_id": "md5((g + 1)::text)",
+    "owner_worker": "'bench@localhost'",
+    "lease_expires_at": "NULL",
+    "attempts": "1",
+    "result_json": "'{\"ok\": true}'",
+    "last_error": "''",
+    "created_at": "now() - interval '60 days'",
+    "updated_at": "now() - interval '60 days'",
+    "completed_at": "now() - interval '60 days' + (g %% 86400) * interval '1 second'",
+}
+DEADLETTER_ROW = {
+    "task_name": "'shop.tasks.task_' || (g %% 20)",
+    "task_id": "md5(g::text)",
+    "args": "jsonb_build_array(g, 'EUR')",
+    "kwargs": "jsonb_build_object('order_id', g, 'amount_cents', g %% 10000)",
+    "queue": "'default'",
+    "routing_key": "'default'",
+    "headers": "jsonb_build_object('root_id', md5(g::text))",
+    "entity": "'order:' || g",
+    "operation": "'charge'",
+    "reason": "(ARRAY['exhausted','gave_up','timeout'])[g %% 3 + 1]",
+    "exception_type": "(ARRAY['ValueError','TimeoutError','ConnectionError'])[g %% 3 + 1]",
+    "exception_message": "'payment provider said no for order ' || g",
+    "traceback": "repeat('  File \"shop/tasks.py\", line 42, in charge\n', 12)",
+    "attempts": "5",
+    "first_failed_at": "now() - interval '400 days' + g * interval '30 seconds'",
+    "last_failed_at": "now() - interval '400 days' + g * interval '30 seconds' + interval '5 minutes'",
+    "worker_hostname": "'celery@worker-' || (g %% 8)",
+    "status": "(ARRAY['pending','replayed','discarded'])[g %% 3 + 1]",
+    "created_at": "now() - interval '400 days' + g * interval '30 seconds'",
+}
+
+
+def claim_latency(samples: int) -> dict:
+    """Time ``acquire`` + ``complete`` on fresh keys, and ``acquire`` on an existing (duplicate) key."""
+    from celery_hygiene import claims
+
+    def key(entity: str) -> claims.ClaimKey:
+        return claims.ClaimKey(entity, "bench.scale", "bench.scale", "0" * 64)
+
+    def one_claim() -> tuple[float, float]:
+        ticket_id = uuid.uuid4().hex
+        t0 = time.perf_counter()
+        result = claims.acquire(
+            key(f"fresh:{ticket_id}"), owner_task_id=ticket_id, owner_worker="bench",
+            lease_seconds=300, using="default",
+        )
+        t1 = time.perf_counter()
+        assert result.ticket is not None and claims.complete(result.ticket, '"ok"')
+        return t1 - t0, time.perf_counter() - t0
+
+    for _ in range(min(200, samples)):  # connection, plan cache, index pages
+        one_claim()
+    acquire_s, total_s = zip(*(one_claim() for _ in range(samples)), strict=True)
+    loaded = sql("SELECT entity FROM celery_hygiene_taskclaim WHERE operation = 'bench.scale' "
+                 "AND entity LIKE 'order:%%' ORDER BY random() LIMIT %s", [samples], fetch=True)
+    dup_s = []
+    for (entity,) in loaded:
+        t0 = time.perf_counter()
+        result = claims.acquire(key(entity), owner_task_id="dup", owner_worker="bench",
+                                lease_seconds=300, using="default")
+        dup_s.append(time.perf_counter() - t0)
+        assert result.outcome is claims.Outcome.SUCCEEDED, result
+    return {"acquire": stats(acquire_s), "claim_complete": stats(total_s), "duplicate": stats(dup_s)}
+
+
+def scale_phase() -> dict:
+    from django.core.management import call_command
+
+    from celery_hygiene.models import DeadLetter, TaskClaim
+    from celery_hygiene.retention import purge_claims
+
+    out: dict = {}
+    truncate(TaskClaim, DeadLetter)
+    small, large = ARGS.scale_small, ARGS.scale_large
+    _insert_select(TaskClaim, CLAIM_ROW, 0, small)
+    sql("VACUUM ANALYZE celery_hygiene_taskclaim")
+    log(f"scale: claim latency with {small:,} rows")
+    out["small"] = {"rows": TaskClaim.objects.count(), **claim_latency(ARGS.scale_samples)}
+    t0 = time.perf_counter()
+    _insert_select(TaskClaim, CLAIM_ROW, small, large)
+    sql("VACUUM ANALYZE celery_hygiene_taskclaim")
+    out["load_large_s"] = time.perf_counter() - t0
+    log(f"scale: claim latency with {large:,} rows (loaded in {out['load_large_s']:.1f}s)")
+    out["large"] = {"rows": TaskClaim.objects.count(), **claim_latency(ARGS.scale_samples)}
+
+    log("scale: purge_claims")
+    marks = [time.perf_counter()]
+    t0 = time.perf_counter()
+    purged = purge_claims(older_than=dt.timedelta(days=30), batch_size=5000,
+                          on_batch=lambda _total: marks.append(time.perf_counter()))
+    out["purge_claims"] = {
+        "deleted": purged, "seconds": time.perf_counter() - t0, "batch_size": 5000,
+        "batches": len(marks) - 1,
+        "longest_batch_ms": 1000 * max(b - a for a, b in zip(marks, marks[1:], strict=False)),
+        "left": TaskClaim.objects.count(),
+    }
+
+    n_dl = ARGS.deadletters
+    t0 = time.perf_counter()
+    _insert_select(DeadLetter, DEADLETTER_ROW, 0, n_dl)
+    sql("VACUUM ANALYZE celery_hygiene_deadletter")
+    out["load_deadletters_s"] = time.perf_counter() - t0
+    out["deadletters"] = DeadLetter.objects.count()
+    log(f"scale: {out['deadletters']:,} dead letters loaded in {out['load_deadletters_s']:.1f}s")
+
+    out["admin"] = admin_changelist_phase()
+
+    log("scale: manage.py deadletter purge")
+    t0 = time.perf_counter()
+    with open(os.devnull, "w") as sink:
+        call_command("deadletter", "purge", "--older-than", "30d", "--include-pending",
+                     "--batch-size", "1000", stdout=sink)
+    out["purge_deadletters"] = {
+        "seconds": time.perf_counter() - t0, "batch_size": 1000, "deleted": n_dl,
+        "left": DeadLetter.objects.count(),
+    }
+    return out
+
+
+def admin_changelist_phase() -> dict:
+    """Run benchmarks/admin_changelist.py (written separately) on its own scratch database."""
+    path = BENCH_DIR / "admin_changelist.py"
+    if not path.exists():
+        return {"status": "missing", "note": "benchmarks/admin_changelist.py not written yet"}
+    rows = ARGS.deadletters
+    command = [sys.executable, "-W", "ignore", str(path), "--rows", str(rows),
+               "--repeat", "1" if ARGS.smoke else "5"]
+    env = {**os.environ, "HYGIENE_DB_NAME": f"{ARGS.db}_admin"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # it uses the test project's settings
+    log(f"admin: {' '.join(command[2:])} (database {env['HYGIENE_DB_NAME']})")
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        return {"status": "error", "note": f"admin_changelist.py exited {done.returncode}",
+                "output": (done.stdout + done.stderr)[-3000:]}
+    first_page = None
+    for line in done.stdout.splitlines():
+        if line.startswith("first page, no filter"):
+            first_page = float(line.split()[4])
+    return {"status": "ok", "rows": rows, "output": done.stdout.strip(), "first_page_ms": first_page}
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def stats(values: object) -> dict:
+    xs = sorted(float(v) for v in values)  # type: ignore[attr-defined]
+    if not xs:
+        return {"n": 0}
+    p99 = xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]
+    return {"n": len(xs), "median_ms": 1000 * statistics.median(xs), "p99_ms": 1000 * p99,
+            "mean_ms": 1000 * statistics.fmean(xs)}
+
+
+def overhead(samples: list[tuple[str, float, float]], name: str) -> dict:
+    return stats(total - body for n, total, body in samples if n == name)
+
+
+def machine() -> dict:
+    from benchproject.celery import app
+    from django.db import connection
+
+    def run(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+
+    with app.connection_for_write() as conn:
+        conn.ensure_connection()
+        props = getattr(conn.connection, "server_properties", {}) or {}
+        rabbit = props.get("version", "?")
+    import celery
+    import django
+
+    try:
+        import celery_once
+        once_version = getattr(celery_once, "__version__", "3.0.1")
+    except ImportError:
+        once_version = "not installed"
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(), "cpu": _cpu_model(), "free": run(["free", "-h"]),
+        "python": platform.python_version(), "celery": celery.__version__,
+        "django": django.get_version(), "celery_once": once_version,
+        "postgresql": connection.cursor().connection.info.parameter_status("server_version"),
+        "rabbitmq": rabbit if isinstance(rabbit, str) else rabbit.decode(),
+        "command": " ".join([Path(sys.executable).name, "benchmarks/run.py", *sys.argv[1:]]),
+        "library": _library_revision(),
+    }
+
+
+def _library_revision() -> str:
+    """The commit of the celery_hygiene source being measured, and whether src/ had edits."""
+    import celery_hygiene
+
+    src = Path(celery_hygiene.__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        return "?"
+    return f"{rev}{' + uncommitted changes' if dirty else ''} ({src})"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+def report(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        f"Run {m['date']}: `{m['command']}`",
+        "",
+        f"Machine: {m['nproc']} cores ({m['cpu']}); Python {m['python']}, PostgreSQL "
+        f"{m['postgresql']}, RabbitMQ {m['rabbitmq']}, Celery {m['celery']}, Django "
+        f"{m['django']}, celery-once {m['celery_once']}. celery-hygiene at {m['library']}.",
+        "",
+        "```",
+        m["free"],
+        "```",
+        "",
+        f"Worker: `celery worker -P prefork -c {ARGS.concurrency}`, prefetch multiplier 4, "
+        f"acks early, no result backend, "
+        f"{'a new DB connection per task (Celery default)' if ARGS.db_per_task else 'DB connection kept across tasks (CELERY_DB_REUSE_MAX)'}, "
+        f"synchronous_commit={ARGS.synchronous_commit}; body = one INSERT + {ARGS.work_ms:g} ms sleep.",
+        "",
+    ]
+    targets: list[tuple[str, str, bool | None]] = []
+    runs = results.get("throughput", [])
+    if runs:
+        by_v: dict[str, list[dict]] = {}
+        for r in runs:
+            by_v.setdefault(r["variant"], []).append(r)
+        base = statistics.median(r["tasks_per_s"] for r in by_v["a"]) if "a" in by_v else None
+        base_by_round = {r["round"]: r["tasks_per_s"] for r in by_v.get("a", [])}
+        lines += [
+            f"### Throughput: N = {ARGS.tasks:,} messages per run, {ARGS.rounds} round(s), "
+            "variants alternated",
+            "",
+            "| variant | tasks/s (median) | runs | ratio to (a) | per-round ratios | "
+            "worker overhead median / p99 (ms) | publish msg/s | body runs |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for v, rs in by_v.items():
+            med = statistics.median(r["tasks_per_s"] for r in rs)
+            ratio = med / base if base else None
+            per_round = [
+                r["tasks_per_s"] / base_by_round[r["round"]] for r in rs if r["round"] in base_by_round
+            ]
+            samples = [s for r in rs for s in r["samples"]]
+            ov = stats(t - b for _, t, b in samples)
+            pub = statistics.median(r["publish_per_s"] for r in rs)
+            eff = rs[0]["expected_effects"]
+            lines.append(
+                f"| ({v}) {VARIANTS[v][0]} | {med:,.0f} | "
+                f"{', '.join(format(r['tasks_per_s'], ',.0f') for r in rs)} | "
+                f"{format(ratio, '.2f') + 'x' if ratio else '-'} | "
+                f"{', '.join(f'{x:.2f}' for x in per_round)} | "
+                f"{ov['median_ms']:.2f} / {ov['p99_ms']:.2f} | {pub:,.0f} | {eff:,} / {rs[0]['messages']:,} |"
+            )
+            if v in TARGETS and ratio is not None:
+                op = ">" if v == "d" else ">="
+                targets.append((f"({v}) throughput {op} {TARGETS[v]:.2f} x (a)", f"{ratio:.2f}x",
+                                ratio > TARGETS[v] if v == "d" else ratio >= TARGETS[v]))
+        deferred = sum(r["deferred"] for r in runs)
+        lines += ["", f"Deferred (busy-claim) re-publishes across all runs: {deferred}.", ""]
+    lat = results.get("latency")
+    if lat:
+        lines += [
+            f"### Worker-side cost at low load ({ARGS.latency_tasks:,} tasks per variant, "
+            f"{ARGS.latency_rate:g} msg/s, interleaved)",
+            "",
+            "Time from `task_prerun` to `task_postrun` minus the body's own time: what the "
+            "decorator adds (claim + complete for hygiene; lock release for celery-once).",
+            "",
+            "| variant | overhead median (ms) | p99 (ms) | body median (ms) |",
+            "|---|---|---|---|",
+        ]
+        for v in results["latency_variants"]:
+            name = VARIANTS[v][1]
+            ov = overhead(lat["samples"], name)
+            body = stats(b for n, _, b in lat["samples"] if n == name)
+            lines.append(f"| ({v}) {VARIANTS[v][0]} | {ov['median_ms']:.2f} | {ov['p99_ms']:.2f} | "
+                         f"{body['median_ms']:.2f} |")
+            if v == "b":
+                targets.append(("(b) claim overhead median <= 1 ms (low load)",
+                                f"{ov['median_ms']:.2f} ms", ov["median_ms"] <= 1.0))
+                targets.append(("(b) claim overhead p99 <= 5 ms (low load)",
+                                f"{ov['p99_ms']:.2f} ms", ov["p99_ms"] <= 5.0))
+        if runs:
+            for r_v in ("b",):
+                samples = [s for r in runs if r["variant"] == r_v for s in r["samples"]]
+                if samples:
+                    ov = stats(t - b for _, t, b in samples)
+                    targets.append(("(b) claim overhead median <= 1 ms (full load)",
+                                    f"{ov['median_ms']:.2f} ms", ov["median_ms"] <= 1.0))
+                    targets.append(("(b) claim overhead p99 <= 5 ms (full load)",
+                                    f"{ov['p99_ms']:.2f} ms", ov["p99_ms"] <= 5.0))
+        lines.append("")
+    tr = results.get("trace")
+    if tr:
+        lines += [
+            "### PostgreSQL round trips per task (libpq wire trace, pool process connection)",
+            "",
+            "| path | tasks | round trips: total (body) beyond body | statements |",
+            "|---|---|---|---|",
+        ]
+        for label, rows in trace_groups(tr["traces"]):
+            rts = [t["round_trips"] for t in rows]
+            body = [sum(1 for s in t["statements"] if "benchapp_effect" in s) for t in rows]
+            beyond = [a - b for a, b in zip(rts, body, strict=True)]
+            typical = max(set(beyond), key=beyond.count)
+            example = next(t for t, b in zip(rows, beyond, strict=True) if b == typical)
+            lines.append(
+                f"| {label} | {len(rows)} | {statistics.median(rts):g} "
+                f"({statistics.median(body):g}) **{typical}** (min {min(beyond)}, max {max(beyond)}) | "
+                f"{'; '.join(short_sql(s) for s in example['statements'])} |"
+            )
+            if label.startswith("(b)"):
+                targets.append(("(b) happy path <= 2 round trips beyond the body", str(typical),
+                                typical <= 2))
+        lines.append("")
+    sc = results.get("scale")
+    if sc:
+        s, lg = sc["small"], sc["large"]
+        ratio = lg["claim_complete"]["median_ms"] / s["claim_complete"]["median_ms"]
+        lines += [
+            "### Scale: claim latency vs existing rows (direct `claims.acquire` + `complete`)",
+            "",
+            "| existing claims | acquire median / p99 (ms) | acquire+complete median / p99 (ms) | "
+            "duplicate lookup median / p99 (ms) |",
+            "|---|---|---|---|",
+        ]
+        for row in (s, lg):
+            a, c, d = row["acquire"], row["claim_complete"], row["duplicate"]
+            lines.append(
+                f"| {row['rows']:,} | {a['median_ms']:.3f} / {a['p99_ms']:.3f} | "
+                f"{c['median_ms']:.3f} / {c['p99_ms']:.3f} | {d['median_ms']:.3f} / {d['p99_ms']:.3f} |"
+            )
+        pc, pd = sc["purge_claims"], sc["purge_deadletters"]
+        lines += [
+            "",
+            f"Ratio large/small (acquire+complete median): {ratio:.2f}x. Loading "
+            f"{lg['rows'] - s['rows']:,} claim rows took {sc['load_large_s']:.1f} s.",
+            "",
+            "| retention | rows | time (s) | batch size | rows/s | notes |",
+            "|---|---|---|---|---|---|",
+            f"| `retention.purge_claims` | {pc['deleted']:,} | {pc['seconds']:.1f} | "
+            f"{pc['batch_size']:,} | {pc['deleted'] / pc['seconds']:,.0f} | {pc['batches']} batches, "
+            f"longest {pc['longest_batch_ms']:.0f} ms; {pc['left']:,} recent rows kept |",
+            f"| `manage.py deadletter purge` | {pd['deleted']:,} | {pd['seconds']:.1f} | "
+            f"{pd['batch_size']:,} | {pd['deleted'] / pd['seconds']:,.0f} | "
+            f"{pd['left']:,} left |",
+            "",
+        ]
+        targets.append(("claim latency at large within 1.2 x of small", f"{ratio:.2f}x", ratio <= 1.2))
+        adm = sc["admin"]
+        if adm["status"] == "ok":
+            lines += [f"### Admin: dead-letter changelist, {adm['rows']:,} rows "
+                      "(benchmarks/admin_changelist.py)", "", "```", adm["output"], "```", ""]
+            ms = adm["first_page_ms"]
+            targets.append(("dead-letter changelist first page <= 300 ms at large",
+                            f"{ms:.0f} ms" if ms is not None else "see above",
+                            ms <= 300 if ms is not None else None))
+        else:
+            lines += [f"Admin changelist: not measured ({adm['note']}).", ""]
+            if adm.get("output"):
+                lines += ["```", adm["output"], "```", ""]
+            targets.append(("dead-letter changelist <= 300 ms at large", "not measured", None))
+    lines += ["### Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for name, value, ok in targets:
+        lines.append(f"| {name} | {value} | {'yes' if ok else ('n/a' if ok is None else '**no**')} |")
+    return "\n".join(lines) + "\n"
+
+
+def trace_groups(traces: list[dict]) -> list[tuple[str, list[dict]]]:
+    groups: list[tuple[str, list[dict]]] = []
+    names = {VARIANTS[v][1]: v for v in "abce"}
+    for name, v in names.items():
+        rows = [t for t in traces if t.get("task") == name and (t["ran_body"] or v != "b")]
+        if rows:
+            groups.append((f"({v}) {VARIANTS[v][0]}", rows))
+    dups = [t for t in traces if t.get("task") == "bench.idempotent" and not t["ran_body"]]
+    if dups:
+        groups.append(("(d) duplicate of a succeeded claim", dups))
+    return groups
+
+
+def short_sql(statement: str) -> str:
+    s = " ".join(statement.split())
+    for table, label in (("celery_hygiene_taskclaim", "taskclaim"), ("benchapp_effect", "effect")):
+        s = s.replace(f'\\"{table}\\"', label).replace(f'"{table}"', label).replace(table, label)
+    words = s.split()
+    if not words:
+        return s
+    head = words[0].upper()
+    if head in ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"):
+        return head
+    target = next((t for w in words for t in ("taskclaim", "effect") if t in w), "?")
+    return f"{head} {target}"
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    started = time.perf_counter()
+    log(f"database {ARGS.db}: re-creating; queue {QUEUE}")
+    recreate_database(ARGS.db)
+    setup_django()
+    from benchapp import tasks
+
+    variants = ARGS.variants
+    if "e" in variants and tasks.once is None:
+        log("celery-once is not installed in this environment: variant (e) skipped (make bench)")
+        variants = variants.replace("e", "")
+    declare_queue()
+    results: dict = {"machine": machine(), "args": {k: (sorted(v) if isinstance(v, set) else
+                     str(v) if isinstance(v, Path) else v) for k, v in vars(ARGS).items()}}
+    worker = Worker()
+    try:
+        phases = {"trace", "latency", "throughput"} - ARGS.skip
+        if phases:
+            worker.start()
+            log(f"worker {worker.hostname} ready in {worker.startup_s:.1f}s; log {worker.logfile}")
+            results["worker_startup_s"] = worker.startup_s
+            worker.pause()
+        # The first run of a variant on a fresh worker pays for imports and connections: the
+        # traced run (not timed) goes first and warms every pool process.
+        if "trace" in phases:
+            log("round trips: traced run")
+            results["trace"] = trace_run(worker, variants)
+        if "latency" in phases:
+            lat_variants = "".join(v for v in variants if v in "abce")
+            log(f"latency: paced run of {lat_variants}")
+            results["latency"] = latency_run(worker, lat_variants)
+            results["latency_variants"] = lat_variants
+        if "throughput" in phases:
+            results["throughput"] = []
+            for round_no in range(1, ARGS.rounds + 1):
+                for v in variants:
+                    r = throughput_run(worker, v, round_no)
+                    results["throughput"].append(r)
+                    log(f"round {round_no} ({v}) {VARIANTS[v][0]}: {r['tasks_per_s']:,.0f} tasks/s "
+                        f"({r['seconds']:.2f}s; publish {r['publish_s']:.1f}s; "
+                        f"deferred {r['deferred']})")
+        worker.stop()
+        if "scale" not in ARGS.skip:
+            results["scale"] = scale_phase()
+    finally:
+        worker.stop()
+        with contextlib.suppress(Exception):
+            delete_queue()
+    results["wall_seconds"] = time.perf_counter() - started
+    text = report(results) + f"\nWall time of the whole run: {results['wall_seconds']:.0f} s.\n"
+    print("\n" + text)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    slim = {**results, "throughput": [{k: v for k, v in r.items() if k != "samples"}
+                                      for r in results.get("throughput", [])]}
+    slim.pop("latency", None)
+    slim.pop("trace", None)
+    out_json = RESULTS_DIR / f"{'smoke' if ARGS.smoke else 'full'}-{stamp}.json"
+    out_json.write_text(json.dumps(slim, indent=2, default=str))
+    if ARGS.markdown:
+        ARGS.markdown.write_text(text)
+    log(f"results: {out_json.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
