@@ -645,6 +645,8 @@ def _library_revision() -> str:
     import celery_hygiene
 
     src = Path(celery_hygiene.__file__).resolve().parent
+    if os.environ.get("BENCH_LIBRARY_REV"):  # an exported tree (git archive) names its commit
+        return f"{os.environ['BENCH_LIBRARY_REV']} ({src})"
     try:
         rev = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10).stdout.strip()
