@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db import connections
@@ -206,10 +207,10 @@ class DeadLetterAdmin(admin.ModelAdmin):
         return False  # retention is `manage.py deadletter purge`, in bounded batches
 
     def has_replay_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("celery_hygiene.replay_deadletter")
+        return _has_perm(request, "celery_hygiene.replay_deadletter")
 
     def has_discard_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("celery_hygiene.discard_deadletter")
+        return _has_perm(request, "celery_hygiene.discard_deadletter")
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return DeadLetterChangeList
@@ -338,9 +339,9 @@ class DeadLetterAdmin(admin.ModelAdmin):
                     "payload_truncated",
                 ),
                 "count": len(ids),
-                "selected": request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME),
+                "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
                 "select_across": request.POST.get("select_across", "0"),
-                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             },
         )
 
@@ -371,6 +372,11 @@ class DeadLetterAdmin(admin.ModelAdmin):
         self.message_user(
             request, f"Discarded {count} dead letter{'s' if count != 1 else ''}.", messages.SUCCESS
         )
+
+
+def _has_perm(request: HttpRequest, perm: str) -> bool:
+    user: Any = request.user  # a User or AnonymousUser; both answer has_perm
+    return bool(user.has_perm(perm))
 
 
 def _link(obj: DeadLetter) -> str:
