@@ -113,11 +113,14 @@ def test_solo_pool_flags_a_task_busy_in_the_main_thread(
 def test_threads_pool_flags_concurrent_slow_runs(
     worker_factory: Callable[..., WorkerProcess], queue_name: str, hygiene_app: Celery
 ) -> None:
-    worker_factory(queue_name, pool="threads", concurrency=4)
+    worker = worker_factory(queue_name, pool="threads", concurrency=4)
     slow = [hygiene_app.send_task("watchdog.sleepy", args=[3], queue=queue_name) for _ in range(2)]
     quick = hygiene_app.send_task("watchdog.sleepy", args=[0.1], queue=queue_name)
-    for result in slow:
-        _flag_while_running(result)
+    try:
+        for result in slow:
+            _flag_while_running(result)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{worker.log()[-3000:]}") from exc
     quick.get(timeout=20)
     for result in slow:
         result.get(timeout=20)

@@ -47,8 +47,7 @@ def load_celery_app() -> tuple[Any, checks.CheckMessage | None]:
 
     try:
         app = celery_app()
-        # Autodiscovered task modules are imported lazily; the audit must see every task.
-        app.loader.import_default_modules()
+        _import_task_modules(app)
     except Exception as exc:  # noqa: BLE001 - reported as a check error, with the cause
         return None, checks.Error(
             f"Could not load the Celery app or its task modules: {exc!r}.",
@@ -57,3 +56,26 @@ def load_celery_app() -> tuple[Any, checks.CheckMessage | None]:
             id="celery_hygiene.E002",
         )
     return app, None
+
+
+def _import_task_modules(app: Any) -> None:
+    """Import what ``autodiscover_tasks()`` and ``imports`` would: the audit must see every task.
+
+    Not ``app.loader.import_default_modules()``: in a worker, Celery's Django fixup runs the
+    system checks from inside that very call, so calling it from a check recurses.
+    """
+    import importlib
+    import importlib.util
+
+    from django.apps import apps
+
+    for module in app.loader.default_modules:
+        app.loader.import_task_module(module)
+    for config in apps.get_app_configs():
+        name = f"{config.name}.tasks"
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # the app is a module, not a package
+            found = False
+        if found:
+            importlib.import_module(name)
