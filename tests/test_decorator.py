@@ -81,12 +81,12 @@ def test_eager_mode_enforces_claims_and_returns_the_stored_result(eager_app):
 
     assert tasks.race_effect.delay("eager-1", 1).get() == "eager-1"
     assert tasks.race_effect.delay("eager-1", 1).get() == "eager-1"
-    assert SideEffect.objects.filter(entity="eager-1").count() == 1
+    assert SideEffect.objects.filter(entity="eager-1", kind="race").count() == 1
     assert TaskClaim.objects.get(entity="eager-1").status == ClaimStatus.SUCCEEDED
 
     clear_claims()
     tasks.race_effect.delay("eager-1", 1).get()
-    assert SideEffect.objects.filter(entity="eager-1").count() == 2
+    assert SideEffect.objects.filter(entity="eager-1", kind="race").count() == 2
 
 
 @pytest.mark.django_db
@@ -113,3 +113,20 @@ def test_direct_call_is_a_plain_function_call():
     assert tasks.race_effect("direct-1", 1) == "direct-1"
     assert SideEffect.objects.filter(entity="direct-1").count() == 2
     assert not TaskClaim.objects.filter(entity="direct-1").exists()
+
+
+@pytest.mark.django_db
+def test_a_failing_signal_receiver_never_breaks_the_task(eager_app, caplog):
+    from celery_hygiene.signals import task_duplicate
+    from tests.testapp import tasks
+
+    def broken_receiver(**kwargs):  # noqa: ANN003, ANN202
+        raise RuntimeError("receiver bug")
+
+    task_duplicate.connect(broken_receiver)
+    try:
+        tasks.race_effect.delay("robust-1", 1).get()
+        assert tasks.race_effect.delay("robust-1", 1).get() == "robust-1"
+    finally:
+        task_duplicate.disconnect(broken_receiver)
+    assert "signal_receiver_failed" in caplog.text and "receiver bug" in caplog.text

@@ -206,7 +206,8 @@ class HygieneTask(Task):
             status=existing.status,
             first_id=existing.owner_task_id,
         )
-        signals.task_duplicate.send(
+        _send_safely(
+            signals.task_duplicate,
             sender=self,
             task_id=self.request.id,
             entity=key.entity,
@@ -228,7 +229,8 @@ class HygieneTask(Task):
             operation=key.operation,
             first_id=existing.owner_task_id,
         )
-        signals.task_claim_mismatch.send(
+        _send_safely(
+            signals.task_claim_mismatch,
             sender=self,
             task_id=self.request.id,
             entity=key.entity,
