@@ -163,3 +163,28 @@ def test_claim_lookup_uses_the_unique_index():
         plan = " ".join(row[0] for row in cursor.fetchall())
     assert "celery_hygiene_claim_entity_operation" in plan
     assert ClaimStatus.RUNNING == "running"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stale_claims_are_listed_for_operators():
+    """Work that started, lost its worker and its message, and that nobody has taken over."""
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    abandoned = acquire("default", key(entity="abandoned"), "t-lost", lease=0.01)
+    live = acquire("default", key(entity="live"), "t-live", lease=300)
+    done = acquire("default", key(entity="done"), "t-done", lease=0.01)
+    claims.complete(done.ticket, "1")
+    assert abandoned.outcome is live.outcome is Outcome.ACQUIRED
+    time.sleep(1.1)
+
+    out = StringIO()
+    call_command("taskhygiene", "claims", "--stale", "--expired-for", "1s", "--json", stdout=out)
+    import json
+
+    rows = json.loads(out.getvalue())
+    assert [(r["entity"], r["owner_task_id"]) for r in rows] == [("abandoned", "t-lost")]
+    with pytest.raises(CommandError, match="malformed duration"):
+        call_command("taskhygiene", "claims", "--stale", "--expired-for", "soon")

@@ -327,3 +327,21 @@ def mark_dead_for_owner(
         )
     )
     return claim.attempts if updated else 0
+
+
+def stale_claims(*, expired_for: dt.timedelta, using: str | None = None):  # noqa: ANN201
+    """Claims whose owner stopped renewing them long ago and that nobody has taken over.
+
+    Such a row is work that started and never finished, with no message left to finish it
+    (acknowledged early, then the worker died). The next duplicate would take it over; until
+    then an operator should see it. Served by the (status, lease_expires_at) index.
+    """
+    using = using or write_alias()
+    return (
+        TaskClaim.objects.using(using)
+        .filter(
+            status__in=[ClaimStatus.RUNNING, ClaimStatus.RETRYING],
+            lease_expires_at__lt=timezone.now() - expired_for,
+        )
+        .order_by("lease_expires_at")
+    )

@@ -2,6 +2,8 @@
 
 - ``report``: per task name, runs and p50 / p95 / max duration from the workers' statistics, and
   how many runs the duration watchdog flagged.
+- ``claims --stale``: claims whose lease expired long ago with nobody taking them over: work
+  that started and never finished, with no message left to finish it.
 - ``check``: the hygiene audit (the ``celery_hygiene`` system checks). Exits 1 when a message is
   at or above ``--fail-level`` (default ERROR), so it can gate a deploy.
 """
@@ -15,7 +17,7 @@ from typing import Any
 from django.core import checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from celery_hygiene.durations import DurationError, parse_since
+from celery_hygiene.durations import DurationError, parse_duration, parse_since
 from celery_hygiene.report import TaskDurations, duration_report
 
 LEVELS = {
@@ -42,6 +44,16 @@ class Command(BaseCommand):
         report.add_argument("--task", help="Only task names matching this glob, e.g. 'shop.*'.")
         report.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
 
+        stale = sub.add_parser(
+            "claims", help="List claims whose lease expired without anyone finishing the work."
+        )
+        stale.add_argument("--stale", action="store_true", required=True, help="(required)")
+        stale.add_argument(
+            "--expired-for", default="1h", help="Lease expired at least this long ago (1h, 2d)."
+        )
+        stale.add_argument("--limit", type=int, default=100)
+        stale.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
+
         check = sub.add_parser("check", help="Audit the Celery configuration; exit 1 on errors.")
         check.add_argument(
             "--fail-level",
@@ -58,6 +70,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
         if subcommand == "report":
             self._report(options)
+        elif subcommand == "claims":
+            self._stale_claims(options)
         else:
             self._check(options)
 
@@ -74,6 +88,40 @@ class Command(BaseCommand):
             self.stdout.write(f"No task runs recorded since {since:%Y-%m-%d %H:%M %Z}.")
             return
         self.stdout.write(_table(rows))
+
+    def _stale_claims(self, options: dict[str, Any]) -> None:
+        from celery_hygiene.claims import stale_claims
+
+        try:
+            expired_for = parse_duration(options["expired_for"])
+        except DurationError as exc:
+            raise CommandError(str(exc)) from exc
+        if options["limit"] < 1:
+            raise CommandError("--limit must be at least 1.")
+        rows = [
+            {
+                "entity": c.entity,
+                "operation": c.operation,
+                "task_name": c.task_name,
+                "status": c.status,
+                "owner_task_id": c.owner_task_id,
+                "owner_worker": c.owner_worker,
+                "attempts": c.attempts,
+                "lease_expired_at": c.lease_expires_at.isoformat() if c.lease_expires_at else None,
+            }
+            for c in stale_claims(expired_for=expired_for)[: options["limit"]]
+        ]
+        if options["json"]:
+            self.stdout.write(json.dumps(rows, indent=2))
+        elif not rows:
+            self.stdout.write("No stale claims.")
+        else:
+            for row in rows:
+                self.stdout.write(
+                    f"{row['lease_expired_at']}  {row['task_name']}  ({row['entity']}, "
+                    f"{row['operation']})  {row['status']}  owner={row['owner_task_id']} "
+                    f"on {row['owner_worker'] or '?'}  attempts={row['attempts']}"
+                )
 
     def _check(self, options: dict[str, Any]) -> None:
         if options["task"]:
