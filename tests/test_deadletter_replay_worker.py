@@ -12,6 +12,7 @@ from celery_hygiene.models import ClaimStatus, DeadLetter, TaskClaim
 from tests.conftest import wait_until
 from tests.testapp import tasks_deadletter as tasks
 from tests.testapp.models import Attempt, SideEffect
+from tests.workers import WorkerProcess
 
 pytestmark = pytest.mark.worker
 
@@ -22,13 +23,17 @@ def replay_cli(*args: str) -> str:
     return out.getvalue()
 
 
-def dead_letter_for(task_id: str) -> DeadLetter:
-    return wait_until(lambda: DeadLetter.objects.filter(task_id=task_id).first(), timeout=60)
+def dead_letter_for(task_id: str, worker: WorkerProcess) -> DeadLetter:
+    try:
+        return wait_until(lambda: DeadLetter.objects.filter(task_id=task_id).first(), timeout=60)
+    except AssertionError:
+        log = worker.log()[-4000:]
+        raise AssertionError(f"no dead letter for {task_id}; worker log:\n{log}") from None
 
 
 def test_replayed_task_that_fails_again_gets_a_new_linked_dead_letter(worker, queue_name):
     sent = tasks.always_fails.apply_async(("k1",), {"password": "real"}, queue=queue_name)
-    first = dead_letter_for(sent.id)
+    first = dead_letter_for(sent.id, worker)
     assert first.attempts == 2 and first.kwargs == {"password": "real"}
     assert Attempt.objects.filter(key="k1").count() == 2
 
@@ -36,7 +41,7 @@ def test_replayed_task_that_fails_again_gets_a_new_linked_dead_letter(worker, qu
     first.refresh_from_db()
     assert first.status == "replayed"
 
-    second = dead_letter_for(first.replayed_task_id)
+    second = dead_letter_for(first.replayed_task_id, worker)
     assert second.replay_of_id == first.pk
     assert second.pk != first.pk and second.status == "pending"
     # The replay went through the full retry policy again, with the original arguments.
@@ -48,7 +53,7 @@ def test_replayed_task_that_fails_again_gets_a_new_linked_dead_letter(worker, qu
 
 def test_replay_reopens_a_dead_idempotent_claim_so_the_body_runs_once_more(worker, queue_name):
     sent = tasks.charge_until_fixed.apply_async(("o-1",), queue=queue_name)
-    dead = dead_letter_for(sent.id)
+    dead = dead_letter_for(sent.id, worker)
     claim = TaskClaim.objects.get(entity="o-1")
     assert claim.status == ClaimStatus.DEAD and dead.entity == "o-1"
 
