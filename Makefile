@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: example test services bootstrap lint bench bench-env bench-smoke
+.PHONY: example test test-django6 services bootstrap lint bench bench-env bench-smoke
 
 services:
 	bash scripts/services.sh
@@ -17,6 +17,14 @@ example: services bootstrap
 ## Run the whole test suite against real PostgreSQL, RabbitMQ and Redis.
 test: services bootstrap
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The same suite on Python 3.12 with Django 6.x (its own venv); needs a python3.12.
+PY312 ?= $(shell for p in $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3 2>/dev/null) $$(command -v python3.12); do "$$p" -c "" 2>/dev/null && echo "$$p" && break; done)
+test-django6: services
+	@if [ -z "$(PY312)" ]; then echo "test-django6: no python3.12 on this machine; skipped"; exit 0; fi; \
+	PYTHON=$(PY312) VENV=.venv-django6 DJANGO_SPEC="Django>=6.0,<6.2" bash scripts/bootstrap.sh && \
+	.venv-django6/bin/python -c "import django, sys; print('test-django6: Django', django.get_version(), 'on Python', sys.version.split()[0])" && \
+	.venv-django6/bin/python -m pytest $(PYTEST_ARGS)
 
 lint:
 	$(VENV)/bin/ruff check src tests

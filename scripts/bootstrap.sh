@@ -10,6 +10,11 @@ fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-dev.txt -e . 2>&1 \
   | grep -v '^WARNING: Location' || true
+# DJANGO_SPEC swaps the Django version for a second CI leg (e.g. "Django>=6.0,<6.2").
+if [ -n "${DJANGO_SPEC:-}" ]; then
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$DJANGO_SPEC" 2>&1 \
+    | grep -v '^WARNING: Location' || true
+fi
 # The admin browser test drives Debian's Chromium through Playwright; Playwright's own browser
 # download is never used (it needs network access CI machines do not have).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
