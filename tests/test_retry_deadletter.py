@@ -238,3 +238,18 @@ def test_database_down_during_dead_letter_write_rejects_to_broker_and_logs_paylo
     assert log.count("deadletter_write_retry") >= 4  # bounded retries before giving up
     assert '\\"args\\": [\\"db-down\\"]' in log  # the full payload is in the ERROR line
     assert not DeadLetter.objects.exists()
+
+
+def test_database_down_at_claim_time_is_retried_not_lost(worker, queue_name):
+    connection.close()
+    _set_db_connections(False)
+    try:
+        result = t.claim_needs_the_database.apply_async(("db-claim",), queue=queue_name)
+        worker.wait_for_log("task_retry_scheduled task=tests.testapp.tasks_retry.claim_needs")
+    finally:
+        _set_db_connections(True)
+        connection.close()
+    assert result.get(timeout=30) == "claimed:db-claim"
+    assert "exc=OperationalError" in worker.log()
+    assert SideEffect.objects.filter(entity="db-claim", kind="claim-db").count() == 1
+    assert not DeadLetter.objects.exists()

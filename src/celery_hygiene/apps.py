@@ -7,8 +7,10 @@ class CeleryHygieneConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
-        from . import worker_failures
+        from . import (
+            checks,  # noqa: F401  (registers the system checks)
+            worker_failures,
+        )
 
         worker_failures.connect()
         from . import worker_hooks

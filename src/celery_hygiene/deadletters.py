@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, close_old_connections, router, transaction
+from django.db import router, transaction
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from . import conf
+from .dbretry import with_db_retries
 from .events import log_event
 from .models import DeadLetter
 
@@ -151,35 +151,16 @@ def store(failed: FailedTask, *, also: Callable[[], object] | None = None) -> De
     """
     dead_letter = _build(failed)
     using = router.db_for_write(DeadLetter)
-    for attempt in Retrying(
-        stop=stop_after_attempt(int(conf.get("DEADLETTER_WRITE_ATTEMPTS"))),
-        wait=wait_exponential(multiplier=0.2, max=float(conf.get("DEADLETTER_WRITE_MAX_WAIT"))),
-        retry=retry_if_exception_type((OperationalError, InterfaceError)),
-        before_sleep=_reset_connection,
-        reraise=True,
-    ):
-        with attempt:
-            dead_letter.pk = None
-            with transaction.atomic(using=using):
-                dead_letter.save(using=using, force_insert=True)
-                if also is not None:
-                    also()
-    return dead_letter
 
+    def write() -> DeadLetter:
+        dead_letter.pk = None
+        with transaction.atomic(using=using):
+            dead_letter.save(using=using, force_insert=True)
+            if also is not None:
+                also()
+        return dead_letter
 
-def _reset_connection(retry_state: Any) -> None:
-    log_event(
-        logging.WARNING,
-        "deadletter_write_retry",
-        attempt=retry_state.attempt_number,
-        error=repr(retry_state.outcome.exception()) if retry_state.outcome else None,
-    )
-    # A broken connection stays broken; let Django open a fresh one for the next try.
-    close_old_connections()
-    from django.db import connections
-
-    for conn in connections.all(initialized_only=True):
-        conn.close()
+    return with_db_retries(write, event="deadletter_write_retry")
 
 
 def log_unstorable(failed: FailedTask, error: BaseException) -> None:

@@ -7,12 +7,14 @@ Only redelivered messages touch the database, so the happy path pays nothing.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from django.db import router
+from django.db import DatabaseError, router
 from django.db.models import F
 from django.db.models.functions import Now
 
+from .events import log_event
 from .models import RedeliveryCount
 
 
@@ -21,14 +23,24 @@ def count(request: Any, task_name: str) -> int:
     delivery = request.delivery_info or {}
     if not delivery.get("redelivered"):
         return 0
+    try:
+        return _bump(request.id, task_name)
+    except DatabaseError as exc:
+        # Running the body beats losing the message: the cap is enforced once the database
+        # answers again.
+        log_event(logging.WARNING, "redelivery_count_failed", task=task_name, error=repr(exc))
+        return 0
+
+
+def _bump(task_id: str, task_name: str) -> int:
     using = router.db_for_write(RedeliveryCount)
     updated = (
         RedeliveryCount.objects.using(using)
-        .filter(task_id=request.id)
+        .filter(task_id=task_id)
         .update(deliveries=F("deliveries") + 1, updated_at=Now())
     )
     if not updated:
         RedeliveryCount.objects.using(using).get_or_create(
-            task_id=request.id, defaults={"task_name": task_name, "deliveries": 1}
+            task_id=task_id, defaults={"task_name": task_name, "deliveries": 1}
         )
-    return RedeliveryCount.objects.using(using).get(task_id=request.id).deliveries
+    return RedeliveryCount.objects.using(using).get(task_id=task_id).deliveries

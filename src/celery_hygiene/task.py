@@ -21,6 +21,7 @@ from kombu.utils.json import loads as kombu_loads
 
 from . import claims, conf, deadletters, redeliveries, signals
 from .claims import ClaimKey, ClaimResult, Outcome, Ticket
+from .dbretry import with_db_retries
 from .events import log_event
 from .exceptions import ClaimBusy, EntityKeyError, IdempotencyConflict, ResultNotStorable
 from .idempotency import IdempotencySpec
@@ -112,7 +113,13 @@ class HygieneTask(Task):
         key = self._claim_key(spec, args, kwargs)
         if spec.atomic:
             return self._call_atomic(key, args, kwargs)
-        claim = self._acquire(key, using=claims.write_alias())
+        try:
+            claim = self._acquire(key, using=claims.write_alias())
+        except Exception as exc:
+            # No claim, no body. The database error goes through the policy like any other:
+            # retried later, or dead-lettered (and rejected to the broker if even that fails).
+            self._on_body_failure(exc, attempt=self.request.retries + 1, ticket=None, key=key)
+            raise
         if claim.outcome is not Outcome.ACQUIRED:
             return self._not_acquired(spec, key, claim)
         ticket = claim.ticket
@@ -275,7 +282,24 @@ class HygieneTask(Task):
             claims.complete(ticket, None)
             log_event(logging.ERROR, "task_result_not_storable", task=self.name, id=self.request.id)
             raise exc from None
-        if not claims.complete(ticket, result_json):
+        try:
+            completed = with_db_retries(
+                lambda: claims.complete(ticket, result_json), event="claim_complete_retry"
+            )
+        except Exception as exc:
+            # The body ran and its result is returned; only the record of it is missing. The
+            # claim keeps its lease, so a duplicate can at worst run the body again after it.
+            log_event(
+                logging.ERROR,
+                "claim_complete_failed",
+                task=self.name,
+                id=self.request.id,
+                entity=ticket.key.entity,
+                operation=ticket.key.operation,
+                error=repr(exc),
+            )
+            return
+        if not completed:
             log_event(
                 logging.WARNING,
                 "task_claim_lost",

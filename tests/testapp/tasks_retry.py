@@ -121,3 +121,11 @@ def _record_dead_letter(sender, task_id, dead_letter, exception, **kwargs):  # n
     SideEffect.objects.create(
         entity=task_id, kind="signal:dead", payload={"dead_letter": dead_letter.pk}
     )
+
+
+@idempotent_task(
+    entity="key", acks_late=True, retry=RetryPolicy(max_attempts=5, min_delay=2, max_delay=2)
+)
+def claim_needs_the_database(key: str) -> str:
+    SideEffect.objects.create(entity=key, kind="claim-db")
+    return f"claimed:{key}"
