@@ -73,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synchronous-commit", choices=["on", "off"], default="on",
                    help="PostgreSQL synchronous_commit for the benchmark's connections (what-if)")
     p.add_argument("--db-per-task", action="store_true",
-                   help="Celery's default: a new DB connection for every task (no CELERY_DB_REUSE_MAX)")
+                   help="Celery's default: a new DB connection for every task (no CELERY_DB_REUSE_MAX); "
+                   "compare throughput only, the overhead split then includes the connect")
     p.add_argument("--skip", default="", help="comma list of phases: throughput,latency,trace,scale")
     # Not "celery_hygiene_bench": benchmarks/admin_changelist.py drops and re-creates that one.
     p.add_argument("--db", default=os.environ.get("BENCH_DB_NAME", "celery_hygiene_bench_run"))
