@@ -579,7 +579,7 @@ def admin_changelist_phase() -> dict:
                "--repeat", "1" if ARGS.smoke else "5"]
     env = {**os.environ, "HYGIENE_DB_NAME": f"{ARGS.db}_admin"}
     env.pop("DJANGO_SETTINGS_MODULE", None)  # it uses the test project's settings
-    log(f"admin: {' '.join(command[2:])} (database {env['HYGIENE_DB_NAME']})")
+    log(f"admin: {' '.join(command[3:])} (database {env['HYGIENE_DB_NAME']})")
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         return {"status": "error", "note": f"admin_changelist.py exited {done.returncode}",
