@@ -188,3 +188,30 @@ def test_stale_claims_are_listed_for_operators():
     assert [(r["entity"], r["owner_task_id"]) for r in rows] == [("abandoned", "t-lost")]
     with pytest.raises(CommandError, match="malformed duration"):
         call_command("taskhygiene", "claims", "--stale", "--expired-for", "soon")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_duplicate_reads_and_writes_nothing():
+    """No row lock, no write: a duplicate does not pay for a flushed commit."""
+    first = acquire("default", key(entity="dup-cost"), "t1")
+    claims.complete(first.ticket, "1")
+
+    def row_version() -> tuple:
+        with connections["default"].cursor() as cursor:
+            cursor.execute(
+                "SELECT xmin::text, xmax::text FROM celery_hygiene_taskclaim WHERE entity = %s",
+                ["dup-cost"],
+            )
+            return cursor.fetchone()
+
+    before = row_version()
+    statements: list[str] = []
+
+    def record(execute, sql, params, many, context):  # noqa: ANN001
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connections["default"].execute_wrapper(record):
+        assert acquire("default", key(entity="dup-cost"), "t2").outcome is Outcome.SUCCEEDED
+    assert row_version() == before == (before[0], "0")  # not even locked (xmax stays 0)
+    assert len(statements) == 2 and "DO NOTHING" in statements[0]

@@ -15,9 +15,12 @@ Every acquisition bumps ``attempts``. That number is the fencing token: ``comple
 failure updates only touch the row if the caller still holds the attempt it acquired, so a worker
 whose lease was taken over cannot overwrite the new owner's outcome.
 
-The upsert is the one statement the ORM cannot say (``INSERT .. ON CONFLICT .. DO UPDATE ..
-WHERE .. RETURNING``). It runs on PostgreSQL and on SQLite >= 3.35, and holds no session state
-(no advisory locks, no ``SET``), so it works behind PgBouncer in transaction mode.
+Acquiring is ``INSERT .. ON CONFLICT DO NOTHING RETURNING`` (the unique constraint decides who
+is first), then, only if the key was taken, a read, and only if that read shows a retry of our
+own task id or an expired lease, a compare-and-set ``UPDATE .. WHERE attempts = <seen>``. So a
+first run costs one statement, a duplicate one more read and no write. The hand-written SQL
+lives in this module only; it runs on PostgreSQL and on SQLite >= 3.35 and holds no session
+state (no advisory locks, no ``SET``), so it works behind PgBouncer in transaction mode.
 """
 
 from __future__ import annotations
@@ -75,28 +78,45 @@ def write_alias() -> str:
     return router.db_for_write(TaskClaim)
 
 
-_ACQUIRE_SQL = """
-INSERT INTO {table} AS c
+# A free key is inserted; a taken one is left alone. DO NOTHING (not DO UPDATE .. WHERE false)
+# matters: it takes no row lock and writes nothing, so a duplicate costs a read, not a commit.
+_INSERT_SQL = """
+INSERT INTO {table}
     (entity, operation, task_name, status, fingerprint, owner_task_id, owner_worker,
      lease_expires_at, attempts, last_error, created_at, updated_at)
 VALUES
     (%(entity)s, %(operation)s, %(task_name)s, 'running', %(fingerprint)s, %(owner)s, %(worker)s,
      {lease_until}, 1, '', {now}, {now})
-ON CONFLICT (entity, operation) DO UPDATE SET
-    status = 'running',
-    owner_task_id = EXCLUDED.owner_task_id,
-    owner_worker = EXCLUDED.owner_worker,
-    lease_expires_at = EXCLUDED.lease_expires_at,
-    attempts = c.attempts + 1,
-    updated_at = EXCLUDED.updated_at
-WHERE
-    -- the scheduled retry (or a replay) of the same task id picks its own claim back up
-    (c.status = 'retrying' AND c.owner_task_id = EXCLUDED.owner_task_id)
-    -- anyone with the same arguments takes over a claim whose owner stopped renewing it
-    OR (c.status IN ('running', 'retrying')
-        AND c.lease_expires_at <= EXCLUDED.updated_at
-        AND c.fingerprint = EXCLUDED.fingerprint)
+ON CONFLICT (entity, operation) DO NOTHING
 RETURNING attempts
+"""
+
+# Compare-and-set on the attempt number we read: of several racing takers exactly one wins.
+_TAKE_OVER_SQL = """
+UPDATE {table} SET
+    status = 'running',
+    owner_task_id = %(owner)s,
+    owner_worker = %(worker)s,
+    lease_expires_at = {lease_until},
+    attempts = attempts + 1,
+    updated_at = {now}
+WHERE entity = %(entity)s AND operation = %(operation)s AND attempts = %(seen_attempts)s
+  AND (
+    -- the scheduled retry (or a replay) of the same task id picks its own claim back up
+    (status = 'retrying' AND owner_task_id = %(owner)s)
+    -- anyone with the same arguments takes over a claim whose owner stopped renewing it
+    OR (status IN ('running', 'retrying') AND lease_expires_at <= {now}
+        AND fingerprint = %(fingerprint)s)
+  )
+RETURNING attempts
+"""
+
+_COMPLETE_SQL = """
+UPDATE {table} SET
+    status = 'succeeded', result_json = %(result)s, completed_at = {now}, updated_at = {now},
+    lease_expires_at = NULL, last_error = ''
+WHERE entity = %(entity)s AND operation = %(operation)s AND owner_task_id = %(owner)s
+  AND attempts = %(attempts)s AND status = 'running'
 """
 
 # Failure bookkeeping is an upsert too: in atomic mode the acquiring INSERT was rolled back with
@@ -162,70 +182,95 @@ def _render(
 def acquire(
     key: ClaimKey, *, owner_task_id: str, owner_worker: str, lease_seconds: float, using: str
 ) -> ClaimResult:
-    """Try to own the claim. One round trip when it is free; a second read when it is not."""
-    sql, params = _render(_ACQUIRE_SQL, using, lease_seconds=lease_seconds, completed=False)
-    params.update(
-        entity=key.entity,
-        operation=key.operation,
-        task_name=key.task_name,
-        fingerprint=key.fingerprint,
-        owner=owner_task_id,
-        worker=owner_worker,
-    )
+    """Try to own the claim.
+
+    One round trip when the key is free; a duplicate costs one more read and writes nothing; a
+    retry or a takeover adds a compare-and-set UPDATE.
+    """
+    params = {
+        "entity": key.entity,
+        "operation": key.operation,
+        "task_name": key.task_name,
+        "fingerprint": key.fingerprint,
+        "owner": owner_task_id,
+        "worker": owner_worker,
+    }
+    for _ in range(3):  # a row can vanish (atomic rollback) or be taken between our statements
+        attempts = _returning(_INSERT_SQL, params, using, lease_seconds)
+        if attempts is None:
+            existing = _existing(key, using)
+            if existing is None:
+                continue
+            if not _may_take_over(existing, key, owner_task_id):
+                return _describe(existing)
+            attempts = _returning(
+                _TAKE_OVER_SQL, {**params, "seen_attempts": existing.attempts}, using, lease_seconds
+            )
+        if attempts is not None:
+            ticket = Ticket(key, owner_task_id, owner_worker, attempts, lease_seconds, using)
+            return ClaimResult(Outcome.ACQUIRED, ticket=ticket)
+    return ClaimResult(Outcome.IN_PROGRESS, wait_seconds=0.0)
+
+
+def _returning(sql: str, params: dict, using: str, lease_seconds: float | None) -> int | None:
+    rendered, clock = _render(sql, using, lease_seconds=lease_seconds, completed=False)
     with connections[using].cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(rendered, {**params, **clock})
         row = cursor.fetchone()
-    if row is not None:
-        ticket = Ticket(key, owner_task_id, owner_worker, int(row[0]), lease_seconds, using)
-        return ClaimResult(Outcome.ACQUIRED, ticket=ticket)
-    return _describe_existing(key, using)
+    return None if row is None else int(row[0])
 
 
-def _describe_existing(key: ClaimKey, using: str) -> ClaimResult:
-    existing = (
+def _existing(key: ClaimKey, using: str) -> TaskClaim | None:
+    return (
         TaskClaim.objects.using(using)
         .annotate(db_now=Now())
         .filter(entity=key.entity, operation=key.operation)
         .first()
     )
-    if existing is None:
-        # The holder rolled back between our upsert and this read (atomic mode): nothing owns
-        # it now, so the caller should simply try again.
-        return ClaimResult(Outcome.IN_PROGRESS, wait_seconds=0.0)
+
+
+def _may_take_over(existing: TaskClaim, key: ClaimKey, owner_task_id: str) -> bool:
+    """The same rules as the UPDATE's WHERE: read first, so duplicates never write."""
+    if existing.status == ClaimStatus.RETRYING and existing.owner_task_id == owner_task_id:
+        return True
+    return (
+        existing.status in (ClaimStatus.RUNNING, ClaimStatus.RETRYING)
+        and existing.lease_expires_at is not None
+        and existing.lease_expires_at <= existing.db_now  # type: ignore[attr-defined]
+        and existing.fingerprint == key.fingerprint
+    )
+
+
+def _describe(existing: TaskClaim) -> ClaimResult:
     if existing.status == ClaimStatus.SUCCEEDED:
         return ClaimResult(Outcome.SUCCEEDED, existing=existing)
     if existing.status == ClaimStatus.DEAD:
         return ClaimResult(Outcome.DEAD, existing=existing)
     wait = 0.0
     if existing.lease_expires_at is not None:
-        db_now = existing.db_now  # type: ignore[attr-defined]  # annotated above
+        db_now = existing.db_now  # type: ignore[attr-defined]  # annotated in _existing
         wait = max(0.0, (existing.lease_expires_at - db_now).total_seconds())
     return ClaimResult(Outcome.IN_PROGRESS, existing=existing, wait_seconds=wait)
 
 
-def _owned(ticket: Ticket):  # noqa: ANN202 - a QuerySet
-    return TaskClaim.objects.using(ticket.using).filter(
-        entity=ticket.key.entity,
-        operation=ticket.key.operation,
-        owner_task_id=ticket.owner_task_id,
-        attempts=ticket.attempts,
-    )
-
-
 def complete(ticket: Ticket, result_json: str | None) -> bool:
-    """Record success. False if the lease was taken over meanwhile (the caller logs it)."""
-    return bool(
-        _owned(ticket)
-        .filter(status=ClaimStatus.RUNNING)
-        .update(
-            status=ClaimStatus.SUCCEEDED,
-            result_json=result_json,
-            completed_at=Now(),
-            updated_at=Now(),
-            lease_expires_at=None,
-            last_error="",
-        )
-    )
+    """Record success. False if the lease was taken over meanwhile (the caller logs it).
+
+    Hand-written rather than an ORM update(): this runs once per task, and building the ORM
+    query cost more than the statement itself.
+    """
+    sql, clock = _render(_COMPLETE_SQL, ticket.using, lease_seconds=None, completed=True)
+    params = {
+        "result": result_json,
+        "entity": ticket.key.entity,
+        "operation": ticket.key.operation,
+        "owner": ticket.owner_task_id,
+        "attempts": ticket.attempts,
+        **clock,
+    }
+    with connections[ticket.using].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount == 1
 
 
 def _record_failure(ticket: Ticket, status: str, error: str, lease_seconds: float | None) -> bool:
