@@ -73,3 +73,27 @@ def test_countdown_beyond_redis_visibility_timeout_is_warned(caplog):
         caplog.records[0].getMessage()
     )
     assert Decision(retry=True).countdown == 0.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_pool_process_is_dead_lettered_only_if_its_claim_says_the_work_is_unfinished():
+    """Celery may report a job as lost after its body finished; the claim knows better."""
+    from billiard.exceptions import WorkerLostError
+
+    from celery_hygiene.models import DeadLetter
+    from tests.testapp import tasks
+
+    task = tasks.charge_order
+    spec = task.hygiene_idempotency
+    done = task._claim_key(spec, (1, 100), {})
+    lost = task._claim_key(spec, (2, 100), {})
+    options = {"owner_worker": "w", "lease_seconds": 30, "using": "default"}
+    claims.complete(claims.acquire(done, owner_task_id="t-done", **options).ticket, "1")
+    claims.acquire(lost, owner_task_id="t-lost", **options)
+
+    task.dead_letter_from_parent("t-done", WorkerLostError("gone"), [1, 100], {})
+    task.dead_letter_from_parent("t-lost", WorkerLostError("gone"), [2, 100], {})
+
+    assert list(DeadLetter.objects.values_list("task_id", "reason")) == [("t-lost", "worker_lost")]
+    assert TaskClaim.objects.get(entity="1").status == "succeeded"
+    assert TaskClaim.objects.get(entity="2").status == "dead"

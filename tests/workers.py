@@ -91,10 +91,14 @@ class WorkerProcess:
         self.process.wait(timeout=30)
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Warm shutdown (SIGTERM): running tasks finish first; killed if it takes too long."""
+        """Warm shutdown (SIGTERM): running tasks finish first; killed if it takes too long.
+
+        Only the main process is signalled, as a process manager would: signalling the pool
+        children too makes the main process report their jobs as lost workers.
+        """
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        os.kill(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -25,7 +25,7 @@ from .dbretry import with_db_retries
 from .events import log_event
 from .exceptions import ClaimBusy, EntityKeyError, IdempotencyConflict, ResultNotStorable
 from .idempotency import IdempotencySpec
-from .models import DeadLetterReason, TaskClaim
+from .models import ClaimStatus, DeadLetterReason, TaskClaim
 from .retry import DEFAULT_POLICY, Decision, RetryPolicy, coerce_policy
 
 FIRST_FAILED_HEADER = "celery_hygiene_first_failed_at"
@@ -484,6 +484,8 @@ class HygieneTask(Task):
         )
         key = self._key_or_none(args or (), kwargs or {})
         attempts = (request.retries + 1) if request is not None else 1
+        if key is not None and not self._claim_still_ours(key, task_id, exc):
+            return
         if key is not None:
             attempts = (
                 claims.mark_dead_for_owner(
@@ -512,6 +514,34 @@ class HygieneTask(Task):
             dead_letter=dead_letter,
             exception=exc,
         )
+
+    def _claim_still_ours(self, key: ClaimKey, task_id: str, exc: BaseException) -> bool:
+        """False when the pool lost a process whose work is already done or owned elsewhere.
+
+        Celery can report a job as lost after its body finished (e.g. the pool process was
+        terminated on shutdown); the claim knows better than the pool.
+        """
+        claim = (
+            TaskClaim.objects.using(claims.write_alias())
+            .filter(entity=key.entity, operation=key.operation)
+            .only("status", "owner_task_id")
+            .first()
+        )
+        if claim is None or (
+            claim.owner_task_id == task_id and claim.status != ClaimStatus.SUCCEEDED
+        ):
+            return True
+        log_event(
+            logging.INFO,
+            "task_lost_after_claim_moved_on",
+            task=self.name,
+            id=task_id,
+            entity=key.entity,
+            status=claim.status,
+            owner=claim.owner_task_id,
+            exc=type(exc).__name__,
+        )
+        return False
 
     def _key_or_none(self, args: Any, kwargs: Any) -> ClaimKey | None:
         spec = self.hygiene_idempotency
