@@ -20,7 +20,11 @@ def make_claim(
 ) -> None:
     now = timezone.now()
     TaskClaim.objects.using(using).create(
-        entity=entity, operation="op", task_name="t", status=status, fingerprint="f",
+        entity=entity,
+        operation="op",
+        task_name="t",
+        status=status,
+        fingerprint="f",
         owner_task_id=f"id-{entity}",
         completed_at=None if completed_days_ago is None else now - completed_days_ago * DAY,
         lease_expires_at=None if completed_days_ago is not None else now - 10 * DAY,
@@ -93,3 +97,42 @@ def test_works_on_sqlite():
     make_claim("recent", ClaimStatus.SUCCEEDED, 1, using="sqlite")
     assert purge_claims(older_than=30 * DAY, batch_size=2, using="sqlite") == 3
     assert remaining("sqlite") == {"recent"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_purge_claims_command_keeps_live_and_recent_claims():
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from celery_hygiene.models import TaskClaim
+
+    long_ago = timezone.now() - dt.timedelta(days=40)
+    for entity, status in [("old-ok", "succeeded"), ("old-dead", "dead"), ("live", "running")]:
+        TaskClaim.objects.create(
+            entity=entity,
+            operation="op",
+            task_name="t",
+            status=status,
+            fingerprint="f",
+            owner_task_id="x",
+            completed_at=None if status == "running" else long_ago,
+        )
+    TaskClaim.objects.create(
+        entity="recent",
+        operation="op",
+        task_name="t",
+        status="succeeded",
+        fingerprint="f",
+        owner_task_id="x",
+        completed_at=timezone.now(),
+    )
+    out = StringIO()
+    call_command("taskhygiene", "purge-claims", "--older-than", "30d", stdout=out)
+    assert "purged 1 claims" in out.getvalue()
+    assert set(TaskClaim.objects.values_list("entity", flat=True)) == {"old-dead", "live", "recent"}
+    call_command("taskhygiene", "purge-claims", "--older-than", "30d", "--include-dead", stdout=out)
+    assert set(TaskClaim.objects.values_list("entity", flat=True)) == {"live", "recent"}
+    with pytest.raises(CommandError, match="malformed duration"):
+        call_command("taskhygiene", "purge-claims", "--older-than", "forever")

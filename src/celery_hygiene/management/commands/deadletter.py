@@ -15,7 +15,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -32,6 +31,7 @@ from celery_hygiene.replay import (
     refusal,
     replay,
 )
+from celery_hygiene.retention import purge_dead_letters
 from celery_hygiene.selection import Selection
 
 STATUSES = [choice.value for choice in DeadLetterStatus]
@@ -220,17 +220,14 @@ class Command(BaseCommand):
                 "would be purged"
             )
             return
-        purged = 0
-        while True:
-            # One short transaction per batch: locks are held for one batch, never the whole purge.
-            with transaction.atomic():
-                batch = list(old.values_list("pk", flat=True)[: options["batch_size"]])
-                if not batch:
-                    break
-                DeadLetter.objects.filter(pk__in=batch).delete()
-            purged += len(batch)
+        def progress(done: int) -> None:
             if self.verbosity >= 2:
-                self.stdout.write(f"purged {purged} so far")
+                self.stdout.write(f"purged {done} so far")
+
+        # One short transaction per batch: locks are held for one batch, never the whole purge.
+        purged = purge_dead_letters(
+            older_than=age, statuses=statuses, batch_size=options["batch_size"], on_batch=progress
+        )
         self.stdout.write(f"purged {purged} dead letters older than {cutoff:%Y-%m-%d %H:%M %Z}")
 
     # -- shared ------------------------------------------------------------------------------

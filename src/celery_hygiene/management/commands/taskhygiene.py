@@ -4,6 +4,7 @@
   how many runs the duration watchdog flagged.
 - ``claims --stale``: claims whose lease expired long ago with nobody taking them over: work
   that started and never finished, with no message left to finish it.
+- ``purge-claims --older-than 30d``: retention for finished claims, in short batches.
 - ``check``: the hygiene audit (the ``celery_hygiene`` system checks). Exits 1 when a message is
   at or above ``--fail-level`` (default ERROR), so it can gate a deploy.
 """
@@ -54,6 +55,17 @@ class Command(BaseCommand):
         stale.add_argument("--limit", type=int, default=100)
         stale.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
 
+        purge = sub.add_parser(
+            "purge-claims", help="Delete claims that finished long ago, in short batches."
+        )
+        purge.add_argument("--older-than", required=True, help="Age, e.g. 30d, 12h, 2w.")
+        purge.add_argument(
+            "--include-dead",
+            action="store_true",
+            help="Also delete dead claims (they stop duplicates until a replay re-opens them).",
+        )
+        purge.add_argument("--batch-size", type=int, default=5000)
+
         check = sub.add_parser("check", help="Audit the Celery configuration; exit 1 on errors.")
         check.add_argument(
             "--fail-level",
@@ -72,6 +84,8 @@ class Command(BaseCommand):
             self._report(options)
         elif subcommand == "claims":
             self._stale_claims(options)
+        elif subcommand == "purge-claims":
+            self._purge_claims(options)
         else:
             self._check(options)
 
@@ -122,6 +136,23 @@ class Command(BaseCommand):
                     f"{row['operation']})  {row['status']}  owner={row['owner_task_id']} "
                     f"on {row['owner_worker'] or '?'}  attempts={row['attempts']}"
                 )
+
+    def _purge_claims(self, options: dict[str, Any]) -> None:
+        from celery_hygiene.retention import purge_claims
+
+        try:
+            older_than = parse_duration(options["older_than"])
+        except DurationError as exc:
+            raise CommandError(str(exc)) from exc
+        if options["batch_size"] < 1:
+            raise CommandError("--batch-size must be at least 1.")
+        statuses = ("succeeded", "dead") if options["include_dead"] else ("succeeded",)
+        deleted = purge_claims(
+            older_than=older_than, statuses=statuses, batch_size=options["batch_size"]
+        )
+        self.stdout.write(
+            f"purged {deleted} claims ({', '.join(statuses)}) older than {options['older_than']}"
+        )
 
     def _check(self, options: dict[str, Any]) -> None:
         if options["task"]:
