@@ -8,6 +8,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_worker.settings")
 
 app = Celery("example_worker")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# Celery's Django fixup closes every DB connection around every task unless this is set; claims
+# touch the database on every task, so reuse the connection (recycled every 100 tasks).
+app.conf.CELERY_DB_REUSE_MAX = 100
 
 # CELERY_HYGIENE_QUEUES (settings.py) -> kombu Queues, task_routes, per-queue time limits.
 from celery_hygiene.routing import configure_queues  # noqa: E402
