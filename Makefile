@@ -26,8 +26,8 @@ test-django6: services
 	.venv-django6/bin/python -c "import django, sys; print('test-django6: Django', django.get_version(), 'on Python', sys.version.split()[0])" && \
 	.venv-django6/bin/python -m pytest $(PYTEST_ARGS)
 
-lint:
-	$(VENV)/bin/ruff check src tests
+lint: bootstrap
+	$(VENV)/bin/ruff check src tests example_worker benchmarks
 
 ## Benchmarks (docs/benchmarks.md), in their own venv with celery-once. Full run: ~30 min.
 BENCH_VENV ?= .venv-bench

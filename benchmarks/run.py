@@ -70,12 +70,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale-large", type=int, default=1_000_000)
     p.add_argument("--scale-samples", type=int, default=2000, help="claims timed per size")
     p.add_argument("--deadletters", type=int, default=None, help="default: --scale-large")
-    p.add_argument("--synchronous-commit", choices=["on", "off"], default="on",
-                   help="PostgreSQL synchronous_commit for the benchmark's connections (what-if)")
-    p.add_argument("--db-per-task", action="store_true",
-                   help="Celery's default: a new DB connection for every task (no CELERY_DB_REUSE_MAX); "
-                   "compare throughput only, the overhead split then includes the connect")
-    p.add_argument("--skip", default="", help="comma list of phases: throughput,latency,trace,scale")
+    p.add_argument(
+        "--synchronous-commit",
+        choices=["on", "off"],
+        default="on",
+        help="PostgreSQL synchronous_commit for the benchmark's connections (what-if)",
+    )
+    p.add_argument(
+        "--db-per-task",
+        action="store_true",
+        help="Celery's default: a new DB connection for every task (no CELERY_DB_REUSE_MAX); "
+        "compare throughput only, the overhead split then includes the connect",
+    )
+    p.add_argument(
+        "--skip", default="", help="comma list of phases: throughput,latency,trace,scale"
+    )
     # Not "celery_hygiene_bench": benchmarks/admin_changelist.py drops and re-creates that one.
     p.add_argument("--db", default=os.environ.get("BENCH_DB_NAME", "celery_hygiene_bench_run"))
     p.add_argument("--markdown", type=Path, default=None, help="write the report here too")
@@ -96,8 +105,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 ARGS = parse_args()
 QUEUE = f"hygiene-bench-{os.getpid()}"
 os.environ.update(
-    BENCH_DB_NAME=ARGS.db, BENCH_QUEUE=QUEUE, BENCH_WORK_MS=str(ARGS.work_ms),
-    DJANGO_SETTINGS_MODULE="benchproject.settings", BENCH_SYNCHRONOUS_COMMIT=ARGS.synchronous_commit,
+    BENCH_DB_NAME=ARGS.db,
+    BENCH_QUEUE=QUEUE,
+    BENCH_WORK_MS=str(ARGS.work_ms),
+    DJANGO_SETTINGS_MODULE="benchproject.settings",
+    BENCH_SYNCHRONOUS_COMMIT=ARGS.synchronous_commit,
     BENCH_DB_PER_TASK="1" if ARGS.db_per_task else "0",
 )
 sys.path.insert(0, str(BENCH_DIR))
@@ -114,8 +126,10 @@ def recreate_database(name: str) -> None:
     import psycopg
 
     dsn = dict(
-        host=os.environ.get("PGHOST", "127.0.0.1"), port=os.environ.get("PGPORT", "5432"),
-        user=os.environ.get("PGUSER", "postgres"), password=os.environ.get("PGPASSWORD", ""),
+        host=os.environ.get("PGHOST", "127.0.0.1"),
+        port=os.environ.get("PGPORT", "5432"),
+        user=os.environ.get("PGUSER", "postgres"),
+        password=os.environ.get("PGPASSWORD", ""),
         dbname="postgres",
     )
     with psycopg.connect(**dsn, autocommit=True) as conn:
@@ -159,13 +173,30 @@ class Worker:
         self.hostname = f"bench-{os.getpid()}@localhost"
         self.logfile = Path(tempfile.mkstemp(prefix="bench-worker-", suffix=".log")[1])
         self.command = [
-            sys.executable, "-m", "celery", "-A", "benchproject", "worker",
-            "-P", "prefork", "-c", str(ARGS.concurrency), "-Q", QUEUE, "-n", self.hostname,
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=WARNING",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "benchproject",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            str(ARGS.concurrency),
+            "-Q",
+            QUEUE,
+            "-n",
+            self.hostname,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel=WARNING",
         ]
         self.env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")])),
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")])
+            ),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -174,7 +205,11 @@ class Worker:
 
         with self.logfile.open("ab") as out:
             self.process = subprocess.Popen(
-                self.command, cwd=BENCH_DIR, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                self.command,
+                cwd=BENCH_DIR,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         started = time.perf_counter()
@@ -221,7 +256,9 @@ class Worker:
 
     def errors(self) -> str:
         text = self.logfile.read_text(errors="replace")
-        return "\n".join(line for line in text.splitlines() if "ERROR" in line or "Traceback" in line)
+        return "\n".join(
+            line for line in text.splitlines() if "ERROR" in line or "Traceback" in line
+        )
 
 
 def declare_queue() -> None:
@@ -246,8 +283,10 @@ def publish(messages: list[tuple[str, str]], rate: float | None = None) -> tuple
     from benchproject.celery import app
 
     by_name = {
-        "bench.plain": tasks.plain, "bench.idempotent": tasks.idempotent,
-        "bench.idempotent_atomic": tasks.idempotent_atomic, "bench.once": tasks.once,
+        "bench.plain": tasks.plain,
+        "bench.idempotent": tasks.idempotent,
+        "bench.idempotent_atomic": tasks.idempotent_atomic,
+        "bench.once": tasks.once,
     }
     refused = 0
     started = time.perf_counter()
@@ -298,8 +337,11 @@ def collect(run: str) -> dict:
     for suffix in ("first", "last", "samples", "trace", "deferred", "done"):
         r.delete(f"bench:{run}:{suffix}")
     return {
-        "first": min(firsts) if firsts else None, "last": max(lasts) if lasts else None,
-        "samples": samples, "traces": traces, "deferred": deferred,
+        "first": min(firsts) if firsts else None,
+        "last": max(lasts) if lasts else None,
+        "samples": samples,
+        "traces": traces,
+        "deferred": deferred,
     }
 
 
@@ -345,14 +387,24 @@ def throughput_run(worker: Worker, variant: str, round_no: int) -> dict:
     effects = Effect.objects.count()
     expected = len({k for _, k in messages})
     result = {
-        "variant": variant, "round": round_no, "messages": len(messages), "seconds": elapsed,
-        "tasks_per_s": len(messages) / elapsed, "publish_s": publish_s,
-        "publish_per_s": len(messages) / publish_s, "refused": refused,
-        "effects": effects, "expected_effects": expected, "deferred": data["deferred"],
-        "samples": data["samples"], "errors": worker.errors()[-2000:],
+        "variant": variant,
+        "round": round_no,
+        "messages": len(messages),
+        "seconds": elapsed,
+        "tasks_per_s": len(messages) / elapsed,
+        "publish_s": publish_s,
+        "publish_per_s": len(messages) / publish_s,
+        "refused": refused,
+        "effects": effects,
+        "expected_effects": expected,
+        "deferred": data["deferred"],
+        "samples": data["samples"],
+        "errors": worker.errors()[-2000:],
     }
     if effects != expected:
-        raise RuntimeError(f"run {run}: {effects} side effects, expected {expected}: {result['errors']}")
+        raise RuntimeError(
+            f"run {run}: {effects} side effects, expected {expected}: {result['errors']}"
+        )
     return result
 
 
@@ -367,8 +419,9 @@ def latency_run(worker: Worker, variants: str) -> dict:
 
     run = f"lat-{uuid.uuid4().hex[:6]}"
     truncate(TaskClaim, Effect)
-    messages = [(VARIANTS[v][1], f"{run}:{v}:{i}") for i in range(ARGS.latency_tasks)
-                for v in variants]
+    messages = [
+        (VARIANTS[v][1], f"{run}:{v}:{i}") for i in range(ARGS.latency_tasks) for v in variants
+    ]
     worker.resume()
     try:
         publish(messages, rate=ARGS.latency_rate)
@@ -389,8 +442,12 @@ def trace_run(worker: Worker, variants: str) -> dict:
 
     run = f"trace-{uuid.uuid4().hex[:6]}"
     truncate(TaskClaim, Effect)
-    first = [(VARIANTS[v][1], f"{run}:{v}:{i}") for i in range(ARGS.trace_tasks)
-             for v in variants if v != "d"]
+    first = [
+        (VARIANTS[v][1], f"{run}:{v}:{i}")
+        for i in range(ARGS.trace_tasks)
+        for v in variants
+        if v != "d"
+    ]
     publish(first)
     worker.resume()
     try:
@@ -493,8 +550,11 @@ def claim_latency(samples: int) -> dict:
         ticket_id = uuid.uuid4().hex
         t0 = time.perf_counter()
         result = claims.acquire(
-            key(f"fresh:{ticket_id}"), owner_task_id=ticket_id, owner_worker="bench",
-            lease_seconds=300, using="default",
+            key(f"fresh:{ticket_id}"),
+            owner_task_id=ticket_id,
+            owner_worker="bench",
+            lease_seconds=300,
+            using="default",
         )
         t1 = time.perf_counter()
         assert result.ticket is not None and claims.complete(result.ticket, '"ok"')
@@ -503,16 +563,29 @@ def claim_latency(samples: int) -> dict:
     for _ in range(min(200, samples)):  # connection, plan cache, index pages
         one_claim()
     acquire_s, total_s = zip(*(one_claim() for _ in range(samples)), strict=True)
-    loaded = sql("SELECT entity FROM celery_hygiene_taskclaim WHERE operation = 'bench.scale' "
-                 "AND entity LIKE 'order:%%' ORDER BY random() LIMIT %s", [samples], fetch=True)
+    loaded = sql(
+        "SELECT entity FROM celery_hygiene_taskclaim WHERE operation = 'bench.scale' "
+        "AND entity LIKE 'order:%%' ORDER BY random() LIMIT %s",
+        [samples],
+        fetch=True,
+    )
     dup_s = []
     for (entity,) in loaded:
         t0 = time.perf_counter()
-        result = claims.acquire(key(entity), owner_task_id="dup", owner_worker="bench",
-                                lease_seconds=300, using="default")
+        result = claims.acquire(
+            key(entity),
+            owner_task_id="dup",
+            owner_worker="bench",
+            lease_seconds=300,
+            using="default",
+        )
         dup_s.append(time.perf_counter() - t0)
         assert result.outcome is claims.Outcome.SUCCEEDED, result
-    return {"acquire": stats(acquire_s), "claim_complete": stats(total_s), "duplicate": stats(dup_s)}
+    return {
+        "acquire": stats(acquire_s),
+        "claim_complete": stats(total_s),
+        "duplicate": stats(dup_s),
+    }
 
 
 def scale_phase() -> dict:
@@ -538,10 +611,15 @@ def scale_phase() -> dict:
     log("scale: purge_claims")
     marks = [time.perf_counter()]
     t0 = time.perf_counter()
-    purged = purge_claims(older_than=dt.timedelta(days=30), batch_size=5000,
-                          on_batch=lambda _total: marks.append(time.perf_counter()))
+    purged = purge_claims(
+        older_than=dt.timedelta(days=30),
+        batch_size=5000,
+        on_batch=lambda _total: marks.append(time.perf_counter()),
+    )
     out["purge_claims"] = {
-        "deleted": purged, "seconds": time.perf_counter() - t0, "batch_size": 5000,
+        "deleted": purged,
+        "seconds": time.perf_counter() - t0,
+        "batch_size": 5000,
         "batches": len(marks) - 1,
         "longest_batch_ms": 1000 * max(b - a for a, b in zip(marks, marks[1:], strict=False)),
         "left": TaskClaim.objects.count(),
@@ -560,10 +638,20 @@ def scale_phase() -> dict:
     log("scale: manage.py deadletter purge")
     t0 = time.perf_counter()
     with open(os.devnull, "w") as sink:
-        call_command("deadletter", "purge", "--older-than", "30d", "--include-pending",
-                     "--batch-size", "1000", stdout=sink)
+        call_command(
+            "deadletter",
+            "purge",
+            "--older-than",
+            "30d",
+            "--include-pending",
+            "--batch-size",
+            "1000",
+            stdout=sink,
+        )
     out["purge_deadletters"] = {
-        "seconds": time.perf_counter() - t0, "batch_size": 1000, "deleted": n_dl,
+        "seconds": time.perf_counter() - t0,
+        "batch_size": 1000,
+        "deleted": n_dl,
         "left": DeadLetter.objects.count(),
     }
     return out
@@ -575,20 +663,36 @@ def admin_changelist_phase() -> dict:
     if not path.exists():
         return {"status": "missing", "note": "benchmarks/admin_changelist.py not written yet"}
     rows = ARGS.deadletters
-    command = [sys.executable, "-W", "ignore", str(path), "--rows", str(rows),
-               "--repeat", "1" if ARGS.smoke else "5"]
+    command = [
+        sys.executable,
+        "-W",
+        "ignore",
+        str(path),
+        "--rows",
+        str(rows),
+        "--repeat",
+        "1" if ARGS.smoke else "5",
+    ]
     env = {**os.environ, "HYGIENE_DB_NAME": f"{ARGS.db}_admin"}
     env.pop("DJANGO_SETTINGS_MODULE", None)  # it uses the test project's settings
     log(f"admin: {' '.join(command[3:])} (database {env['HYGIENE_DB_NAME']})")
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
-        return {"status": "error", "note": f"admin_changelist.py exited {done.returncode}",
-                "output": (done.stdout + done.stderr)[-3000:]}
+        return {
+            "status": "error",
+            "note": f"admin_changelist.py exited {done.returncode}",
+            "output": (done.stdout + done.stderr)[-3000:],
+        }
     first_page = None
     for line in done.stdout.splitlines():
         if line.startswith("first page, no filter"):
             first_page = float(line.split()[4])
-    return {"status": "ok", "rows": rows, "output": done.stdout.strip(), "first_page_ms": first_page}
+    return {
+        "status": "ok",
+        "rows": rows,
+        "output": done.stdout.strip(),
+        "first_page_ms": first_page,
+    }
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -599,8 +703,12 @@ def stats(values: object) -> dict:
     if not xs:
         return {"n": 0}
     p99 = xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]
-    return {"n": len(xs), "median_ms": 1000 * statistics.median(xs), "p99_ms": 1000 * p99,
-            "mean_ms": 1000 * statistics.fmean(xs)}
+    return {
+        "n": len(xs),
+        "median_ms": 1000 * statistics.median(xs),
+        "p99_ms": 1000 * p99,
+        "mean_ms": 1000 * statistics.fmean(xs),
+    }
 
 
 def overhead(samples: list[tuple[str, float, float]], name: str) -> dict:
@@ -626,14 +734,19 @@ def machine() -> dict:
 
     try:
         import celery_once
+
         once_version = getattr(celery_once, "__version__", "3.0.1")
     except ImportError:
         once_version = "not installed"
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(), "cpu": _cpu_model(), "free": run(["free", "-h"]),
-        "python": platform.python_version(), "celery": celery.__version__,
-        "django": django.get_version(), "celery_once": once_version,
+        "nproc": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "free": run(["free", "-h"]),
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+        "django": django.get_version(),
+        "celery_once": once_version,
         "postgresql": connection.cursor().connection.info.parameter_status("server_version"),
         "rabbitmq": rabbit if isinstance(rabbit, str) else rabbit.decode(),
         "command": " ".join([Path(sys.executable).name, "benchmarks/run.py", *sys.argv[1:]]),
@@ -649,10 +762,18 @@ def _library_revision() -> str:
     if os.environ.get("BENCH_LIBRARY_REV"):  # an exported tree (git archive) names its commit
         return f"{os.environ['BENCH_LIBRARY_REV']} ({src})"
     try:
-        rev = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except OSError:
         return "?"
     return f"{rev}{' + uncommitted changes' if dirty else ''} ({src})"
@@ -705,7 +826,9 @@ def report(results: dict) -> str:
             med = statistics.median(r["tasks_per_s"] for r in rs)
             ratio = med / base if base else None
             per_round = [
-                r["tasks_per_s"] / base_by_round[r["round"]] for r in rs if r["round"] in base_by_round
+                r["tasks_per_s"] / base_by_round[r["round"]]
+                for r in rs
+                if r["round"] in base_by_round
             ]
             samples = [s for r in rs for s in r["samples"]]
             ov = stats(t - b for _, t, b in samples)
@@ -720,8 +843,13 @@ def report(results: dict) -> str:
             )
             if v in TARGETS and ratio is not None:
                 op = ">" if v == "d" else ">="
-                targets.append((f"({v}) throughput {op} {TARGETS[v]:.2f} x (a)", f"{ratio:.2f}x",
-                                ratio > TARGETS[v] if v == "d" else ratio >= TARGETS[v]))
+                targets.append(
+                    (
+                        f"({v}) throughput {op} {TARGETS[v]:.2f} x (a)",
+                        f"{ratio:.2f}x",
+                        ratio > TARGETS[v] if v == "d" else ratio >= TARGETS[v],
+                    )
+                )
         deferred = sum(r["deferred"] for r in runs)
         lines += ["", f"Deferred (busy-claim) re-publishes across all runs: {deferred}.", ""]
     lat = results.get("latency")
@@ -740,22 +868,44 @@ def report(results: dict) -> str:
             name = VARIANTS[v][1]
             ov = overhead(lat["samples"], name)
             body = stats(b for n, _, b in lat["samples"] if n == name)
-            lines.append(f"| ({v}) {VARIANTS[v][0]} | {ov['median_ms']:.2f} | {ov['p99_ms']:.2f} | "
-                         f"{body['median_ms']:.2f} |")
+            lines.append(
+                f"| ({v}) {VARIANTS[v][0]} | {ov['median_ms']:.2f} | {ov['p99_ms']:.2f} | "
+                f"{body['median_ms']:.2f} |"
+            )
             if v == "b":
-                targets.append(("(b) claim overhead median <= 1 ms (low load)",
-                                f"{ov['median_ms']:.2f} ms", ov["median_ms"] <= 1.0))
-                targets.append(("(b) claim overhead p99 <= 5 ms (low load)",
-                                f"{ov['p99_ms']:.2f} ms", ov["p99_ms"] <= 5.0))
+                targets.append(
+                    (
+                        "(b) claim overhead median <= 1 ms (low load)",
+                        f"{ov['median_ms']:.2f} ms",
+                        ov["median_ms"] <= 1.0,
+                    )
+                )
+                targets.append(
+                    (
+                        "(b) claim overhead p99 <= 5 ms (low load)",
+                        f"{ov['p99_ms']:.2f} ms",
+                        ov["p99_ms"] <= 5.0,
+                    )
+                )
         if runs:
             for r_v in ("b",):
                 samples = [s for r in runs if r["variant"] == r_v for s in r["samples"]]
                 if samples:
                     ov = stats(t - b for _, t, b in samples)
-                    targets.append(("(b) claim overhead median <= 1 ms (full load)",
-                                    f"{ov['median_ms']:.2f} ms", ov["median_ms"] <= 1.0))
-                    targets.append(("(b) claim overhead p99 <= 5 ms (full load)",
-                                    f"{ov['p99_ms']:.2f} ms", ov["p99_ms"] <= 5.0))
+                    targets.append(
+                        (
+                            "(b) claim overhead median <= 1 ms (full load)",
+                            f"{ov['median_ms']:.2f} ms",
+                            ov["median_ms"] <= 1.0,
+                        )
+                    )
+                    targets.append(
+                        (
+                            "(b) claim overhead p99 <= 5 ms (full load)",
+                            f"{ov['p99_ms']:.2f} ms",
+                            ov["p99_ms"] <= 5.0,
+                        )
+                    )
         lines.append("")
     tr = results.get("trace")
     if tr:
@@ -777,8 +927,9 @@ def report(results: dict) -> str:
                 f"{'; '.join(short_sql(s) for s in example['statements'])} |"
             )
             if label.startswith("(b)"):
-                targets.append(("(b) happy path <= 2 round trips beyond the body", str(typical),
-                                typical <= 2))
+                targets.append(
+                    ("(b) happy path <= 2 round trips beyond the body", str(typical), typical <= 2)
+                )
         lines.append("")
     sc = results.get("scale")
     if sc:
@@ -813,15 +964,28 @@ def report(results: dict) -> str:
             f"{pd['left']:,} left |",
             "",
         ]
-        targets.append(("claim latency at large within 1.2 x of small", f"{ratio:.2f}x", ratio <= 1.2))
+        targets.append(
+            ("claim latency at large within 1.2 x of small", f"{ratio:.2f}x", ratio <= 1.2)
+        )
         adm = sc["admin"]
         if adm["status"] == "ok":
-            lines += [f"### Admin: dead-letter changelist, {adm['rows']:,} rows "
-                      "(benchmarks/admin_changelist.py)", "", "```", adm["output"], "```", ""]
+            lines += [
+                f"### Admin: dead-letter changelist, {adm['rows']:,} rows "
+                "(benchmarks/admin_changelist.py)",
+                "",
+                "```",
+                adm["output"],
+                "```",
+                "",
+            ]
             ms = adm["first_page_ms"]
-            targets.append(("dead-letter changelist first page <= 300 ms at large",
-                            f"{ms:.0f} ms" if ms is not None else "see above",
-                            ms <= 300 if ms is not None else None))
+            targets.append(
+                (
+                    "dead-letter changelist first page <= 300 ms at large",
+                    f"{ms:.0f} ms" if ms is not None else "see above",
+                    ms <= 300 if ms is not None else None,
+                )
+            )
         else:
             lines += [f"Admin changelist: not measured ({adm['note']}).", ""]
             if adm.get("output"):
@@ -829,7 +993,9 @@ def report(results: dict) -> str:
             targets.append(("dead-letter changelist <= 300 ms at large", "not measured", None))
     lines += ["### Targets", "", "| target | measured | met |", "|---|---|---|"]
     for name, value, ok in targets:
-        lines.append(f"| {name} | {value} | {'yes' if ok else ('n/a' if ok is None else '**no**')} |")
+        lines.append(
+            f"| {name} | {value} | {'yes' if ok else ('n/a' if ok is None else '**no**')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -875,8 +1041,13 @@ def main() -> int:
         log("celery-once is not installed in this environment: variant (e) skipped (make bench)")
         variants = variants.replace("e", "")
     declare_queue()
-    results: dict = {"machine": machine(), "args": {k: (sorted(v) if isinstance(v, set) else
-                     str(v) if isinstance(v, Path) else v) for k, v in vars(ARGS).items()}}
+    results: dict = {
+        "machine": machine(),
+        "args": {
+            k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
+            for k, v in vars(ARGS).items()
+        },
+    }
     worker = Worker()
     try:
         phases = {"trace", "latency", "throughput"} - ARGS.skip
@@ -901,9 +1072,11 @@ def main() -> int:
                 for v in variants:
                     r = throughput_run(worker, v, round_no)
                     results["throughput"].append(r)
-                    log(f"round {round_no} ({v}) {VARIANTS[v][0]}: {r['tasks_per_s']:,.0f} tasks/s "
+                    log(
+                        f"round {round_no} ({v}) {VARIANTS[v][0]}: {r['tasks_per_s']:,.0f} tasks/s "
                         f"({r['seconds']:.2f}s; publish {r['publish_s']:.1f}s; "
-                        f"deferred {r['deferred']})")
+                        f"deferred {r['deferred']})"
+                    )
         worker.stop()
         if "scale" not in ARGS.skip:
             results["scale"] = scale_phase()
@@ -916,8 +1089,12 @@ def main() -> int:
     print("\n" + text)
     RESULTS_DIR.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    slim = {**results, "throughput": [{k: v for k, v in r.items() if k != "samples"}
-                                      for r in results.get("throughput", [])]}
+    slim = {
+        **results,
+        "throughput": [
+            {k: v for k, v in r.items() if k != "samples"} for r in results.get("throughput", [])
+        ],
+    }
     slim.pop("latency", None)
     slim.pop("trace", None)
     out_json = RESULTS_DIR / f"{'smoke' if ARGS.smoke else 'full'}-{stamp}.json"

@@ -47,7 +47,9 @@ def queue_name(hygiene_app: Celery) -> Iterator[str]:
 
 
 @pytest.fixture
-def worker_factory(transactional_db: None, hygiene_app: Celery) -> Iterator[Callable[..., WorkerProcess]]:
+def worker_factory(
+    transactional_db: None, hygiene_app: Celery
+) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real worker subprocesses on the test database; all are stopped before the DB flush."""
     started: list[WorkerProcess] = []
     db_name = connection.settings_dict["NAME"]
@@ -71,7 +73,9 @@ def worker(worker_factory: Callable[..., WorkerProcess], queue_name: str) -> Wor
     return worker_factory(queue_name, concurrency=4)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1) -> object:
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1
+) -> object:
     """Poll until predicate() is truthy; fail with a clear message instead of hanging."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

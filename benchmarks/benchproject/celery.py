@@ -9,9 +9,9 @@ the same:
   the body measured itself; the difference is everything the decorator adds, plus Celery's own
   few microseconds). Deferred duplicates (state IGNORED; they come back later) are counted apart.
 
-For runs named ``trace-*`` the handlers also trace the PostgreSQL wire protocol of the pool process's
-connection between prerun and postrun (libpq trace), and push the statements and the number of
-round trips (ReadyForQuery messages) of each task.
+For runs named ``trace-*`` the handlers also trace the PostgreSQL wire protocol of the pool
+process's connection between prerun and postrun (libpq trace), and push the statements and the
+number of round trips (ReadyForQuery messages) of each task.
 
 The run a task belongs to is the prefix of its ``key`` argument (``<run>:<n>``), so one worker
 serves every run and its start-up is never part of a measurement.
@@ -133,11 +133,16 @@ def _stop_trace(*, ran_body: bool, task: str) -> dict:
         if parts[0] == "F" and len(parts) == 4 and parts[2] in ("Query", "Parse"):
             text = parts[3].strip().strip('"').strip()
             # A statement that starts with a newline continues on the next trace lines.
-            for follow in lines[i + 1:i + 4]:
+            for follow in lines[i + 1 : i + 4]:
                 if text or follow.startswith(("F\t", "B\t")):
                     break
                 text = follow.strip()
             statements.append(text[:120])
     round_trips = sum(1 for line in lines if line.startswith("B\t") and "\tReadyForQuery\t" in line)
-    return {"task": task, "pid": os.getpid(), "ran_body": ran_body, "round_trips": round_trips,
-            "statements": statements}
+    return {
+        "task": task,
+        "pid": os.getpid(),
+        "ran_body": ran_body,
+        "round_trips": round_trips,
+        "statements": statements,
+    }

@@ -17,7 +17,7 @@ Every key is optional::
                                            # case-insensitive substring); stored data is unchanged
         "REPLAY_RATE": 10.0,               # default bulk replay rate, messages per second
         "WATCHDOG_ENABLED": True,          # watch run durations in every worker (docs/watchdog.md)
-        "DURATION_THRESHOLD_SECONDS": 60,  # flag runs longer than this; per task: expected_duration=
+        "DURATION_THRESHOLD_SECONDS": 60,  # flag longer runs; per task: expected_duration=
         "WATCHDOG_INTERVAL_SECONDS": 1.0,  # how often the worker's main process looks
         "RUN_STATS_FLUSH_SECONDS": 60,     # how often a process writes its run statistics
     }

@@ -54,3 +54,13 @@ def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment)
     return moment
+
+
+def duration_option(text: str, option: str) -> dt.timedelta:
+    """``parse_duration`` for a management command option: bad input is a CommandError naming it."""
+    from django.core.management.base import CommandError
+
+    try:
+        return parse_duration(text)
+    except DurationError as exc:
+        raise CommandError(f"{option}: {exc}") from None

@@ -203,50 +203,47 @@ class HygieneTask(Task):
         return None
 
     def _duplicate(self, key: ClaimKey, existing: TaskClaim) -> None:
-        log_event(
+        self._announce(
             logging.INFO,
             "task_duplicate",
-            task=self.name,
-            id=self.request.id,
-            entity=key.entity,
-            operation=key.operation,
-            status=existing.status,
-            first_id=existing.owner_task_id,
-        )
-        _send_safely(
             signals.task_duplicate,
-            sender=self,
-            task_id=self.request.id,
-            entity=key.entity,
-            operation=key.operation,
-            status=existing.status,
+            key,
+            log_fields={"status": existing.status, "first_id": existing.owner_task_id},
+            signal_kwargs={"status": existing.status},
         )
 
     def _mismatch(self, spec: IdempotencySpec, key: ClaimKey, existing: TaskClaim) -> None:
-        message = (
-            f"{self.name}: ({key.entity!r}, {key.operation!r}) was already claimed by task "
-            f"{existing.owner_task_id} with different arguments; this message was not run."
-        )
-        log_event(
+        self._announce(
             logging.WARNING,
             "task_claim_mismatch",
-            task=self.name,
-            id=self.request.id,
-            entity=key.entity,
-            operation=key.operation,
-            first_id=existing.owner_task_id,
-        )
-        _send_safely(
             signals.task_claim_mismatch,
-            sender=self,
-            task_id=self.request.id,
-            entity=key.entity,
-            operation=key.operation,
-            existing_fingerprint=existing.fingerprint,
-            fingerprint=key.fingerprint,
+            key,
+            log_fields={"first_id": existing.owner_task_id},
+            signal_kwargs={
+                "existing_fingerprint": existing.fingerprint,
+                "fingerprint": key.fingerprint,
+            },
         )
         if spec.on_mismatch == "raise":
-            raise IdempotencyConflict(message)
+            raise IdempotencyConflict(
+                f"{self.name}: ({key.entity!r}, {key.operation!r}) was already claimed by task "
+                f"{existing.owner_task_id} with different arguments; this message was not run."
+            )
+
+    def _announce(
+        self,
+        level: int,
+        event: str,
+        signal: Any,
+        key: ClaimKey,
+        *,
+        log_fields: dict[str, Any],
+        signal_kwargs: dict[str, Any],
+    ) -> None:
+        """One structured log line and one signal about this message and its claim."""
+        where = {"entity": key.entity, "operation": key.operation}
+        log_event(level, event, task=self.name, id=self.request.id, **where, **log_fields)
+        _send_safely(signal, sender=self, task_id=self.request.id, **where, **signal_kwargs)
 
     def _defer(self, key: ClaimKey, wait_seconds: float) -> None:
         """Someone holds a live lease: look again later instead of running or dropping the work.

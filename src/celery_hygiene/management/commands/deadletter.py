@@ -19,7 +19,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from celery_hygiene import conf
-from celery_hygiene.durations import DurationError, parse_duration, parse_since
+from celery_hygiene.durations import DurationError, duration_option, parse_since
 from celery_hygiene.models import DeadLetter, DeadLetterStatus
 from celery_hygiene.redaction import redact
 from celery_hygiene.replay import (
@@ -205,7 +205,7 @@ class Command(BaseCommand):
     # -- purge -------------------------------------------------------------------------------
 
     def handle_purge(self, options: dict[str, Any]) -> None:
-        age = _duration(options["older_than"], "--older-than")
+        age = duration_option(options["older_than"], "--older-than")
         if options["batch_size"] <= 0:
             raise CommandError("--batch-size must be greater than 0")
         statuses = (
@@ -220,6 +220,7 @@ class Command(BaseCommand):
                 "would be purged"
             )
             return
+
         def progress(done: int) -> None:
             if self.verbosity >= 2:
                 self.stdout.write(f"purged {done} so far")
@@ -282,13 +283,6 @@ def _add_targets(parser: CommandParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="Show what would happen; change nothing."
     )
-
-
-def _duration(text: str, option: str) -> Any:
-    try:
-        return parse_duration(text)
-    except DurationError as exc:
-        raise CommandError(f"{option}: {exc}") from None
 
 
 def _since(text: str) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 from django.core import checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from celery_hygiene.durations import DurationError, parse_duration, parse_since
+from celery_hygiene.durations import DurationError, duration_option, parse_since
 from celery_hygiene.report import TaskDurations, duration_report
 
 LEVELS = {
@@ -106,10 +106,7 @@ class Command(BaseCommand):
     def _stale_claims(self, options: dict[str, Any]) -> None:
         from celery_hygiene.claims import stale_claims
 
-        try:
-            expired_for = parse_duration(options["expired_for"])
-        except DurationError as exc:
-            raise CommandError(str(exc)) from exc
+        expired_for = duration_option(options["expired_for"], "--expired-for")
         if options["limit"] < 1:
             raise CommandError("--limit must be at least 1.")
         rows = [
@@ -140,10 +137,7 @@ class Command(BaseCommand):
     def _purge_claims(self, options: dict[str, Any]) -> None:
         from celery_hygiene.retention import purge_claims
 
-        try:
-            older_than = parse_duration(options["older_than"])
-        except DurationError as exc:
-            raise CommandError(str(exc)) from exc
+        older_than = duration_option(options["older_than"], "--older-than")
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1.")
         statuses = ("succeeded", "dead") if options["include_dead"] else ("succeeded",)
