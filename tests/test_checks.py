@@ -24,7 +24,13 @@ from tests.workers import REPO_ROOT
 def make_app(**conf: Any) -> Celery:
     """Its tasks use shared=False: Celery's default (shared) would add them to every later app."""
     app = Celery("audit", set_as_current=False)
-    app.conf.update({"broker_url": "amqp://guest:guest@127.0.0.1:5672//", **conf})
+    app.conf.update(
+        {
+            "broker_url": "amqp://guest:guest@127.0.0.1:5672//",
+            "CELERY_DB_REUSE_MAX": 100,
+            **conf,
+        }
+    )
     return app
 
 
@@ -194,3 +200,10 @@ def test_check_exit_status_gates_a_deploy() -> None:
     )
     assert failing.returncode == 1
     assert "hygiene issue(s) at WARNING or above" in failing.stderr
+
+
+def test_idempotent_tasks_without_connection_reuse() -> None:
+    app = clean_app(CELERY_DB_REUSE_MAX=None)
+    messages = [m for m in audit(app, "audit.*") if m.id == "celery_hygiene.W051"]
+    assert [m.obj for m in messages] == ["audit.charge"]
+    assert "CELERY_DB_REUSE_MAX" in messages[0].hint

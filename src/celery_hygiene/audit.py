@@ -18,6 +18,7 @@ celery_hygiene.E021    a task is routed to a queue that is not declared
 celery_hygiene.W030    a slow queue's worker prefetches more than one message per process
 celery_hygiene.W040    Redis ``visibility_timeout`` shorter than a retry countdown or time limit
 celery_hygiene.W050    ``CONN_MAX_AGE = None``: every worker process keeps connections forever
+celery_hygiene.W051    idempotent tasks, but Celery reconnects to the database around every task
 =====================  ========================================================================
 """
 
@@ -263,10 +264,34 @@ def check_conn_max_age(scope: Scope | None = None) -> Messages:
     ]
 
 
+def check_connection_reuse(scope: Scope) -> Messages:
+    """Celery's Django fixup closes every connection before and after each task by default.
+
+    A claim touches the database on every run, so without reuse each idempotent task pays a new
+    PostgreSQL connection (tens of milliseconds, and connection storms on the server).
+    """
+    idempotent = [task.name for task in scope.tasks if is_idempotent(task)]
+    if not idempotent or scope.app.conf.get("CELERY_DB_REUSE_MAX"):
+        return []
+    return [
+        checks.Warning(
+            f"{len(idempotent)} idempotent task(s) (e.g. {idempotent[0]!r}) claim in the database "
+            "on every run, but Celery closes the worker's database connections around every "
+            "task, so each run opens a new connection.",
+            hint="In your Celery app module, after config_from_object(): "
+            "app.conf.CELERY_DB_REUSE_MAX = 100 (connections are recycled every 100 tasks), "
+            "or put PgBouncer in front of PostgreSQL.",
+            obj=idempotent[0],
+            id="celery_hygiene.W051",
+        )
+    ]
+
+
 # -- all together ------------------------------------------------------------------------------
 
 RULES: list[Callable[[Scope], Messages]] = [
     check_conn_max_age,
+    check_connection_reuse,
     check_retry_forever,
     check_acks_late,
     check_time_limits,
