@@ -22,7 +22,8 @@ def send_receipt(order_id: int) -> str:
     return f"receipt sent for order {order_id}"
 
 
-@hygienic_task(
+@idempotent_task(
+    entity="request_id",
     name="shop.call_partner",
     retry=RetryPolicy(
         max_attempts=3,
@@ -41,7 +42,9 @@ def call_partner(request_id: str, succeed_on_attempt: int) -> str:
     return f"partner accepted {request_id}"
 
 
-@hygienic_task(name="shop.build_report", expected_duration=2)
+# Not idempotent and safe to lose on a crash (the next run rebuilds it): acknowledge early, so a
+# redelivery never builds it twice. Still gets the default retry policy and dead letters.
+@hygienic_task(name="shop.build_report", expected_duration=2, acks_late=False)
 def build_report(seconds: float) -> str:
     """Slow work lives on the slow queue; the watchdog flags runs over expected_duration."""
     time.sleep(seconds)
