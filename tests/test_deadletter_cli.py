@@ -334,9 +334,12 @@ def test_publish_failure_puts_everything_back():
         attempts=3,
     )
     dl = make(entity="order-6", operation="charge")
-    with override_settings(
-        CELERY_HYGIENE={"CELERY_APP": "tests.test_deadletter_cli.unreachable_app"}
-    ), pytest.raises(CommandError, match="1 of 1 dead letters were not replayed"):
+    with (
+        override_settings(
+            CELERY_HYGIENE={"CELERY_APP": "tests.test_deadletter_cli.unreachable_app"}
+        ),
+        pytest.raises(CommandError, match="1 of 1 dead letters were not replayed"),
+    ):
         run("replay", str(dl.pk))
     dl.refresh_from_db()
     assert (dl.status, dl.replayed_task_id, dl.replayed_at) == ("pending", "", None)
@@ -450,3 +453,55 @@ def test_purge_deletes_old_handled_rows_in_batches():
         recent_done.pk,
         child.pk,
     }
+
+
+# -- recover --------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_recover_settles_rows_a_dead_publisher_left_in_replaying():
+    from celery_hygiene import claims
+    from celery_hygiene.models import TaskClaim
+
+    def stuck(entity: str) -> DeadLetter:
+        """As replay() leaves it when the process dies after commit, before publishing."""
+        row = make(
+            status=DeadLetterStatus.REPLAYING,
+            replayed_task_id=f"replay-{entity}",
+            entity=entity,
+            operation="op" if entity else "",
+        )
+        if entity:
+            TaskClaim.objects.create(
+                entity=entity,
+                operation="op",
+                task_name=RECORD,
+                status="dead",
+                fingerprint="f",
+                owner_task_id="first",
+                attempts=3,
+            )
+            assert claims.reopen(entity, "op", owner_task_id=f"replay-{entity}", lease_seconds=60)
+        return row
+
+    never_sent, ran, no_claim, pending = stuck("e1"), stuck("e2"), stuck(""), make()
+    key = claims.ClaimKey("e2", "op", RECORD, "f")
+    acquired = claims.acquire(
+        key, owner_task_id="replay-e2", owner_worker="w", lease_seconds=60, using="default"
+    )
+    assert acquired.outcome is claims.Outcome.ACQUIRED  # the replay of e2 reached a worker
+
+    out = run("recover", str(never_sent.pk), str(ran.pk))
+    assert "never ran; pending again" in out and "ran; marked replayed" in out
+    never_sent.refresh_from_db()
+    ran.refresh_from_db()
+    assert (never_sent.status, never_sent.replayed_task_id) == ("pending", "")
+    assert ran.status == "replayed" and ran.replayed_at is not None
+    # The lost message, should it surface, now finds a dead claim and does nothing.
+    assert TaskClaim.objects.get(entity="e1").status == "dead"
+
+    with pytest.raises(CommandError, match="not recovered"):
+        run("recover", str(no_claim.pk), str(pending.pk))
+    no_claim.refresh_from_db()
+    assert no_claim.status == "replaying"  # nothing proves it was not sent: needs --force
+    assert "pending again" in run("recover", str(no_claim.pk), "--force")

@@ -5,6 +5,7 @@
     pending ──lock row; reopen the dead claim──▶ replaying ──publish after commit──▶ replayed
                                                    │
                                                    └── publish failed ──▶ pending (claim dead again)
+                                                   └── process died here: ``recover`` settles it
 
 Only ``pending`` rows move, under ``SELECT ... FOR UPDATE``: two operators (or two commands)
 replaying the same dead letter enqueue it once; the second sees ``replaying``/``replayed``.
@@ -26,6 +27,7 @@ from typing import Any
 from celery import Celery
 from django.db import router, transaction
 from django.db.models.functions import Now
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from . import claims, conf
@@ -286,3 +288,59 @@ def paced(items: Iterable[int], rate: float) -> Iterator[int]:
             time.sleep(delay)
         next_at = max(next_at, time.monotonic() - interval) + interval
         yield item
+
+
+def recover(dead_letter_id: int, *, force: bool = False) -> str:
+    """Settle a dead letter left in ``replaying`` (its process died between commit and publish).
+
+    For an idempotent task the claim tells what happened: if the replay's task id ran (it owns
+    the claim and has attempted it), the row becomes ``replayed``. Otherwise it goes back to
+    ``pending`` and the claim back to ``dead``: should the lost message surface after all, it
+    finds a dead claim and does nothing, so replaying again is safe. Without a claim nothing
+    proves the message was not sent, so ``force`` is required. Returns what was done.
+    """
+    using = router.db_for_write(DeadLetter)
+    with transaction.atomic(using=using):
+        dead_letter = (
+            DeadLetter.objects.using(using).select_for_update().filter(pk=dead_letter_id).first()
+        )
+        if dead_letter is None:
+            raise RecoverError(f"no dead letter with id {dead_letter_id}")
+        if dead_letter.status != DeadLetterStatus.REPLAYING:
+            raise RecoverError(
+                f"dead letter {dead_letter_id} is {dead_letter.status}, not replaying: "
+                "nothing to do"
+            )
+        task_id = dead_letter.replayed_task_id
+        if dead_letter.entity and dead_letter.operation:
+            if _replay_ran(dead_letter, task_id, using):
+                dead_letter.status = DeadLetterStatus.REPLAYED
+                dead_letter.replayed_at = dead_letter.replayed_at or timezone.now()
+                dead_letter.save(using=using, update_fields=["status", "replayed_at"])
+                return f"dead letter {dead_letter_id}: its replay {task_id} ran; marked replayed"
+        elif not force:
+            raise RecoverError(
+                f"dead letter {dead_letter_id} has no claim to tell whether replay {task_id} was "
+                "sent; check the broker and worker logs for that id, then use --force to set it "
+                "back to pending"
+            )
+        _undo(dead_letter, task_id, using)
+    return f"dead letter {dead_letter_id}: replay {task_id} never ran; pending again"
+
+
+class RecoverError(Exception):
+    """A dead letter cannot be recovered as asked (unknown, not replaying, or needs --force)."""
+
+
+def _replay_ran(dead_letter: DeadLetter, task_id: str, using: str) -> bool:
+    claim = (
+        TaskClaim.objects.using(using)
+        .filter(entity=dead_letter.entity, operation=dead_letter.operation)
+        .first()
+    )
+    if claim is None:
+        return False
+    if claim.owner_task_id != task_id:
+        return claim.status == ClaimStatus.SUCCEEDED  # someone else finished the work meanwhile
+    # reopen() left it "retrying" with 0 attempts; any acquisition by the replay bumps that.
+    return claim.attempts > 0 or claim.status != ClaimStatus.RETRYING

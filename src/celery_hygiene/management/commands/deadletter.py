@@ -71,6 +71,16 @@ class Command(BaseCommand):
         discard = sub.add_parser("discard", help="Mark as handled without replaying.")
         _add_targets(discard)
 
+        rec = sub.add_parser(
+            "recover", help="Settle dead letters stuck in 'replaying' (publisher died)."
+        )
+        rec.add_argument("ids", nargs="+", type=int, metavar="ID")
+        rec.add_argument(
+            "--force",
+            action="store_true",
+            help="Set back to pending even when no claim can tell whether the replay was sent.",
+        )
+
         purge = sub.add_parser("purge", help="Delete old handled dead letters, in small batches.")
         purge.add_argument("--older-than", required=True, help="Age, e.g. 30d, 12h, 2w.")
         purge.add_argument(
@@ -203,6 +213,19 @@ class Command(BaseCommand):
         self._finish("discarded", total, total - done)
 
     # -- purge -------------------------------------------------------------------------------
+
+    def handle_recover(self, options: dict[str, Any]) -> None:
+        from celery_hygiene.replay import RecoverError, recover
+
+        failures = 0
+        for pk in dict.fromkeys(options["ids"]):
+            try:
+                self.stdout.write(recover(pk, force=options["force"]))
+            except RecoverError as exc:
+                failures += 1
+                self.stderr.write(str(exc))
+        if failures:
+            raise CommandError(f"{failures} dead letter(s) not recovered")
 
     def handle_purge(self, options: dict[str, Any]) -> None:
         age = duration_option(options["older_than"], "--older-than")
