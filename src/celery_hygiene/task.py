@@ -6,15 +6,17 @@ module: ``claims`` (who may run), ``retry`` (when to try again), ``deadletters``
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import random
 import socket
 import time
+from contextlib import nullcontext
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
-from django.db import router, transaction
+from django.db import transaction
 from django.utils import timezone
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
@@ -92,13 +94,24 @@ class HygieneTask(Task):
     def _worker_name(self) -> str:
         return self.request.hostname or socket.gethostname()
 
+    def _ticket_for(self, key: ClaimKey, attempts: int) -> Ticket:
+        """A ticket for a claim we no longer hold one for, to close it as its owner."""
+        return Ticket(
+            key,
+            self.request.id,
+            self._worker_name(),
+            max(attempts, 1),
+            self.hygiene_lease_seconds(),
+            claims.write_alias(),
+        )
+
     # -- plain tasks (no claim) ----------------------------------------------------------
 
     def _call_plain(self, args: tuple, kwargs: dict) -> Any:
         policy = self.hygiene_policy()
         attempt = self.request.retries + 1 + redeliveries.count(self.request, self.name)
         if attempt > policy.max_attempts:
-            return self._give_up_lost(attempt, args, kwargs, ticket=None, key=None)
+            return self._give_up_lost(attempt, ticket=None, key=None)
         try:
             return self.run(*args, **kwargs)
         except _CONTROL_FLOW:
@@ -125,7 +138,7 @@ class HygieneTask(Task):
         ticket = claim.ticket
         assert ticket is not None
         if ticket.attempts > self.hygiene_policy().max_attempts:
-            return self._give_up_lost(ticket.attempts, args, kwargs, ticket=ticket, key=key)
+            return self._give_up_lost(ticket.attempts, ticket=ticket, key=key)
         try:
             value = self.run(*args, **kwargs)
         except Retry as retry:
@@ -156,7 +169,7 @@ class HygieneTask(Task):
                     claims.complete(ticket, self._serialize_result(value))
                     return value
         except _GiveUpLost as lost:
-            return self._give_up_lost(lost.attempts, args, kwargs, ticket=ticket, key=key)
+            return self._give_up_lost(lost.attempts, ticket=ticket, key=key)
         except Retry as retry:
             if ticket is not None:
                 self._release(ticket, countdown=_retry_delay(retry), error=repr(retry.exc))
@@ -381,15 +394,7 @@ class HygieneTask(Task):
             exc=exc, countdown=countdown, max_retries=self.request.retries + 1, headers=headers
         )
 
-    def _give_up_lost(
-        self,
-        attempts: int,
-        args: tuple,
-        kwargs: dict,
-        *,
-        ticket: Ticket | None,
-        key: ClaimKey | None,
-    ) -> None:
+    def _give_up_lost(self, attempts: int, *, ticket: Ticket | None, key: ClaimKey | None) -> None:
         """The message came back more times than the policy allows: it keeps killing workers."""
         from billiard.exceptions import WorkerLostError
 
@@ -414,9 +419,9 @@ class HygieneTask(Task):
     ) -> None:
         """Store the dead letter; never raises into Celery, except Reject if nothing was stored."""
         failed = self._failed_task(exc, reason=reason, attempts=attempts, key=key)
-        close_claim = (lambda: claims.mark_dead(ticket, error=repr(exc))) if ticket else None
         if ticket is None and key is not None:
-            close_claim = _mark_dead_by_key(key, self.request.id, attempts, exc, self)
+            ticket = self._ticket_for(key, attempts)  # atomic mode rolled ours back
+        close_claim = (lambda: claims.mark_dead(ticket, error=repr(exc))) if ticket else None
         try:
             dead_letter = deadletters.store(failed, also=close_claim)
         except Exception as error:
@@ -460,7 +465,7 @@ class HygieneTask(Task):
             headers=_replay_headers(request),
             entity=key.entity if key else "",
             operation=key.operation if key else "",
-            worker_hostname=request.hostname or socket.gethostname(),
+            worker_hostname=self._worker_name(),
         )
 
     # -- failures reported in the worker's main process --------------------------------
@@ -563,7 +568,7 @@ class HygieneTask(Task):
             return self.run(*args, **kwargs)
         key = self._claim_key(spec, args, kwargs)
         using = claims.write_alias()
-        with transaction.atomic(using=using) if spec.atomic else _nullcontext():
+        with transaction.atomic(using=using) if spec.atomic else nullcontext():
             claim = self._acquire(key, using=using)
             if claim.outcome is Outcome.ACQUIRED:
                 ticket = claim.ticket
@@ -599,29 +604,6 @@ class _GiveUpLost(Exception):
         self.attempts = attempts
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _mark_dead_by_key(
-    key: ClaimKey, task_id: str, attempts: int, exc: BaseException, task: HygieneTask
-):
-    """Close a claim we do not hold a ticket for (atomic mode rolled ours back)."""
-    ticket = Ticket(
-        key,
-        task_id,
-        task._worker_name(),
-        max(attempts, 1),
-        task.hygiene_lease_seconds(),
-        router.db_for_write(TaskClaim),
-    )
-    return lambda: claims.mark_dead(ticket, error=repr(exc))
-
-
 def _load_result(result_json: str | None) -> Any:
     return None if result_json is None else kombu_loads(result_json)
 
@@ -645,9 +627,7 @@ def _header(request: Any, name: str) -> Any:
     return headers.get(name, getattr(request, name, None))
 
 
-def _from_epoch(value: Any) -> Any:
-    import datetime as dt
-
+def _from_epoch(value: Any) -> dt.datetime:
     return dt.datetime.fromtimestamp(float(value), tz=dt.UTC)
 
 
