@@ -130,3 +130,25 @@ def test_a_failing_signal_receiver_never_breaks_the_task(eager_app, caplog):
     finally:
         task_duplicate.disconnect(broken_receiver)
     assert "signal_receiver_failed" in caplog.text and "receiver bug" in caplog.text
+
+
+def test_entity_passed_through_kwargs_is_found_only_there():
+    from celery_hygiene.exceptions import EntityKeyError
+    from celery_hygiene.idempotency import IdempotencySpec
+
+    def sync(payload: dict, **extra: object) -> None: ...
+
+    spec = IdempotencySpec.build(
+        sync,
+        entity="order_id",
+        operation=None,
+        atomic=False,
+        lease_seconds=None,
+        on_mismatch="warn",
+        bind=False,
+    )
+    bound = spec.bind_arguments("t", ({"order_id": 1},), {"order_id": 2})
+    assert spec.entity_key("t", bound) == "2"
+    # A dict argument holding the same key is data, not the entity.
+    with pytest.raises(EntityKeyError, match="'order_id' was not passed"):
+        spec.entity_key("t", spec.bind_arguments("t", ({"order_id": 1},), {}))

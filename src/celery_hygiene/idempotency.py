@@ -76,7 +76,7 @@ class IdempotencySpec:
                     "the task body was not run."
                 ) from exc
         else:
-            raw = _lookup(arguments, self.entity)
+            raw = _lookup(arguments, self.entity, self.signature)
             if raw is _MISSING:
                 raise EntityKeyError(
                     f"{task_name}: entity parameter {self.entity!r} was not passed; "
@@ -99,12 +99,17 @@ class IdempotencySpec:
 _MISSING = object()
 
 
-def _lookup(arguments: dict[str, Any], name: str) -> Any:
+def _lookup(arguments: dict[str, Any], name: str, signature: inspect.Signature) -> Any:
+    """The named parameter, or the same name passed through the task's ``**kwargs``.
+
+    Only the ``**kwargs`` catch-all is searched: a dict-valued parameter that happens to hold
+    the same key is the task's data, not its entity.
+    """
     if name in arguments:
         return arguments[name]
-    for param_value in arguments.values():  # a **kwargs catch-all
-        if isinstance(param_value, dict) and name in param_value:
-            return param_value[name]
+    for param in signature.parameters.values():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            return arguments.get(param.name, {}).get(name, _MISSING)
     return _MISSING
 
 
