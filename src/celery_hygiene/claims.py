@@ -143,9 +143,9 @@ RETURNING attempts
 
 
 def _render(
-    sql: str, using: str, *, lease_seconds: float | None, completed: bool
+    sql: str, using: str, *, lease_seconds: float | None, completed: bool = False
 ) -> tuple[str, dict]:
-    """Fill in table name and clock expressions for the backend.
+    """Fill in table name and clock expressions (``completed`` only for the failure upsert).
 
     PostgreSQL uses its own clock so that workers on hosts with skewed clocks agree on when a
     lease ends; other backends get the worker's clock as a parameter.
@@ -213,7 +213,7 @@ def acquire(
 
 
 def _returning(sql: str, params: dict, using: str, lease_seconds: float | None) -> int | None:
-    rendered, clock = _render(sql, using, lease_seconds=lease_seconds, completed=False)
+    rendered, clock = _render(sql, using, lease_seconds=lease_seconds)
     with connections[using].cursor() as cursor:
         cursor.execute(rendered, {**params, **clock})
         row = cursor.fetchone()
@@ -259,7 +259,7 @@ def complete(ticket: Ticket, result_json: str | None) -> bool:
     Hand-written rather than an ORM update(): this runs once per task, and building the ORM
     query cost more than the statement itself.
     """
-    sql, clock = _render(_COMPLETE_SQL, ticket.using, lease_seconds=None, completed=True)
+    sql, clock = _render(_COMPLETE_SQL, ticket.using, lease_seconds=None)
     params = {
         "result": result_json,
         "entity": ticket.key.entity,
