@@ -28,9 +28,10 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import connections, router
-from django.db.models import DateTimeField, ExpressionWrapper
+from django.db.models import DateTimeField, ExpressionWrapper, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -144,14 +145,14 @@ RETURNING attempts
 
 def _render(
     sql: str, using: str, *, lease_seconds: float | None, completed: bool = False
-) -> tuple[str, dict]:
+) -> tuple[str, dict[str, Any]]:
     """Fill in table name and clock expressions (``completed`` only for the failure upsert).
 
     PostgreSQL uses its own clock so that workers on hosts with skewed clocks agree on when a
     lease ends; other backends get the worker's clock as a parameter.
     """
     connection = connections[using]
-    params: dict = {}
+    params: dict[str, Any] = {}
     if connection.vendor == "postgresql":
         now = "statement_timestamp()"
         lease_until = (
@@ -212,7 +213,9 @@ def acquire(
     return ClaimResult(Outcome.IN_PROGRESS, wait_seconds=0.0)
 
 
-def _returning(sql: str, params: dict, using: str, lease_seconds: float | None) -> int | None:
+def _returning(
+    sql: str, params: dict[str, Any], using: str, lease_seconds: float | None
+) -> int | None:
     rendered, clock = _render(sql, using, lease_seconds=lease_seconds)
     with connections[using].cursor() as cursor:
         cursor.execute(rendered, {**params, **clock})
@@ -270,7 +273,8 @@ def complete(ticket: Ticket, result_json: str | None) -> bool:
     }
     with connections[ticket.using].cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.rowcount == 1
+        rowcount: int = cursor.rowcount
+        return rowcount == 1
 
 
 def _record_failure(ticket: Ticket, status: str, error: str, lease_seconds: float | None) -> bool:
@@ -374,7 +378,7 @@ def mark_dead_for_owner(
     return claim.attempts if updated else 0
 
 
-def stale_claims(*, expired_for: dt.timedelta, using: str | None = None):  # noqa: ANN201
+def stale_claims(*, expired_for: dt.timedelta, using: str | None = None) -> QuerySet[TaskClaim]:
     """Claims whose owner stopped renewing them long ago and that nobody has taken over.
 
     Such a row is work that started and never finished, with no message left to finish it

@@ -9,7 +9,7 @@ sampled from recent rows instead of ``SELECT DISTINCT`` over the table, and heav
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -27,6 +27,14 @@ from .models import DeadLetter, DeadLetterStatus
 from .redaction import redact
 from .replay import replay
 
+# django-stubs makes these generic; Django's own classes are not subscriptable at runtime.
+if TYPE_CHECKING:
+    _Paginator = Paginator[Any]
+    _ModelAdmin = admin.ModelAdmin[DeadLetter]
+else:
+    _Paginator = Paginator
+    _ModelAdmin = admin.ModelAdmin
+
 # Rows one admin action may touch; more belongs to `manage.py deadletter`, which is rate-limited
 # and shows progress, instead of one web request holding locks and publishing for minutes.
 ACTION_MAX_ROWS = 500
@@ -36,7 +44,7 @@ FILTER_SAMPLE_ROWS = 5000
 EXACT_COUNT_LIMIT = 10_000
 
 
-class EstimatedCountPaginator(Paginator):
+class EstimatedCountPaginator(_Paginator):
     """A paginator that never counts a whole large table.
 
     Unfiltered: PostgreSQL's ``reltuples`` (kept fresh by autovacuum). Filtered: an exact count
@@ -137,7 +145,7 @@ def _pretty_json(value: Any) -> str:
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(admin.ModelAdmin):
+class DeadLetterAdmin(_ModelAdmin):
     list_display = ("task_name", "entity", "exception", "attempts", "failed_at", "status")
     list_display_links = ("task_name",)
     list_filter = (
@@ -258,7 +266,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     @admin.display(description="replay of")
     def replay_of_link(self, obj: DeadLetter) -> str:
-        return _link(obj.replay_of) if obj.replay_of_id else "—"
+        return _link(obj.replay_of) if obj.replay_of is not None else "—"
 
     @admin.display(description="replayed as")
     def replays_links(self, obj: DeadLetter) -> str:

@@ -55,7 +55,9 @@ class IdempotencySpec:
             raise HygieneConfigurationError(f"{name}: operation must be a non-empty string.")
         return cls(entity, operation, atomic, lease_seconds, on_mismatch, signature, name)  # type: ignore[arg-type]
 
-    def bind_arguments(self, task_name: str, args: tuple, kwargs: dict) -> dict[str, Any]:
+    def bind_arguments(
+        self, task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:

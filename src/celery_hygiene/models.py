@@ -6,6 +6,8 @@ The unique constraint on ``TaskClaim(entity, operation)`` is the single source o
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.db import models
 from django.db.models.functions import Now
 
@@ -133,7 +135,7 @@ class DeadLetter(models.Model):
         return f"{self.task_name}[{self.task_id}] {self.exception_type}"
 
     @property
-    def failed_at(self):  # noqa: ANN201 - the CLI/JSON name for last_failed_at
+    def failed_at(self) -> dt.datetime:  # the CLI/JSON name for last_failed_at
         return self.last_failed_at
 
 

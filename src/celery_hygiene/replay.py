@@ -68,10 +68,13 @@ def celery_app() -> Celery:
     """
     configured = conf.get("CELERY_APP")
     if configured:
-        return import_string(configured) if isinstance(configured, str) else configured
+        app: Celery = import_string(configured) if isinstance(configured, str) else configured
+        return app
     from celery import current_app
 
-    return current_app._get_current_object()  # type: ignore[attr-defined]
+    # celery-types declares current_app as the app itself; at runtime it is a Proxy.
+    current: Celery = current_app._get_current_object()  # type: ignore[attr-defined]
+    return current
 
 
 def refusal(dead_letter: DeadLetter, app: Celery, *, force: bool = False) -> ReplayResult | None:

@@ -44,7 +44,7 @@ def bucket_value(index: int) -> float:
     """The geometric middle of a bucket: what a percentile in that bucket reads back as."""
     if index <= 0:
         return BUCKET_FLOOR
-    return BUCKET_FLOOR * BUCKET_BASE ** (index - 0.5)
+    return BUCKET_FLOOR * math.pow(BUCKET_BASE, index - 0.5)
 
 
 def percentile(histogram: Counter[int], fraction: float) -> float | None:

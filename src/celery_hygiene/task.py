@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import numbers
 import random
 import socket
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
@@ -36,7 +38,22 @@ _CONTROL_FLOW = (Retry, Ignore, Reject)
 _TIME_LIMITS = (SoftTimeLimitExceeded, TimeLimitExceeded)
 
 
-class HygieneTask(Task):
+_P = ParamSpec("_P")
+_R_co = TypeVar("_R_co", covariant=True)
+
+# celery-types makes Task generic in the task's parameters and return value (Task[P, R]), which
+# is what keeps a decorated task's signature. celery's own Task is subscriptable only from 5.7
+# on, so at runtime HygieneTask's base is plain celery.Task, whatever the celery version.
+if TYPE_CHECKING:
+    _TaskBase = Task
+else:
+
+    class _TaskBase:
+        def __class_getitem__(cls, params: object) -> type[Task]:
+            return Task
+
+
+class HygieneTask(_TaskBase[_P, _R_co]):
     """Base class for tasks with bounded retries and dead letters (and claims, if idempotent).
 
     Use it directly (``@app.task(base=HygieneTask)``) or through the ``hygienic_task`` and
@@ -51,17 +68,20 @@ class HygieneTask(Task):
     hygiene_idempotency: IdempotencySpec | None = None
     expected_duration: float | None = None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co:
         request = self.request
         if request.called_directly:  # a plain function call, like any Celery task
             return super().__call__(*args, **kwargs)
+        # In a worker the value is what the result backend stores (for a skipped duplicate,
+        # the first run's result or None); callers see it as the body's return type, as they
+        # do for any Celery task.
         if request.is_eager:
-            return self._call_eager(args, kwargs)
+            return cast(_R_co, self._call_eager(args, kwargs))
         spec = self.hygiene_idempotency
         if spec is None:
-            return self._call_plain(args, kwargs)
+            return cast(_R_co, self._call_plain(args, kwargs))
         try:
-            return self._call_idempotent(spec, args, kwargs)
+            return cast(_R_co, self._call_idempotent(spec, args, kwargs))
         except (EntityKeyError, IdempotencyConflict) as exc:
             # The message cannot run as sent; keep it where an operator will see it.
             self._dead_letter(
@@ -96,6 +116,7 @@ class HygieneTask(Task):
 
     def _ticket_for(self, key: ClaimKey, attempts: int) -> Ticket:
         """A ticket for a claim we no longer hold one for, to close it as its owner."""
+        assert self.request.id is not None  # inside a task run Celery always sets it
         return Ticket(
             key,
             self.request.id,
@@ -107,7 +128,7 @@ class HygieneTask(Task):
 
     # -- plain tasks (no claim) ----------------------------------------------------------
 
-    def _call_plain(self, args: tuple, kwargs: dict) -> Any:
+    def _call_plain(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         policy = self.hygiene_policy()
         attempt = self.request.retries + 1 + redeliveries.count(self.request, self.name)
         if attempt > policy.max_attempts:
@@ -122,7 +143,9 @@ class HygieneTask(Task):
 
     # -- idempotent tasks ----------------------------------------------------------------
 
-    def _call_idempotent(self, spec: IdempotencySpec, args: tuple, kwargs: dict) -> Any:
+    def _call_idempotent(
+        self, spec: IdempotencySpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         key = self._claim_key(spec, args, kwargs)
         if spec.atomic:
             return self._call_atomic(key, args, kwargs)
@@ -153,7 +176,7 @@ class HygieneTask(Task):
         self._complete(ticket, value)
         return value
 
-    def _call_atomic(self, key: ClaimKey, args: tuple, kwargs: dict) -> Any:
+    def _call_atomic(self, key: ClaimKey, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Claim, body and completion in one transaction: DB effects happen exactly once."""
         using = claims.write_alias()
         ticket: Ticket | None = None
@@ -184,7 +207,9 @@ class HygieneTask(Task):
         assert self.hygiene_idempotency is not None
         return self._not_acquired(self.hygiene_idempotency, key, claim)
 
-    def _claim_key(self, spec: IdempotencySpec, args: tuple, kwargs: dict) -> ClaimKey:
+    def _claim_key(
+        self, spec: IdempotencySpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> ClaimKey:
         arguments = spec.bind_arguments(self.name, args, kwargs)
         return ClaimKey(
             entity=spec.entity_key(self.name, arguments),
@@ -194,6 +219,7 @@ class HygieneTask(Task):
         )
 
     def _acquire(self, key: ClaimKey, *, using: str) -> ClaimResult:
+        assert self.request.id is not None  # inside a task run Celery always sets it
         return claims.acquire(
             key,
             owner_task_id=self.request.id,
@@ -450,7 +476,7 @@ class HygieneTask(Task):
         first = _header(request, FIRST_FAILED_HEADER)
         return deadletters.FailedTask(
             task_name=self.name,
-            task_id=request.id,
+            task_id=request.id or "",  # no request in the parent: dead_letter_from_parent sets it
             args=request.args if request.args is not None else [],
             kwargs=request.kwargs if request.kwargs is not None else {},
             exception=exc,
@@ -556,7 +582,7 @@ class HygieneTask(Task):
 
     # -- eager mode (users' unit tests) --------------------------------------------------
 
-    def _call_eager(self, args: tuple, kwargs: dict) -> Any:
+    def _call_eager(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Eager mode has no broker to retry through or redeliver from.
 
         Claims are still enforced against the database, so a user's test that sends a task
@@ -612,12 +638,12 @@ def _retry_delay(retry: Retry) -> float:
     when = retry.when
     if when is None:
         return 0.0
-    if isinstance(when, int | float):
+    if isinstance(when, numbers.Real):
         return float(when)
     return max(0.0, (when - timezone.now()).total_seconds())
 
 
-def _hard_time_limit(task: Task) -> float | None:
+def _hard_time_limit(task: Task[Any, Any]) -> float | None:
     request_limit = (task.request.timelimit or (None, None))[0]
     return request_limit or task.time_limit or task.app.conf.task_time_limit
 
@@ -631,7 +657,7 @@ def _from_epoch(value: Any) -> dt.datetime:
     return dt.datetime.fromtimestamp(float(value), tz=dt.UTC)
 
 
-def _queue_name(delivery: dict[str, Any]) -> str:
+def _queue_name(delivery: Mapping[str, Any]) -> str:
     # RabbitMQ's delivery_info has no queue name: with the default direct routing the routing
     # key is the queue name, which is what Celery itself assumes when it retries.
     return delivery.get("queue") or delivery.get("routing_key") or ""
@@ -650,7 +676,7 @@ def _replay_headers(request: Any) -> dict[str, Any]:
     return {k: v for k, v in headers.items() if v is not None}
 
 
-def _default_queue(task: Task) -> str:
+def _default_queue(task: Task[Any, Any]) -> str:
     """Where this task is routed by configuration (the message itself is gone)."""
     try:
         route = task.app.amqp.router.route({}, task.name, (), {})
@@ -660,7 +686,7 @@ def _default_queue(task: Task) -> str:
         return task.app.conf.task_default_queue or ""
 
 
-def _warn_visibility_timeout(task: Task, countdown: float) -> None:
+def _warn_visibility_timeout(task: Task[Any, Any], countdown: float) -> None:
     """On Redis/SQS a countdown past the visibility timeout makes the broker redeliver early."""
     conf_ = task.app.conf
     url = str(conf_.broker_url or "")

@@ -5,7 +5,7 @@ Both are read-only: the rows are written by workers, and editing them would only
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
@@ -15,8 +15,14 @@ from .durations import DurationError, parse_since
 from .models import TaskDurationFlag, TaskRunStats
 from .report import duration_report
 
+# django-stubs makes ModelAdmin generic; Django's own is not subscriptable at runtime.
+if TYPE_CHECKING:
+    _ModelAdmin = admin.ModelAdmin[Any]
+else:
+    _ModelAdmin = admin.ModelAdmin
 
-class _ReadOnly(admin.ModelAdmin):
+
+class _ReadOnly(_ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
