@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: example test test-django6 services bootstrap lint bench bench-env bench-smoke
+.PHONY: example test test-django6 services bootstrap lint typecheck bench bench-env bench-smoke
 
 services:
 	bash scripts/services.sh
@@ -28,6 +28,13 @@ test-django6: services
 
 lint: bootstrap
 	$(VENV)/bin/ruff check src tests example_worker benchmarks
+	$(VENV)/bin/mypy $(TYPECHECK_PATHS)
+
+## mypy (strict, django-stubs' plugin, celery-types) over the package and the typing test, whose
+## `# type: ignore[code]` lines must fail with that code (docs/development.md).
+TYPECHECK_PATHS := src tests/typecheck
+typecheck: bootstrap
+	$(VENV)/bin/mypy $(TYPECHECK_PATHS)
 
 ## Benchmarks (docs/benchmarks.md), in their own venv with celery-once. Full run: ~30 min.
 BENCH_VENV ?= .venv-bench

@@ -2,28 +2,54 @@
 
 Both accept every Celery task option (``bind``, ``queue``, ``name``, ``acks_late``, ...) and an
 explicit ``app=`` to register on a specific Celery app instead of every app (``shared_task``).
+
+For type checkers the decorated task is a ``HygieneTask[P, R]``, typed the way celery-types
+types ``shared_task``: ``delay`` and a direct call are checked against the function's parameters
+``P``, and ``delay``/``apply_async`` return ``AsyncResult[R]``. With ``bind=True`` the first
+parameter (the task itself) is not part of ``P``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast, overload
 
-from celery import Task, shared_task
+from celery import Celery, Task, shared_task
 
 from .exceptions import HygieneConfigurationError
 from .idempotency import EntitySpec, IdempotencySpec
 from .retry import RetryPolicy, coerce_policy
 from .task import HygieneTask
 
-F = TypeVar("F", bound=Callable[..., Any])
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
+@overload
+def hygienic_task(fun: Callable[_P, _R], /) -> HygieneTask[_P, _R]: ...
+@overload
+def hygienic_task(
+    *,
+    bind: Literal[True],
+    retry: RetryPolicy | dict[str, Any] | None = None,
+    expected_duration: float | None = None,
+    app: Celery | None = None,
+    **options: Any,
+) -> Callable[[Callable[Concatenate[Any, _P], _R]], HygieneTask[_P, _R]]: ...
+@overload
+def hygienic_task(
+    *,
+    bind: Literal[False] = False,
+    retry: RetryPolicy | dict[str, Any] | None = None,
+    expected_duration: float | None = None,
+    app: Celery | None = None,
+    **options: Any,
+) -> Callable[[Callable[_P, _R]], HygieneTask[_P, _R]]: ...
 def hygienic_task(
     *args: Any,
     retry: RetryPolicy | dict[str, Any] | None = None,
     expected_duration: float | None = None,
-    app: Any = None,
+    app: Celery | None = None,
     **options: Any,
 ) -> Any:
     """A Celery task with bounded retries and dead letters, without a claim.
@@ -35,12 +61,13 @@ def hygienic_task(
     if args:
         raise TypeError("hygienic_task takes keyword options only")
 
-    def decorate(fun: F) -> Any:
+    def decorate(fun: Callable[..., Any]) -> HygieneTask[Any, Any]:
         return _register(fun, app, options, retry=retry, expected_duration=expected_duration)
 
     return decorate
 
 
+@overload
 def idempotent_task(
     *,
     entity: EntitySpec,
@@ -50,9 +77,36 @@ def idempotent_task(
     on_mismatch: str = "warn",
     retry: RetryPolicy | dict[str, Any] | None = None,
     expected_duration: float | None = None,
-    app: Any = None,
+    app: Celery | None = None,
+    bind: Literal[True],
     **options: Any,
-) -> Callable[[F], Any]:
+) -> Callable[[Callable[Concatenate[Any, _P], _R]], HygieneTask[_P, _R]]: ...
+@overload
+def idempotent_task(
+    *,
+    entity: EntitySpec,
+    operation: str | None = None,
+    atomic: bool = False,
+    lease_seconds: float | None = None,
+    on_mismatch: str = "warn",
+    retry: RetryPolicy | dict[str, Any] | None = None,
+    expected_duration: float | None = None,
+    app: Celery | None = None,
+    bind: Literal[False] = False,
+    **options: Any,
+) -> Callable[[Callable[_P, _R]], HygieneTask[_P, _R]]: ...
+def idempotent_task(
+    *,
+    entity: EntitySpec,
+    operation: str | None = None,
+    atomic: bool = False,
+    lease_seconds: float | None = None,
+    on_mismatch: str = "warn",
+    retry: RetryPolicy | dict[str, Any] | None = None,
+    expected_duration: float | None = None,
+    app: Celery | None = None,
+    **options: Any,
+) -> Callable[[Callable[..., Any]], HygieneTask[Any, Any]]:
     """A Celery task whose body runs once per ``(entity, operation)``, enforced by the database.
 
     - ``entity``: the name of a task parameter, or a callable receiving the task's arguments
@@ -64,7 +118,7 @@ def idempotent_task(
     - ``on_mismatch``: same key, different arguments: ``"warn"`` (skip and log) or ``"raise"``.
     """
 
-    def decorate(fun: F) -> Any:
+    def decorate(fun: Callable[..., Any]) -> HygieneTask[Any, Any]:
         spec = IdempotencySpec.build(
             fun,
             entity=entity,
@@ -83,13 +137,13 @@ def idempotent_task(
 
 def _register(
     fun: Callable[..., Any],
-    app: Any,
+    app: Celery | None,
     options: dict[str, Any],
     *,
     retry: RetryPolicy | dict[str, Any] | None,
     expected_duration: float | None,
     idempotency: IdempotencySpec | None = None,
-) -> Any:
+) -> HygieneTask[Any, Any]:
     name = f"{fun.__module__}.{fun.__qualname__}"
     policy = coerce_policy(retry) if retry is not None else None
     if expected_duration is not None and not expected_duration > 0:
@@ -106,10 +160,11 @@ def _register(
         # Celery's own counter agrees with the policy's cap, so audits and Flower see a bound.
         options["max_retries"] = policy.max_attempts - 1
     register = app.task if app is not None else shared_task
-    return register(**options)(fun)
+    # options["base"] is a HygieneTask subclass: the task Celery builds is a HygieneTask.
+    return cast("HygieneTask[Any, Any]", register(**options)(fun))
 
 
-def _hygienic_base(base: type[Task] | None, name: str) -> type[Task]:
+def _hygienic_base(base: type[Task[Any, Any]] | None, name: str) -> type[Task[Any, Any]]:
     if base is None:
         return HygieneTask
     if not (isinstance(base, type) and issubclass(base, Task)):
