@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.conf import settings
 from kombu import Exchange, Queue
 
 from .exceptions import HygieneConfigurationError
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 SETTING = "CELERY_HYGIENE_QUEUES"  # app.conf.hygiene_queues once Celery read the namespace
 _KEYS = {
@@ -230,7 +233,26 @@ def build_routes(specs: dict[str, QueueSpec]) -> dict[str, dict[str, str]]:
     return {pattern: {"queue": spec.name} for spec in specs.values() for pattern in spec.tasks}
 
 
-def configure_queues(app: Any, declaration: Any = None) -> dict[str, QueueSpec]:
+class QueueOptions(TypedDict, total=False):
+    """One queue's options in ``CELERY_HYGIENE_QUEUES`` (docs/queues.md)."""
+
+    tasks: list[str] | tuple[str, ...]
+    default: bool
+    slow: bool
+    soft_time_limit: float
+    time_limit: float
+    prefetch_multiplier: int
+    concurrency: int
+    queue_arguments: dict[str, Any]
+
+
+# Queue name -> options: the shape of CELERY_HYGIENE_QUEUES, for type checkers.
+QueueDeclaration = dict[str, QueueOptions]
+
+
+def configure_queues(
+    app: Celery, declaration: QueueDeclaration | None = None
+) -> dict[str, QueueSpec]:
     """Apply a declaration (default: the app's ``hygiene_queues``) to the app's config.
 
     Queues and routes already in the config are kept; declared ones are added after them, so a
