@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: example test test-django6 services bootstrap lint typecheck bench bench-env bench-smoke
+.PHONY: example test test-django6 services bootstrap lint bench bench-env bench-smoke
 
 services:
 	bash scripts/services.sh
@@ -33,6 +33,7 @@ lint: bootstrap
 ## mypy (strict, django-stubs' plugin, celery-types) over the package and the typing test, whose
 ## `# type: ignore[code]` lines must fail with that code (docs/development.md).
 TYPECHECK_PATHS := src tests/typecheck
+.PHONY: typecheck
 typecheck: bootstrap
 	$(VENV)/bin/mypy $(TYPECHECK_PATHS)
 

@@ -2,11 +2,6 @@
 
 Both accept every Celery task option (``bind``, ``queue``, ``name``, ``acks_late``, ...) and an
 explicit ``app=`` to register on a specific Celery app instead of every app (``shared_task``).
-
-For type checkers the decorated task is a ``HygieneTask[P, R]``, typed the way celery-types
-types ``shared_task``: ``delay`` and a direct call are checked against the function's parameters
-``P``, and ``delay``/``apply_async`` return ``AsyncResult[R]``. With ``bind=True`` the first
-parameter (the task itself) is not part of ``P``.
 """
 
 from __future__ import annotations
@@ -21,6 +16,10 @@ from .idempotency import EntitySpec, IdempotencySpec
 from .retry import RetryPolicy, coerce_policy
 from .task import HygieneTask
 
+# For type checkers a decorated task is a HygieneTask[P, R], typed the way celery-types types
+# shared_task: delay and a direct call are checked against the function's parameters P, and
+# delay/apply_async return AsyncResult[R]. With bind=True the first parameter (the task itself)
+# is not part of P. Options beyond the named ones go through **options: Any.
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
