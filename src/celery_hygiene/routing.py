@@ -52,6 +52,23 @@ _KEYS = {
 }
 
 
+class QueueOptions(TypedDict, total=False):
+    """One queue's options in ``CELERY_HYGIENE_QUEUES`` (docs/queues.md)."""
+
+    tasks: list[str] | tuple[str, ...]
+    default: bool
+    slow: bool
+    soft_time_limit: float
+    time_limit: float
+    prefetch_multiplier: int
+    concurrency: int
+    queue_arguments: dict[str, Any]
+
+
+# Queue name -> options: the shape of CELERY_HYGIENE_QUEUES, for type checkers.
+QueueDeclaration = dict[str, QueueOptions]
+
+
 @dataclass(frozen=True)
 class QueueSpec:
     """One declared queue. ``slow``, ``prefetch_multiplier`` and ``concurrency`` describe the
@@ -231,23 +248,6 @@ def declared_queues(app: Any) -> dict[str, QueueSpec]:
 def build_routes(specs: dict[str, QueueSpec]) -> dict[str, dict[str, str]]:
     """``task_routes`` for the declaration: Celery matches exact names, then globs in order."""
     return {pattern: {"queue": spec.name} for spec in specs.values() for pattern in spec.tasks}
-
-
-class QueueOptions(TypedDict, total=False):
-    """One queue's options in ``CELERY_HYGIENE_QUEUES`` (docs/queues.md)."""
-
-    tasks: list[str] | tuple[str, ...]
-    default: bool
-    slow: bool
-    soft_time_limit: float
-    time_limit: float
-    prefetch_multiplier: int
-    concurrency: int
-    queue_arguments: dict[str, Any]
-
-
-# Queue name -> options: the shape of CELERY_HYGIENE_QUEUES, for type checkers.
-QueueDeclaration = dict[str, QueueOptions]
 
 
 def configure_queues(
