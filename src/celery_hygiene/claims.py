@@ -13,7 +13,13 @@ No Celery import lives here; the Celery glue (``task.py``) calls these functions
 
 Every acquisition bumps ``attempts``. That number is the fencing token: ``complete`` and the
 failure updates only touch the row if the caller still holds the attempt it acquired, so a worker
-whose lease was taken over cannot overwrite the new owner's outcome.
+whose lease was taken over cannot overwrite the new owner's outcome. The same number travels on
+the scheduled retry's message (``retry_token``): only that message picks a ``retrying`` claim back
+up, so a re-sent copy of the original message (same task id) cannot fork the retry chain.
+
+Leases are heartbeats: while a body runs, the worker's main process renews its claims
+(:func:`renew`, one statement per worker per interval, see ``leases.py``). A live owner never
+loses its claim however long it runs; a dead owner's claim lapses within one lease.
 
 Acquiring is ``INSERT .. ON CONFLICT DO NOTHING RETURNING`` (the unique constraint decides who
 is first), then, only if the key was taken, a read, and only if that read shows a retry of our
@@ -181,12 +187,19 @@ def _render(
 
 
 def acquire(
-    key: ClaimKey, *, owner_task_id: str, owner_worker: str, lease_seconds: float, using: str
+    key: ClaimKey,
+    *,
+    owner_task_id: str,
+    owner_worker: str,
+    lease_seconds: float,
+    using: str,
+    retry_token: int | None = None,
 ) -> ClaimResult:
     """Try to own the claim.
 
     One round trip when the key is free; a duplicate costs one more read and writes nothing; a
-    retry or a takeover adds a compare-and-set UPDATE.
+    retry or a takeover adds a compare-and-set UPDATE. ``retry_token`` is the attempt number the
+    scheduled retry was released at (carried in its message); None for any other message.
     """
     params = {
         "entity": key.entity,
@@ -202,7 +215,7 @@ def acquire(
             existing = _existing(key, using)
             if existing is None:
                 continue
-            if not _may_take_over(existing, key, owner_task_id):
+            if not _may_take_over(existing, key, owner_task_id, retry_token):
                 return _describe(existing)
             attempts = _returning(
                 _TAKE_OVER_SQL, {**params, "seen_attempts": existing.attempts}, using, lease_seconds
@@ -232,10 +245,18 @@ def _existing(key: ClaimKey, using: str) -> TaskClaim | None:
     )
 
 
-def _may_take_over(existing: TaskClaim, key: ClaimKey, owner_task_id: str) -> bool:
-    """The same rules as the UPDATE's WHERE: read first, so duplicates never write."""
+def _may_take_over(
+    existing: TaskClaim, key: ClaimKey, owner_task_id: str, retry_token: int | None
+) -> bool:
+    """The same rules as the UPDATE's WHERE: read first, so duplicates never write.
+
+    A ``retrying`` claim goes back to its own task id only through the message that carries the
+    attempt it was released at (or, after a replay re-opened it at 0 attempts, the replay's
+    message). A re-sent copy of an older message with the same id waits like any duplicate.
+    """
     if existing.status == ClaimStatus.RETRYING and existing.owner_task_id == owner_task_id:
-        return True
+        if existing.attempts == 0 or retry_token == existing.attempts:
+            return True
     return (
         existing.status in (ClaimStatus.RUNNING, ClaimStatus.RETRYING)
         and existing.lease_expires_at is not None
@@ -309,6 +330,11 @@ def release_for_retry(ticket: Ticket, *, countdown: float, error: str) -> bool:
     )
 
 
+def release_now(ticket: Ticket, *, error: str) -> bool:
+    """Free the claim at once (eager mode: no retry message will come to resume it)."""
+    return _record_failure(ticket, ClaimStatus.RETRYING, error, lease_seconds=0.0)
+
+
 def mark_dead(ticket: Ticket, *, error: str) -> bool:
     """Close the claim for good: duplicates stop here until an operator replays the dead letter."""
     return _record_failure(ticket, ClaimStatus.DEAD, error, lease_seconds=None)
@@ -345,37 +371,120 @@ def reopen(
 
 
 def mark_dead_for_owner(
-    entity: str, operation: str, *, owner_task_id: str, error: str, using: str | None = None
+    entity: str,
+    operation: str,
+    *,
+    owner_task_id: str,
+    error: str,
+    attempts: int | None = None,
+    using: str | None = None,
 ) -> int:
     """Close a claim from outside the task (the worker's main process after a hard kill).
 
-    Returns the attempt count the claim had, or 0 if this task id no longer owned it.
+    Fenced like every other write: only while this task id still owns the claim and, when
+    ``attempts`` is given, still at that attempt. Returns the attempt count the claim had, or 0
+    if it was no longer ours. Call it inside the dead letter's transaction (``deadletters.store``
+    ``also=``) so the claim and its dead letter are written together or not at all.
     """
     using = using or write_alias()
-    claim = (
+    rows = TaskClaim.objects.using(using).filter(
+        entity=entity,
+        operation=operation,
+        owner_task_id=owner_task_id,
+        status__in=[ClaimStatus.RUNNING, ClaimStatus.RETRYING],
+    )
+    if attempts is not None:
+        rows = rows.filter(attempts=attempts)
+    claim = rows.select_for_update().only("pk", "attempts").first()
+    if claim is None:
+        return 0
+    TaskClaim.objects.using(using).filter(pk=claim.pk).update(
+        status=ClaimStatus.DEAD,
+        last_error=error[:10_000],
+        completed_at=Now(),
+        updated_at=Now(),
+        lease_expires_at=None,
+    )
+    return claim.attempts
+
+
+@dataclass(frozen=True)
+class Held:
+    """A claim the worker's main process believes one of its pool processes is running."""
+
+    entity: str
+    operation: str
+    owner_task_id: str
+    lease_seconds: float
+
+
+# One statement renews every claim a worker holds, whatever the number of running tasks. Matched
+# by the unique (entity, operation) index and fenced by owner and worker: a claim that was taken
+# over, completed or released is not touched.
+_RENEW_SQL_POSTGRES = """
+UPDATE {table} AS c SET
+    lease_expires_at = statement_timestamp() + v.lease_seconds * interval '1 second'
+FROM unnest(%(entities)s::text[], %(operations)s::text[], %(owners)s::text[],
+            %(leases)s::float8[]) AS v(entity, operation, owner, lease_seconds)
+WHERE c.entity = v.entity AND c.operation = v.operation AND c.owner_task_id = v.owner
+  AND c.owner_worker = %(worker)s AND c.status = 'running'
+"""
+
+
+def renew(held: list[Held], *, worker: str, using: str | None = None) -> int:
+    """Push the leases of running claims forward (the heartbeat). Returns rows renewed."""
+    if not held:
+        return 0
+    using = using or write_alias()
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        table = connection.ops.quote_name(TaskClaim._meta.db_table)
+        params: dict[str, Any] = {
+            "entities": [h.entity for h in held],
+            "operations": [h.operation for h in held],
+            "owners": [h.owner_task_id for h in held],
+            "leases": [float(h.lease_seconds) for h in held],
+            "worker": worker,
+        }
+        with connection.cursor() as cursor:
+            cursor.execute(_RENEW_SQL_POSTGRES.format(table=table), params)
+            return int(cursor.rowcount)
+    renewed = 0  # other backends (SQLite in development): one UPDATE per claim
+    for h in held:
+        renewed += (
+            TaskClaim.objects.using(using)
+            .filter(
+                entity=h.entity,
+                operation=h.operation,
+                owner_task_id=h.owner_task_id,
+                owner_worker=worker,
+                status=ClaimStatus.RUNNING,
+            )
+            .update(lease_expires_at=timezone.now() + dt.timedelta(seconds=h.lease_seconds))
+        )
+    return renewed
+
+
+def expire_lease(
+    entity: str, operation: str, *, owner_task_id: str, worker: str, using: str | None = None
+) -> bool:
+    """End a lease now: the worker saw the process running the body die, so nobody holds it.
+
+    The redelivered message (or a duplicate) can then take the claim over at once instead of
+    waiting out the lease. The attempt counter is untouched: the takeover bumps it.
+    """
+    using = using or write_alias()
+    return bool(
         TaskClaim.objects.using(using)
         .filter(
             entity=entity,
             operation=operation,
             owner_task_id=owner_task_id,
-            status__in=[ClaimStatus.RUNNING, ClaimStatus.RETRYING],
+            owner_worker=worker,
+            status=ClaimStatus.RUNNING,
         )
-        .first()
+        .update(lease_expires_at=Now())
     )
-    if claim is None:
-        return 0
-    updated = (
-        TaskClaim.objects.using(using)
-        .filter(pk=claim.pk, attempts=claim.attempts, owner_task_id=owner_task_id)
-        .update(
-            status=ClaimStatus.DEAD,
-            last_error=error[:10_000],
-            completed_at=Now(),
-            updated_at=Now(),
-            lease_expires_at=None,
-        )
-    )
-    return claim.attempts if updated else 0
 
 
 def stale_claims(*, expired_for: dt.timedelta, using: str | None = None) -> QuerySet[TaskClaim]:

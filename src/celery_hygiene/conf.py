@@ -4,11 +4,20 @@ Every key is optional::
 
     CELERY_HYGIENE = {
         "DEFAULT_RETRY_POLICY": RetryPolicy(max_attempts=5),   # or a dict of RetryPolicy kwargs
-        "DEFAULT_LEASE_SECONDS": 300,      # claim lease when the task has no time limit
-        "LEASE_MARGIN_SECONDS": 30,        # added to a task's hard time limit to get its lease
+        "DEFAULT_LEASE_SECONDS": 60,       # claim lease, renewed by the worker while the body
+                                           # runs (heartbeat); a dead owner's claim lapses after it
         "DEFER_MAX_SECONDS": 60,           # longest a duplicate waits before looking again
-        "DEADLETTER_WRITE_ATTEMPTS": 5,    # tries to store a dead letter before rejecting
-        "DEADLETTER_WRITE_MAX_WAIT": 5.0,  # longest pause between those tries, seconds
+        "DB_RETRY_SECONDS": 60,            # how long bookkeeping writes (completion, dead letter,
+                                           # main-process writes) retry through a database outage
+        "DB_RETRY_MAX_WAIT": 5.0,          # longest pause between those tries, seconds
+        "CLAIM_RETRY_SECONDS": 600,        # how long a message whose claim cannot be taken
+                                           # (database unreachable) keeps coming back; not counted
+                                           # against the task's retry policy
+        "CLAIM_RETRY_MAX_DELAY": 30,       # longest pause between those claim tries, seconds
+        "DEADLETTER_FALLBACK": "requeue",  # the database cannot take a dead letter: "requeue" the
+                                           # message (kept by any broker) or "reject" it (to a
+                                           # RabbitMQ dead-letter exchange)
+        "OUTBOX_SWEEP_SECONDS": 5,         # how often workers re-send messages whose publish failed
         "PAYLOAD_MAX_BYTES": 262144,       # larger args/kwargs are stored truncated and flagged
         "CELERY_APP": None,                # dotted path of the Celery app used to replay dead
                                            # letters ("proj.celery.app"); None = celery.current_app
@@ -32,11 +41,14 @@ from django.core.exceptions import ImproperlyConfigured
 
 DEFAULTS: dict[str, Any] = {
     "DEFAULT_RETRY_POLICY": None,
-    "DEFAULT_LEASE_SECONDS": 300.0,
-    "LEASE_MARGIN_SECONDS": 30.0,
+    "DEFAULT_LEASE_SECONDS": 60.0,
     "DEFER_MAX_SECONDS": 60.0,
-    "DEADLETTER_WRITE_ATTEMPTS": 5,
-    "DEADLETTER_WRITE_MAX_WAIT": 5.0,
+    "DB_RETRY_SECONDS": 60.0,
+    "DB_RETRY_MAX_WAIT": 5.0,
+    "CLAIM_RETRY_SECONDS": 600.0,
+    "CLAIM_RETRY_MAX_DELAY": 30.0,
+    "DEADLETTER_FALLBACK": "requeue",
+    "OUTBOX_SWEEP_SECONDS": 5.0,
     "PAYLOAD_MAX_BYTES": 256 * 1024,
     "CELERY_APP": None,
     "REDACT_KEYS": ["password", "secret", "token", "api_key", "authorization"],
@@ -48,6 +60,15 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# Settings of earlier versions, still read (and still valid keys) under their new names. The
+# attempt count became a time budget: a count of quick tries cannot ride out a restart.
+RENAMED: dict[str, str] = {
+    "DEADLETTER_WRITE_MAX_WAIT": "DB_RETRY_MAX_WAIT",
+    "DEADLETTER_WRITE_ATTEMPTS": "",  # replaced by DB_RETRY_SECONDS; ignored
+    "LEASE_MARGIN_SECONDS": "",  # leases are heartbeats now, independent of time limits
+}
+
+
 def get(name: str) -> Any:
     """One setting, with its default; unknown names are a programming error."""
     if name not in DEFAULTS:
@@ -55,10 +76,15 @@ def get(name: str) -> Any:
     configured = getattr(settings, "CELERY_HYGIENE", {}) or {}
     if not isinstance(configured, dict):
         raise ImproperlyConfigured("CELERY_HYGIENE must be a dict of setting names to values.")
-    return configured.get(name, DEFAULTS[name])
+    if name in configured:
+        return configured[name]
+    for old, new in RENAMED.items():
+        if new == name and old in configured:
+            return configured[old]
+    return DEFAULTS[name]
 
 
 def unknown_keys() -> list[str]:
     """Keys in CELERY_HYGIENE that no version of the library reads (typos), for the system check."""
     configured = getattr(settings, "CELERY_HYGIENE", {}) or {}
-    return sorted(set(configured) - set(DEFAULTS))
+    return sorted(set(configured) - set(DEFAULTS) - set(RENAMED))

@@ -1,7 +1,9 @@
 """Bounded retries for the library's own bookkeeping writes when the database blips.
 
-Used where giving up would lose information: storing a dead letter, and recording that a body
-has completed (without that record a later duplicate could run the body again).
+Used where giving up would lose information: storing a dead letter, recording that a body has
+completed (without that record a later duplicate could run the body again), and every write of
+the worker's main process. The budget is a time, not a count (``DB_RETRY_SECONDS``): long
+enough to ride out a PostgreSQL restart or a PgBouncer's ``server_login_retry``.
 """
 
 from __future__ import annotations
@@ -11,19 +13,35 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.db import InterfaceError, OperationalError, connections
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from . import conf
 from .events import log_event
 
 T = TypeVar("T")
+DB_ERRORS = (OperationalError, InterfaceError)
 
 
-def with_db_retries(write: Callable[[], T], *, event: str) -> T:
-    """Run ``write``; on connection errors reconnect and try again, a bounded number of times.
+def close_broken_connections() -> None:
+    """Drop this thread's connections so Django opens fresh ones: a broken one stays broken.
+
+    Django only notices a dead connection at the next request boundary, which a worker process
+    never has; without this, one ``pg_terminate_backend`` breaks every later write of the process.
+    """
+    for connection in connections.all(initialized_only=True):
+        if connection.in_atomic_block:
+            continue  # the caller's transaction decides; closing it under them would hide that
+        try:
+            connection.close()
+        except Exception:  # noqa: BLE001 - already broken; closing is best effort
+            connection.connection = None
+
+
+def with_db_retries(write: Callable[[], T], *, event: str, budget: float | None = None) -> T:
+    """Run ``write``; on connection errors reconnect and try again until the budget is spent.
 
     ``event`` names the log line written before each new try (e.g. ``deadletter_write_retry``).
-    The last error is re-raised when the attempts (``DEADLETTER_WRITE_ATTEMPTS``) are used up.
+    The last error is re-raised when ``budget`` seconds (default ``DB_RETRY_SECONDS``) are used.
     """
 
     def before_sleep(retry_state: Any) -> None:
@@ -33,14 +51,13 @@ def with_db_retries(write: Callable[[], T], *, event: str) -> T:
             attempt=retry_state.attempt_number,
             error=repr(retry_state.outcome.exception()) if retry_state.outcome else None,
         )
-        # A broken connection stays broken; let Django open a fresh one for the next try.
-        for connection in connections.all(initialized_only=True):
-            connection.close()
+        close_broken_connections()
 
+    seconds = float(conf.get("DB_RETRY_SECONDS") if budget is None else budget)
     for attempt in Retrying(
-        stop=stop_after_attempt(int(conf.get("DEADLETTER_WRITE_ATTEMPTS"))),
-        wait=wait_exponential(multiplier=0.2, max=float(conf.get("DEADLETTER_WRITE_MAX_WAIT"))),
-        retry=retry_if_exception_type((OperationalError, InterfaceError)),
+        stop=stop_after_delay(seconds),
+        wait=wait_exponential(multiplier=0.2, max=float(conf.get("DB_RETRY_MAX_WAIT"))),
+        retry=retry_if_exception_type(DB_ERRORS),
         before_sleep=before_sleep,
         reraise=True,
     ):

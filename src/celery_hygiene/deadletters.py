@@ -28,6 +28,10 @@ TRACEBACK_MAX_CHARS = 64 * 1024
 REPLAY_OF_HEADER = "celery_hygiene_replay_of"
 
 
+class ClaimMovedOn(Exception):
+    """Raised by a ``store(also=...)`` callback: the claim is no longer ours, store nothing."""
+
+
 @dataclass
 class FailedTask:
     """Everything known about a task at the moment it is given up."""
@@ -144,8 +148,11 @@ def _build(failed: FailedTask) -> DeadLetter:
     )
 
 
-def store(failed: FailedTask, *, also: Callable[[], object] | None = None) -> DeadLetter:
+def store(failed: FailedTask, *, also: Callable[[], Any] | None = None) -> DeadLetter:
     """Save the dead letter (and run ``also``, e.g. closing the claim, in the same transaction).
+
+    ``also`` may return a dict of field values to set on the dead letter, or raise
+    :class:`ClaimMovedOn` to store nothing.
 
     Retries on connection errors; re-raises the last one when the attempts are used up.
     """
@@ -155,9 +162,11 @@ def store(failed: FailedTask, *, also: Callable[[], object] | None = None) -> De
     def write() -> DeadLetter:
         dead_letter.pk = None
         with transaction.atomic(using=using):
+            # ``also`` runs first: it may refuse (ClaimMovedOn) or correct fields (attempts).
+            changes = also() if also is not None else None
+            for name, value in (changes or {}).items():
+                setattr(dead_letter, name, value)
             dead_letter.save(using=using, force_insert=True)
-            if also is not None:
-                also()
         return dead_letter
 
     return with_db_retries(write, event="deadletter_write_retry")

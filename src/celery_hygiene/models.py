@@ -215,3 +215,29 @@ class TaskRunStats(models.Model):
             ),
         ]
         indexes = [models.Index(fields=["window_start"], name="celery_hyg_stats_window")]
+
+
+class OutboxMessage(models.Model):
+    """A task message that could not be published when it had to be (a retry, a deferred
+    duplicate, a claim that waits out a database outage) and whose original was already taken
+    off the broker: kept here until a worker's sweep (or ``taskhygiene resend``) publishes it.
+
+    ``signature`` is the Celery signature as kombu JSON, with its countdown turned into an
+    absolute ``eta``, so the re-sent message is the one that would have been sent.
+    """
+
+    task_name = models.CharField(max_length=255)
+    task_id = models.CharField(max_length=255)
+    reason = models.CharField(max_length=32)
+    signature = models.TextField()
+    last_error = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    next_try_at = models.DateTimeField(db_default=Now())
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        verbose_name = "unsent message"
+        indexes = [models.Index(fields=["next_try_at"], name="celery_hyg_outbox_due")]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}[{self.task_id}] ({self.reason})"

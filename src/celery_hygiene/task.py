@@ -23,17 +23,21 @@ from django.utils import timezone
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
-from . import claims, conf, deadletters, redeliveries, signals
+from . import claims, conf, deadletters, publishing, redeliveries, signals
 from .claims import ClaimKey, ClaimResult, Outcome, Ticket
-from .dbretry import with_db_retries
+from .dbretry import DB_ERRORS, with_db_retries
 from .events import log_event
 from .exceptions import ClaimBusy, EntityKeyError, IdempotencyConflict, ResultNotStorable
 from .idempotency import IdempotencySpec
-from .models import ClaimStatus, DeadLetterReason, TaskClaim
+from .models import DeadLetterReason, TaskClaim
 from .retry import DEFAULT_POLICY, Decision, RetryPolicy, coerce_policy
 
 FIRST_FAILED_HEADER = "celery_hygiene_first_failed_at"
 FIRST_STARTED_HEADER = "celery_hygiene_first_started_at"
+# The claim attempt a scheduled retry was released at: only that message resumes the claim.
+RETRY_TOKEN_HEADER = "celery_hygiene_retry_token"
+# When a message first found the database unreachable at claim time (epoch seconds).
+CLAIM_WAIT_HEADER = "celery_hygiene_claim_wait_since"
 _CONTROL_FLOW = (Retry, Ignore, Reject)
 _TIME_LIMITS = (SoftTimeLimitExceeded, TimeLimitExceeded)
 
@@ -102,14 +106,24 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         return DEFAULT_POLICY if configured is None else coerce_policy(configured)
 
     def hygiene_lease_seconds(self) -> float:
-        """The claim lease: explicit, else the hard time limit plus a margin, else the default."""
+        """The claim lease: ``lease_seconds=``, else ``DEFAULT_LEASE_SECONDS``.
+
+        Independent of time limits: the worker renews the lease while the body runs (see
+        ``leases.py``), so it only bounds how long a dead owner's claim stays blocked.
+        """
         spec = self.hygiene_idempotency
         if spec is not None and spec.lease_seconds is not None:
             return float(spec.lease_seconds)
-        limit = _hard_time_limit(self)
-        if limit:
-            return float(limit) + float(conf.get("LEASE_MARGIN_SECONDS"))
         return float(conf.get("DEFAULT_LEASE_SECONDS"))
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """``self.retry()`` from a body: the retry message carries the claim's retry token."""
+        ticket = getattr(self.request, "hygiene_ticket", None)
+        if ticket is not None:
+            headers = dict(kwargs.get("headers") or {})
+            headers[RETRY_TOKEN_HEADER] = ticket.attempts
+            kwargs["headers"] = headers
+        return super().retry(*args, **kwargs)
 
     def _worker_name(self) -> str:
         return self.request.hostname or socket.gethostname()
@@ -151,24 +165,27 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             return self._call_atomic(key, args, kwargs)
         try:
             claim = self._acquire(key, using=claims.write_alias())
-        except Exception as exc:
-            # No claim, no body. The database error goes through the policy like any other:
-            # retried later, or dead-lettered (and rejected to the broker if even that fails).
-            self._on_body_failure(exc, attempt=self.request.retries + 1, ticket=None, key=key)
-            raise
+        except DB_ERRORS as exc:
+            return self._claim_unavailable(exc, key)
         if claim.outcome is not Outcome.ACQUIRED:
             return self._not_acquired(spec, key, claim)
         ticket = claim.ticket
         assert ticket is not None
         if ticket.attempts > self.hygiene_policy().max_attempts:
             return self._give_up_lost(ticket.attempts, ticket=ticket, key=key)
+        self.request.hygiene_ticket = ticket  # type: ignore[attr-defined]  # ours, on the Context
         try:
             value = self.run(*args, **kwargs)
         except Retry as retry:
             self._release(ticket, countdown=_retry_delay(retry), error=repr(retry.exc))
             raise
-        except (Ignore, Reject):
-            self._release(ticket, countdown=0.0, error="ignored or rejected by the task")
+        except Ignore:
+            # The body handed its work on (``self.replace()``) or chose to stop: it ran, and a
+            # later duplicate must not run it again.
+            self._complete(ticket, None)
+            raise
+        except Reject:
+            self._release(ticket, countdown=0.0, error="rejected by the task")
             raise
         except Exception as exc:
             self._on_body_failure(exc, attempt=ticket.attempts, ticket=ticket, key=key)
@@ -177,22 +194,35 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         return value
 
     def _call_atomic(self, key: ClaimKey, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Claim, body and completion in one transaction: DB effects happen exactly once."""
+        """Claim, body and completion in one transaction: DB effects happen exactly once.
+
+        A crash rolls the claim back with the body, so deliveries that died are counted outside
+        the transaction (the redelivery ledger), or a message that kills its worker would loop.
+        """
         using = claims.write_alias()
         ticket: Ticket | None = None
+        lost_before = redeliveries.count(self.request, self.name)
         try:
             with transaction.atomic(using=using):
-                claim = self._acquire(key, using=using)
+                claim = self._acquire_or_unavailable(key, using=using)
                 if claim.outcome is Outcome.ACQUIRED:
                     ticket = claim.ticket
                     assert ticket is not None
-                    if ticket.attempts > self.hygiene_policy().max_attempts:
-                        raise _GiveUpLost(ticket.attempts)
-                    value = self.run(*args, **kwargs)
+                    if ticket.attempts + lost_before > self.hygiene_policy().max_attempts:
+                        raise _GiveUpLost(ticket.attempts + lost_before)
+                    self.request.hygiene_ticket = ticket  # type: ignore[attr-defined]
+                    try:
+                        value = self.run(*args, **kwargs)
+                    except Ignore:
+                        value = None  # handed on (self.replace()): the body ran
+                        claims.complete(ticket, None)
+                        raise
                     claims.complete(ticket, self._serialize_result(value))
                     return value
+        except _ClaimUnavailable as unavailable:
+            return self._claim_unavailable(unavailable.error, key)
         except _GiveUpLost as lost:
-            return self._give_up_lost(lost.attempts, ticket=ticket, key=key)
+            return self._give_up_lost(lost.attempts, ticket=None, key=key)
         except Retry as retry:
             if ticket is not None:
                 self._release(ticket, countdown=_retry_delay(retry), error=repr(retry.exc))
@@ -200,12 +230,68 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         except (Ignore, Reject):
             raise
         except Exception as exc:
-            self._on_body_failure(
-                exc, attempt=ticket.attempts if ticket else 1, ticket=ticket, key=key
-            )
+            attempt = (ticket.attempts if ticket else 1) + lost_before
+            self._on_body_failure(exc, attempt=attempt, ticket=ticket, key=key)
             raise
         assert self.hygiene_idempotency is not None
         return self._not_acquired(self.hygiene_idempotency, key, claim)
+
+    def _acquire_or_unavailable(self, key: ClaimKey, *, using: str) -> ClaimResult:
+        try:
+            return self._acquire(key, using=using)
+        except DB_ERRORS as exc:
+            raise _ClaimUnavailable(exc) from exc
+
+    def _claim_unavailable(self, error: BaseException, key: ClaimKey) -> None:
+        """The database could not be asked who owns the key: come back later, body not run.
+
+        This is not an attempt of the body: it has its own budget (``CLAIM_RETRY_SECONDS``,
+        minutes, enough for a restart or a failover) and ignores the policy's ``retry_on``.
+        """
+        now = time.time()
+        since = float(_header(self.request, CLAIM_WAIT_HEADER) or now)
+        waited = now - since
+        if waited > float(conf.get("CLAIM_RETRY_SECONDS")):
+            self._dead_letter(
+                error,
+                reason=DeadLetterReason.GAVE_UP,
+                attempts=self.request.retries + 1,
+                ticket=None,
+                key=key,
+            )
+            raise error
+        tries = int(_header(self.request, "celery_hygiene_claim_tries") or 0) + 1
+        countdown = min(float(conf.get("CLAIM_RETRY_MAX_DELAY")), 0.5 * 2**tries)
+        countdown += random.uniform(0, countdown / 2)
+        log_event(
+            logging.WARNING,
+            "task_claim_unavailable",
+            task=self.name,
+            id=self.request.id,
+            entity=key.entity,
+            operation=key.operation,
+            waited=round(waited, 1),
+            retry_in=round(countdown, 2),
+            error=repr(error),
+        )
+        headers = dict(self.request.headers or {})
+        headers[CLAIM_WAIT_HEADER] = since
+        headers["celery_hygiene_claim_tries"] = tries
+        self._follow_up(countdown, headers, reason="claim_unavailable")
+        raise Ignore()
+
+    def _follow_up(self, countdown: float, headers: dict[str, Any], *, reason: str) -> None:
+        """Re-send this message (same id and retry count) later, without losing it."""
+        sig = self.signature_from_request(
+            self.request,
+            countdown=countdown,
+            retries=self.request.retries,
+            headers=headers,
+            # An absolute expiry was for the original delivery, which we accepted; a copy that
+            # expires while waiting would leave the work undone.
+            expires=None,
+        )
+        publishing.send_or_keep(sig, task=self, reason=reason)
 
     def _claim_key(
         self, spec: IdempotencySpec, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -220,12 +306,14 @@ class HygieneTask(_TaskBase[_P, _R_co]):
 
     def _acquire(self, key: ClaimKey, *, using: str) -> ClaimResult:
         assert self.request.id is not None  # inside a task run Celery always sets it
+        token = _header(self.request, RETRY_TOKEN_HEADER)
         return claims.acquire(
             key,
             owner_task_id=self.request.id,
             owner_worker=self._worker_name(),
             lease_seconds=self.hygiene_lease_seconds(),
             using=using,
+            retry_token=int(token) if token is not None else None,
         )
 
     def _not_acquired(self, spec: IdempotencySpec, key: ClaimKey, claim: ClaimResult) -> Any:
@@ -301,12 +389,7 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             operation=key.operation,
             retry_in=round(countdown, 2),
         )
-        self.signature_from_request(
-            self.request,
-            countdown=countdown,
-            retries=self.request.retries,
-            headers=dict(self.request.headers or {}),
-        ).apply_async()
+        self._follow_up(countdown, dict(self.request.headers or {}), reason="defer")
         raise Ignore()
 
     def _complete(self, ticket: Ticket, value: Any) -> None:
@@ -392,10 +475,11 @@ class HygieneTask(_TaskBase[_P, _R_co]):
     ) -> None:
         countdown = decision.countdown
         _warn_visibility_timeout(self, countdown)
-        if ticket is not None:
-            self._release(ticket, countdown=countdown, error=repr(exc))
         now = time.time()
         headers = dict(self.request.headers or {})
+        if ticket is not None:
+            self._release(ticket, countdown=countdown, error=repr(exc))
+            headers[RETRY_TOKEN_HEADER] = ticket.attempts
         headers.setdefault(FIRST_FAILED_HEADER, _header(self.request, FIRST_FAILED_HEADER) or now)
         headers.setdefault(FIRST_STARTED_HEADER, _header(self.request, FIRST_STARTED_HEADER) or now)
         log_event(
@@ -416,9 +500,18 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             countdown=countdown,
             exception=exc,
         )
-        raise self.retry(
-            exc=exc, countdown=countdown, max_retries=self.request.retries + 1, headers=headers
+        # Published here rather than by Task.retry(), which turns a failed publish into
+        # Reject(requeue=False): the work would be gone.
+        sig = self.signature_from_request(
+            self.request,
+            countdown=countdown,
+            retries=self.request.retries + 1,
+            headers=headers,
+            expires=None,
         )
+        publishing.send_or_keep(sig, task=self, reason="retry")
+        # celery-types types `when` as numbers.Real, which mypy never matches with float.
+        raise Retry(exc=exc, when=countdown, sig=sig)  # type: ignore[arg-type]
 
     def _give_up_lost(self, attempts: int, *, ticket: Ticket | None, key: ClaimKey | None) -> None:
         """The message came back more times than the policy allows: it keeps killing workers."""
@@ -447,15 +540,24 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         failed = self._failed_task(exc, reason=reason, attempts=attempts, key=key)
         if ticket is None and key is not None:
             ticket = self._ticket_for(key, attempts)  # atomic mode rolled ours back
-        close_claim = (lambda: claims.mark_dead(ticket, error=repr(exc))) if ticket else None
+        close_claim = _closer(ticket, repr(exc)) if ticket else None
         try:
             dead_letter = deadletters.store(failed, also=close_claim)
+        except deadletters.ClaimMovedOn:
+            # Another delivery finished the work (or owns it now): this failure is not the
+            # task's fate, and a dead letter would invite a replay of done work.
+            log_event(
+                logging.INFO,
+                "task_failure_after_claim_moved_on",
+                task=self.name,
+                id=self.request.id,
+                entity=failed.entity,
+                exc=type(exc).__name__,
+            )
+            return
         except Exception as error:
             deadletters.log_unstorable(failed, error)
-            # Not acknowledged: with acks_late the broker keeps the message (route it to a
-            # dead-letter exchange); without acks_late it was acked on receipt and the log
-            # line above is the only copy left.
-            raise Reject(error, requeue=False) from error
+            raise self._keep_undead_letter(error) from error
         log_event(
             logging.ERROR, "task_dead_lettered", **failed.log_fields(), dead_letter=dead_letter.pk
         )
@@ -466,6 +568,19 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             dead_letter=dead_letter,
             exception=exc,
         )
+
+    def _keep_undead_letter(self, error: Exception) -> Reject:
+        """The database cannot take the dead letter: leave the message with the broker.
+
+        ``requeue`` (default) works on every broker but redelivers at once; ``reject`` hands it
+        to a RabbitMQ dead-letter exchange (without one, RabbitMQ drops it; Redis has none).
+        Either way only an unacknowledged delivery (``acks_late``) can be kept: without it the
+        log line written before is the only copy.
+        """
+        requeue = str(conf.get("DEADLETTER_FALLBACK")) != "reject"
+        if requeue:
+            time.sleep(min(5.0, float(conf.get("DB_RETRY_MAX_WAIT"))))  # no hot redelivery loop
+        return Reject(error, requeue=requeue)
 
     def _failed_task(
         self, exc: BaseException, *, reason: str, attempts: int, key: ClaimKey | None
@@ -502,7 +617,9 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         """Dead-letter a run that the pool lost (hard time limit, lost worker without requeue).
 
         Runs in the worker's main process: ``self.request`` carries the message's context only
-        when Celery pushed it (worker lost); after a hard timeout we rebuild what we can.
+        when Celery pushed it (worker lost); after a hard timeout we rebuild what we can. The
+        claim is closed in the dead letter's transaction, fenced on this task id: if the work
+        was finished or taken over meanwhile, nothing is written.
         """
         request = self.request if self.request.id == task_id else None
         reason = (
@@ -510,25 +627,32 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             if isinstance(exc, TimeLimitExceeded)
             else DeadLetterReason.WORKER_LOST
         )
-        key = self._key_or_none(args or (), kwargs or {})
-        attempts = (request.retries + 1) if request is not None else 1
-        if key is not None and not self._claim_still_ours(key, task_id, exc):
-            return
-        if key is not None:
-            attempts = (
-                claims.mark_dead_for_owner(
-                    key.entity, key.operation, owner_task_id=task_id, error=repr(exc)
-                )
-                or attempts
-            )
-        failed = self._failed_task(exc, reason=reason, attempts=attempts, key=key)
+        key = self.claim_key_or_none(args or (), kwargs or {})
+        failed = self._failed_task(
+            exc,
+            reason=reason,
+            attempts=(request.retries + 1) if request is not None else 1,
+            key=key,
+        )
         failed.task_id = task_id
         failed.args = list(args or ())
         failed.kwargs = dict(kwargs or {})
         if request is None:
             failed.queue = failed.routing_key = _default_queue(self)
+        close = _owner_closer(key, task_id, repr(exc)) if key is not None else None
         try:
-            dead_letter = deadletters.store(failed)
+            dead_letter = deadletters.store(failed, also=close)
+        except deadletters.ClaimMovedOn as moved:
+            log_event(
+                logging.INFO,
+                "task_lost_after_claim_moved_on",
+                task=self.name,
+                id=task_id,
+                entity=key.entity if key else None,
+                detail=str(moved),
+                exc=type(exc).__name__,
+            )
+            return
         except Exception as error:
             deadletters.log_unstorable(failed, error)
             return
@@ -543,35 +667,21 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             exception=exc,
         )
 
-    def _claim_still_ours(self, key: ClaimKey, task_id: str, exc: BaseException) -> bool:
-        """False when the pool lost a process whose work is already done or owned elsewhere.
-
-        Celery can report a job as lost after its body finished (e.g. the pool process was
-        terminated on shutdown); the claim knows better than the pool.
-        """
-        claim = (
-            TaskClaim.objects.using(claims.write_alias())
-            .filter(entity=key.entity, operation=key.operation)
-            .only("status", "owner_task_id")
-            .first()
+    def release_lost_lease(self, task_id: str, args: Any, kwargs: Any, worker: str) -> None:
+        """The process running this body died and Celery requeued the message: free the claim
+        now, so the redelivery takes it over at once instead of after the lease."""
+        key = self.claim_key_or_none(args or (), kwargs or {})
+        if key is None:
+            return
+        with_db_retries(
+            lambda: claims.expire_lease(
+                key.entity, key.operation, owner_task_id=task_id, worker=worker
+            ),
+            event="lease_release_retry",
         )
-        if claim is None or (
-            claim.owner_task_id == task_id and claim.status != ClaimStatus.SUCCEEDED
-        ):
-            return True
-        log_event(
-            logging.INFO,
-            "task_lost_after_claim_moved_on",
-            task=self.name,
-            id=task_id,
-            entity=key.entity,
-            status=claim.status,
-            owner=claim.owner_task_id,
-            exc=type(exc).__name__,
-        )
-        return False
 
-    def _key_or_none(self, args: Any, kwargs: Any) -> ClaimKey | None:
+    def claim_key_or_none(self, args: Any, kwargs: Any) -> ClaimKey | None:
+        """The claim key of a message, or None (no claim, or arguments that do not bind)."""
         spec = self.hygiene_idempotency
         if spec is None:
             return None
@@ -601,9 +711,11 @@ class HygieneTask(_TaskBase[_P, _R_co]):
                 assert ticket is not None
                 try:
                     value = self.run(*args, **kwargs)
-                except BaseException:
+                except BaseException as exc:
                     if not spec.atomic:
-                        self._release(ticket, countdown=0.0, error="eager failure")
+                        # No retry will come in eager mode: the key is free again at once, so
+                        # the developer's next call (after a fix) runs the body.
+                        _eager_release(ticket, repr(exc))
                     raise
                 self._complete(ticket, value)
                 return value
@@ -624,6 +736,53 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         )
 
 
+def _owner_closer(key: ClaimKey, task_id: str, error: str) -> Any:
+    """For the main process: mark this task id's claim dead, or refuse if it moved on."""
+
+    def close() -> dict[str, Any] | None:
+        attempts = claims.mark_dead_for_owner(
+            key.entity, key.operation, owner_task_id=task_id, error=error
+        )
+        if attempts:
+            return {"attempts": attempts}
+        current = (
+            TaskClaim.objects.using(claims.write_alias())
+            .filter(entity=key.entity, operation=key.operation)
+            .values_list("status", "owner_task_id")
+            .first()
+        )
+        if current is not None:  # finished, or owned by another delivery now
+            raise deadletters.ClaimMovedOn(f"claim is {current[0]}, owned by {current[1]}")
+        return None  # no row at all (an atomic claim rolled back): the dead letter stands alone
+
+    return close
+
+
+def _eager_release(ticket: Ticket, error: str) -> None:
+    try:
+        claims.release_now(ticket, error=error)
+    except Exception as exc:  # noqa: BLE001 - the body's error matters more
+        log_event(
+            logging.WARNING, "claim_release_failed", task=ticket.key.task_name, error=repr(exc)
+        )
+
+
+def _closer(ticket: Ticket, error: str) -> Any:
+    """Mark the claim dead with the dead letter; roll both back if the claim is not ours."""
+
+    def close() -> None:
+        if not claims.mark_dead(ticket, error=error):
+            raise deadletters.ClaimMovedOn(ticket.key.entity)
+
+    return close
+
+
+class _ClaimUnavailable(Exception):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
 class _GiveUpLost(Exception):
     def __init__(self, attempts: int) -> None:
         super().__init__(attempts)
@@ -641,11 +800,6 @@ def _retry_delay(retry: Retry) -> float:
     if isinstance(when, numbers.Real):
         return float(when)
     return max(0.0, (when - timezone.now()).total_seconds())
-
-
-def _hard_time_limit(task: Task[Any, Any]) -> float | None:
-    request_limit = (task.request.timelimit or (None, None))[0]
-    return request_limit or task.time_limit or task.app.conf.task_time_limit
 
 
 def _header(request: Any, name: str) -> Any:

@@ -61,7 +61,8 @@ class Flag:
     record_id: int | None = None
 
 
-def _active_requests() -> list[Any]:
+def active_requests() -> list[Any]:
+    """The requests this worker's pool is running now (a copy, safe from any thread)."""
     # The threads pool adds to the WeakSet from other threads; a copy can then fail mid-way.
     for _ in range(5):
         try:
@@ -88,7 +89,7 @@ class Watchdog:
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         running: set[RunKey] = set()
-        for request in _active_requests():
+        for request in active_requests():
             if request.time_start is None:
                 continue
             key = (request.id, request.time_start)

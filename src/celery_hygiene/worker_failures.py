@@ -46,15 +46,17 @@ def on_task_failure(
         return
     if not isinstance(exception, TimeLimitExceeded | WorkerLostError):
         return
-    if sender.acks_late and (
-        # Celery requeues these itself; the redelivery is counted against the cap instead.
-        (isinstance(exception, WorkerLostError) and sender.reject_on_worker_lost)
-        or (isinstance(exception, TimeLimitExceeded) and not sender.acks_on_failure_or_timeout)
-    ):
-        return
     if not _first_report(task_id):
         return
     try:
+        if sender.acks_late and (
+            # Celery requeues these itself; the redelivery is counted against the cap instead,
+            # and may take the claim over at once: its body is dead, nobody holds the lease.
+            (isinstance(exception, WorkerLostError) and sender.reject_on_worker_lost)
+            or (isinstance(exception, TimeLimitExceeded) and not sender.acks_on_failure_or_timeout)
+        ):
+            sender.release_lost_lease(task_id, args, kwargs, _hostname(sender))
+            return
         sender.dead_letter_from_parent(task_id, exception, args, kwargs)
     except Exception as error:  # never raise into the worker's main loop
         log_event(
@@ -64,6 +66,15 @@ def on_task_failure(
             id=task_id,
             error=repr(error),
         )
+
+
+def _hostname(task: Any) -> str:
+    """This worker's node name, as the pool processes write it into ``owner_worker``."""
+    import socket
+
+    from . import upkeep
+
+    return upkeep.hostname() or getattr(task.request, "hostname", None) or socket.gethostname()
 
 
 def connect() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import signals as celery_signals
 
-from . import routing, runstats, watchdog
+from . import routing, runstats, upkeep, watchdog
 from .events import log_event
 
 
@@ -36,10 +36,12 @@ def connect() -> None:
 
 def _on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     watchdog.install(sender)
+    upkeep.start(sender)
 
 
 def _on_worker_shutdown(sender: Any = None, **kwargs: Any) -> None:
     watchdog.uninstall()
+    upkeep.stop()
     _flush_quietly()  # solo/threads pools ran their tasks in this process
 
 
