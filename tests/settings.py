@@ -82,6 +82,7 @@ CELERY_HYGIENE = {
     "DB_RETRY_MAX_WAIT": 0.5,
     "DB_RETRY_SECONDS": 3,
     "CLAIM_RETRY_MAX_DELAY": 2,
+    "OUTBOX_SWEEP_SECONDS": 1,
 }
 
 LOGGING = {
@@ -92,3 +93,5 @@ LOGGING = {
 }
 if os.environ.get("HYGIENE_ACCEPT_PICKLE"):  # one test's own worker takes a non-JSON payload
     CELERY_ACCEPT_CONTENT = ["json", "pickle"]
+if os.environ.get("HYGIENE_DEADLETTER_FALLBACK"):  # one test's worker uses "reject" (DLX)
+    CELERY_HYGIENE["DEADLETTER_FALLBACK"] = os.environ["HYGIENE_DEADLETTER_FALLBACK"]

@@ -20,9 +20,16 @@ def key(entity: str = "order-1", fp: str = "fp-1") -> ClaimKey:
     return ClaimKey(entity=entity, operation="charge", task_name="shop.charge", fingerprint=fp)
 
 
-def acquire(alias: str, k: ClaimKey, owner: str, lease: float = 30.0) -> claims.ClaimResult:
+def acquire(
+    alias: str, k: ClaimKey, owner: str, lease: float = 30.0, token: int | None = None
+) -> claims.ClaimResult:
     return claims.acquire(
-        k, owner_task_id=owner, owner_worker="w@test", lease_seconds=lease, using=alias
+        k,
+        owner_task_id=owner,
+        owner_worker="w@test",
+        lease_seconds=lease,
+        using=alias,
+        retry_token=token,
     )
 
 
@@ -44,7 +51,8 @@ def test_acquire_complete_duplicate(alias):
 def test_live_lease_blocks_and_expired_lease_is_taken_over(alias):
     held = acquire(alias, key(), "t1", lease=1.0)
     busy = acquire(alias, key(), "t2")
-    assert busy.outcome is Outcome.IN_PROGRESS and 0 < busy.wait_seconds <= 1.0
+    # SQLite reads its own clock for "now" and the worker's for the lease end: allow skew.
+    assert busy.outcome is Outcome.IN_PROGRESS and 0 < busy.wait_seconds <= 1.05
     # Same task id redelivered while the lease is live: also waits (the owner may be alive).
     assert acquire(alias, key(), "t1").outcome is Outcome.IN_PROGRESS
 
@@ -63,8 +71,46 @@ def test_retry_hands_the_claim_to_the_same_task_id_only(alias):
     first = acquire(alias, key(), "t1")
     assert claims.release_for_retry(first.ticket, countdown=5, error="boom")
     assert acquire(alias, key(), "other").outcome is Outcome.IN_PROGRESS
-    retried = acquire(alias, key(), "t1")
+    retried = acquire(alias, key(), "t1", token=first.ticket.attempts)
     assert retried.outcome is Outcome.ACQUIRED and retried.ticket.attempts == 2
+
+
+@BOTH
+@pytest.mark.django_db(databases=["default", "sqlite"], transaction=True)
+def test_a_resent_copy_with_the_same_task_id_cannot_fork_the_retry_chain(alias):
+    """Only the scheduled retry (carrying the attempt it was released at) resumes the claim."""
+    first = acquire(alias, key(), "t1")
+    assert claims.release_for_retry(first.ticket, countdown=5, error="boom")
+    assert acquire(alias, key(), "t1").outcome is Outcome.IN_PROGRESS  # a re-sent original
+    assert acquire(alias, key(), "t1", token=7).outcome is Outcome.IN_PROGRESS  # a stale retry
+    retry = acquire(alias, key(), "t1", token=1)
+    assert retry.outcome is Outcome.ACQUIRED and retry.ticket.attempts == 2
+    assert acquire(alias, key(), "t1", token=1).outcome is Outcome.IN_PROGRESS  # twice: no
+
+
+@pytest.mark.django_db(transaction=True)
+def test_renew_pushes_only_this_workers_running_claims_forward_in_one_statement():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from celery_hygiene.models import TaskClaim
+
+    mine = acquire("default", key("a"), "t-a", lease=1.0)
+    acquire("default", key("b"), "t-b", lease=1.0)
+    claims.complete(acquire("default", key("c"), "t-c", lease=1.0).ticket, None)
+    held = [
+        claims.Held("a", "charge", "t-a", 60.0),
+        claims.Held("b", "charge", "t-wrong-owner", 60.0),
+        claims.Held("c", "charge", "t-c", 60.0),
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        assert claims.renew(held, worker="w@test") == 1
+    assert len(queries) == 1
+    assert claims.renew(held, worker="another@host") == 0
+    leases = dict(TaskClaim.objects.values_list("entity", "lease_expires_at"))
+    assert (leases["a"] - leases["b"]).total_seconds() > 50
+    assert leases["c"] is None
+    assert mine.ticket is not None
 
 
 @BOTH
