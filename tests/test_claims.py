@@ -261,3 +261,77 @@ def test_a_duplicate_reads_and_writes_nothing():
         assert acquire("default", key(entity="dup-cost"), "t2").outcome is Outcome.SUCCEEDED
     assert row_version() == before == (before[0], "0")  # not even locked (xmax stays 0)
     assert len(statements) == 2 and "DO NOTHING" in statements[0]
+
+
+def test_fingerprint_treats_equal_numbers_as_equal():
+    from decimal import Decimal
+
+    assert fingerprint({"amount": Decimal("1.0")}) == fingerprint({"amount": Decimal("1.00")})
+    assert fingerprint({"amount": 1}) == fingerprint({"amount": 1.0})
+    assert fingerprint({"amount": Decimal("2.50")}) == fingerprint({"amount": 2.5})
+    assert fingerprint({"amount": 1}) != fingerprint({"amount": 2})
+    assert fingerprint({"amount": 1}) != fingerprint({"amount": "1"})
+    assert fingerprint({"flag": True}) != fingerprint({"flag": 1})
+
+
+def test_fingerprint_of_a_set_is_the_same_in_every_process():
+    """String hashing is randomized per process, so a set's iteration order differs."""
+    import subprocess
+    import sys
+
+    code = (
+        "from celery_hygiene.keys import fingerprint;"
+        "print(fingerprint({'tags': {'alpha', 'beta', 'gamma', 'delta', 'epsilon'}}))"
+    )
+    prints = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in (1, 2, 3, 4)
+    }
+    assert len(prints) == 1
+
+
+def test_fingerprint_accepts_mixed_key_types_and_tuples_equal_lists():
+    assert fingerprint({"m": {1: "a", "1": "b", None: "c"}}) == fingerprint(
+        {"m": {None: "c", "1": "b", 1: "a"}}
+    )
+    assert fingerprint({"xs": (1, 2)}) == fingerprint({"xs": [1, 2]})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lone_surrogate_key_is_stored_not_refused():
+    entity = normalize_key("order-\ud800-1")
+    entity.encode("utf-8")  # storable as PostgreSQL text
+    claim = acquire("default", key(entity), "t1")
+    assert claim.outcome is Outcome.ACQUIRED
+    assert normalize_key("order-\ud800-1") == entity
+    assert normalize_key("order-\ud800-1") != normalize_key("order-\ud801-1")
+
+
+@pytest.mark.django_db
+def test_dead_letter_with_unstorable_text_is_kept_escaped():
+    import datetime as dt
+
+    from celery_hygiene import deadletters
+
+    now = dt.datetime.now(dt.UTC)
+    failed = deadletters.FailedTask(
+        task_name="shop.t",
+        task_id="id-1",
+        args=["a\ud800b", "nul\x00"],
+        kwargs={},
+        exception=ValueError("x"),
+        reason="gave_up",
+        attempts=1,
+        first_failed_at=now,
+        last_failed_at=now,
+    )
+    stored = deadletters.store(failed)
+    stored.refresh_from_db()
+    assert stored.payload_truncated and "NUL or unpaired surrogate" in stored.payload_note
+    assert "\\ud800" in stored.args[0]

@@ -91,6 +91,15 @@ def safe_payload(args: Any, kwargs: Any, max_bytes: int) -> SafePayload:
             True,
             f"not JSON-serializable ({type(exc).__name__}); stored repr()",
         )
+    if not _storable_json(encoded_args) or not _storable_json(encoded_kwargs):
+        # PostgreSQL's jsonb refuses \u0000 and unpaired surrogates; refusing the whole dead
+        # letter would lose it, so keep an escaped copy and flag it as not replayable.
+        return SafePayload(
+            [_escaped(encoded_args)[:max_bytes]],
+            {"__escaped__": _escaped(encoded_kwargs)[:max_bytes]},
+            True,
+            "contains NUL or unpaired surrogate characters PostgreSQL cannot store; stored escaped",
+        )
     size = len(encoded_args) + len(encoded_kwargs)
     if size > max_bytes:
         half = max(max_bytes // 2, 1)
@@ -101,6 +110,22 @@ def safe_payload(args: Any, kwargs: Any, max_bytes: int) -> SafePayload:
             f"payload of {size} bytes exceeds PAYLOAD_MAX_BYTES={max_bytes}; stored truncated",
         )
     return SafePayload(json.loads(encoded_args), json.loads(encoded_kwargs), False, "")
+
+
+def _storable_json(encoded: str) -> bool:
+    """False if the decoded value holds text PostgreSQL's jsonb refuses (NUL, lone surrogate)."""
+    if "\\u0000" in encoded:
+        return False
+    try:
+        json.dumps(json.loads(encoded), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(encoded: str) -> str:
+    """The JSON text itself, as a plain string: its escapes are just characters then."""
+    return encoded.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def message_arguments(dead_letter: DeadLetter) -> tuple[list[Any], dict[str, Any]]:
