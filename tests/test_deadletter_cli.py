@@ -20,8 +20,8 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from celery_hygiene.models import ClaimStatus, DeadLetter, DeadLetterStatus, TaskClaim
 from celery_hygiene import replay as replay_module
+from celery_hygiene.models import ClaimStatus, DeadLetter, DeadLetterStatus, TaskClaim
 from celery_hygiene.replay import Outcome, replay
 from tests.conftest import declare_queue, delete_queue
 
