@@ -172,7 +172,7 @@ def _pretty_json(value: Any) -> str:
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(admin.ModelAdmin):
-    list_display = ("task", "entity_cut", "exception", "attempts", "failed_at", "status")
+    list_display = ("task", "entity_cut", "exception", "tries", "failed_at", "status")
     list_display_links = ("task",)
     list_filter = (
         TaskNameFilter,
@@ -457,6 +457,10 @@ class DeadLetterAdmin(admin.ModelAdmin):
             else short_type(obj.exception_type)
         )
         return _cut(shown, "exception", full)
+
+    @admin.display(description="tries")
+    def tries(self, obj: DeadLetter) -> int:
+        return obj.attempts
 
     @admin.display(description="failed at (UTC)", ordering="last_failed_at")
     def failed_at(self, obj: DeadLetter) -> str:
