@@ -99,9 +99,11 @@ def load_task_modules(app: Celery) -> None:
         return
     for module in app.loader.default_modules:
         app.loader.import_task_module(module)
-    for receiver in signals.import_modules._live_receivers(app):  # noqa: SLF001
-        # autodiscover_tasks() connects a promise of app._autodiscover_tasks(packages, name).
-        if getattr(receiver, "fun", None) == app._autodiscover_tasks:  # noqa: SLF001
+    # autodiscover_tasks() connects a promise of app._autodiscover_tasks(packages, name) to this
+    # signal; run just those (sending the signal would also run the Django fixup's checks).
+    live_receivers = getattr(signals.import_modules, "_live_receivers", None)
+    for receiver in live_receivers(app) if live_receivers else ():
+        if getattr(receiver, "fun", None) == getattr(app, "_autodiscover_tasks", None):
             receiver()
     for config in apps.get_app_configs():
         name = f"{config.name}.tasks"

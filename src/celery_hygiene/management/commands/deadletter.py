@@ -196,7 +196,6 @@ class Command(BaseCommand):
         if unknown_queue:
             raise CommandError(f"nothing replayed: {unknown_queue}")
         ids, total = self._targets(options)
-        actor = history.cli_actor(options["by"])
         if options["ids"]:
             # Named ids are all-or-nothing: any refusal stops the command before a single publish.
             refusals = [
@@ -214,6 +213,7 @@ class Command(BaseCommand):
         if options["dry_run"]:
             self._dry_run_replay(ids, total, app, options)
             return
+        actor = history.cli_actor(options["by"])
         failed = 0
         for index, pk in enumerate(paced(ids, rate), start=1):
             result = replay(pk, queue=options["queue"], force=options["force"], app=app)
