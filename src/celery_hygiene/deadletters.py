@@ -224,6 +224,7 @@ def short_type(exception_type: str) -> str:
 
 _LOST = re.compile(
     r"was delivered (?P<deliveries>\d+) times without finishing \(max_attempts=(?P<max>\d+)\)"
+    r"(?:; the worker running it was lost each time)?"
 )
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -249,8 +250,9 @@ def describe_failure(exception_type: str, message: str) -> str:
     lost = _LOST.search(message)
     if lost:
         return _LOST.sub(
-            f"was not run again: all max_attempts={lost.group('max')} runs are used up and the "
-            f"worker running it was lost each time (this was delivery {lost.group('deliveries')})",
+            f"was not run again on delivery {lost.group('deliveries')}: its "
+            f"max_attempts={lost.group('max')} runs are used up and the worker running it was "
+            "lost each time",
             message,
-        ).replace("; the worker running it was lost each time (", ", e.g. (")
+        )
     return message
