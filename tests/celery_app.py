@@ -24,3 +24,18 @@ app.conf.imports = [
 # system checks from Celery's Django fixup): publishers need the task objects registered.
 for module_name in app.conf.imports:
     importlib.import_module(module_name)
+
+if os.environ.get("HYGIENE_FAIL_PUBLISH_FLAG"):
+    # Fault injection for one test's worker: while the flag file exists, every publish from
+    # this process fails the way a refused broker publish does (after kombu's own retries).
+    from kombu import Producer
+    from kombu.exceptions import OperationalError
+
+    _publish = Producer.publish
+
+    def _refusing_publish(self: Producer, *args: object, **kwargs: object) -> object:
+        if os.path.exists(os.environ["HYGIENE_FAIL_PUBLISH_FLAG"]):
+            raise OperationalError("injected: broker refused the publish")
+        return _publish(self, *args, **kwargs)
+
+    Producer.publish = _refusing_publish  # type: ignore[method-assign]

@@ -76,12 +76,13 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("HYGIENE_TEST_QUEUE", "hygiene-tests"
 CELERY_RESULT_EXPIRES = 3600
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
-CELERY_HYGIENE = {
+CELERY_HYGIENE: dict[str, object] = {
     "DEFAULT_LEASE_SECONDS": 30,
     "DEFER_MAX_SECONDS": 2,
     "DB_RETRY_MAX_WAIT": 0.5,
     "DB_RETRY_SECONDS": 3,
     "CLAIM_RETRY_MAX_DELAY": 2,
+    "OUTBOX_SWEEP_SECONDS": 1,
 }
 
 LOGGING = {
@@ -92,3 +93,5 @@ LOGGING = {
 }
 if os.environ.get("HYGIENE_ACCEPT_PICKLE"):  # one test's own worker takes a non-JSON payload
     CELERY_ACCEPT_CONTENT = ["json", "pickle"]
+if os.environ.get("HYGIENE_DEADLETTER_FALLBACK"):  # one test's worker uses "reject" (DLX)
+    CELERY_HYGIENE["DEADLETTER_FALLBACK"] = os.environ["HYGIENE_DEADLETTER_FALLBACK"]

@@ -20,9 +20,16 @@ def key(entity: str = "order-1", fp: str = "fp-1") -> ClaimKey:
     return ClaimKey(entity=entity, operation="charge", task_name="shop.charge", fingerprint=fp)
 
 
-def acquire(alias: str, k: ClaimKey, owner: str, lease: float = 30.0) -> claims.ClaimResult:
+def acquire(
+    alias: str, k: ClaimKey, owner: str, lease: float = 30.0, token: int | None = None
+) -> claims.ClaimResult:
     return claims.acquire(
-        k, owner_task_id=owner, owner_worker="w@test", lease_seconds=lease, using=alias
+        k,
+        owner_task_id=owner,
+        owner_worker="w@test",
+        lease_seconds=lease,
+        using=alias,
+        retry_token=token,
     )
 
 
@@ -44,7 +51,8 @@ def test_acquire_complete_duplicate(alias):
 def test_live_lease_blocks_and_expired_lease_is_taken_over(alias):
     held = acquire(alias, key(), "t1", lease=1.0)
     busy = acquire(alias, key(), "t2")
-    assert busy.outcome is Outcome.IN_PROGRESS and 0 < busy.wait_seconds <= 1.0
+    # SQLite reads its own clock for "now" and the worker's for the lease end: allow skew.
+    assert busy.outcome is Outcome.IN_PROGRESS and 0 < busy.wait_seconds <= 1.05
     # Same task id redelivered while the lease is live: also waits (the owner may be alive).
     assert acquire(alias, key(), "t1").outcome is Outcome.IN_PROGRESS
 
@@ -63,8 +71,46 @@ def test_retry_hands_the_claim_to_the_same_task_id_only(alias):
     first = acquire(alias, key(), "t1")
     assert claims.release_for_retry(first.ticket, countdown=5, error="boom")
     assert acquire(alias, key(), "other").outcome is Outcome.IN_PROGRESS
-    retried = acquire(alias, key(), "t1")
+    retried = acquire(alias, key(), "t1", token=first.ticket.attempts)
     assert retried.outcome is Outcome.ACQUIRED and retried.ticket.attempts == 2
+
+
+@BOTH
+@pytest.mark.django_db(databases=["default", "sqlite"], transaction=True)
+def test_a_resent_copy_with_the_same_task_id_cannot_fork_the_retry_chain(alias):
+    """Only the scheduled retry (carrying the attempt it was released at) resumes the claim."""
+    first = acquire(alias, key(), "t1")
+    assert claims.release_for_retry(first.ticket, countdown=5, error="boom")
+    assert acquire(alias, key(), "t1").outcome is Outcome.IN_PROGRESS  # a re-sent original
+    assert acquire(alias, key(), "t1", token=7).outcome is Outcome.IN_PROGRESS  # a stale retry
+    retry = acquire(alias, key(), "t1", token=1)
+    assert retry.outcome is Outcome.ACQUIRED and retry.ticket.attempts == 2
+    assert acquire(alias, key(), "t1", token=1).outcome is Outcome.IN_PROGRESS  # twice: no
+
+
+@pytest.mark.django_db(transaction=True)
+def test_renew_pushes_only_this_workers_running_claims_forward_in_one_statement():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from celery_hygiene.models import TaskClaim
+
+    mine = acquire("default", key("a"), "t-a", lease=1.0)
+    acquire("default", key("b"), "t-b", lease=1.0)
+    claims.complete(acquire("default", key("c"), "t-c", lease=1.0).ticket, None)
+    held = [
+        claims.Held("a", "charge", "t-a", 60.0),
+        claims.Held("b", "charge", "t-wrong-owner", 60.0),
+        claims.Held("c", "charge", "t-c", 60.0),
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        assert claims.renew(held, worker="w@test") == 1
+    assert len(queries) == 1
+    assert claims.renew(held, worker="another@host") == 0
+    leases = dict(TaskClaim.objects.values_list("entity", "lease_expires_at"))
+    assert (leases["a"] - leases["b"]).total_seconds() > 50
+    assert leases["c"] is None
+    assert mine.ticket is not None
 
 
 @BOTH
@@ -215,3 +261,77 @@ def test_a_duplicate_reads_and_writes_nothing():
         assert acquire("default", key(entity="dup-cost"), "t2").outcome is Outcome.SUCCEEDED
     assert row_version() == before == (before[0], "0")  # not even locked (xmax stays 0)
     assert len(statements) == 2 and "DO NOTHING" in statements[0]
+
+
+def test_fingerprint_treats_equal_numbers_as_equal():
+    from decimal import Decimal
+
+    assert fingerprint({"amount": Decimal("1.0")}) == fingerprint({"amount": Decimal("1.00")})
+    assert fingerprint({"amount": 1}) == fingerprint({"amount": 1.0})
+    assert fingerprint({"amount": Decimal("2.50")}) == fingerprint({"amount": 2.5})
+    assert fingerprint({"amount": 1}) != fingerprint({"amount": 2})
+    assert fingerprint({"amount": 1}) != fingerprint({"amount": "1"})
+    assert fingerprint({"flag": True}) != fingerprint({"flag": 1})
+
+
+def test_fingerprint_of_a_set_is_the_same_in_every_process():
+    """String hashing is randomized per process, so a set's iteration order differs."""
+    import subprocess
+    import sys
+
+    code = (
+        "from celery_hygiene.keys import fingerprint;"
+        "print(fingerprint({'tags': {'alpha', 'beta', 'gamma', 'delta', 'epsilon'}}))"
+    )
+    prints = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in (1, 2, 3, 4)
+    }
+    assert len(prints) == 1
+
+
+def test_fingerprint_accepts_mixed_key_types_and_tuples_equal_lists():
+    assert fingerprint({"m": {1: "a", "1": "b", None: "c"}}) == fingerprint(
+        {"m": {None: "c", "1": "b", 1: "a"}}
+    )
+    assert fingerprint({"xs": (1, 2)}) == fingerprint({"xs": [1, 2]})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lone_surrogate_key_is_stored_not_refused():
+    entity = normalize_key("order-\ud800-1")
+    entity.encode("utf-8")  # storable as PostgreSQL text
+    claim = acquire("default", key(entity), "t1")
+    assert claim.outcome is Outcome.ACQUIRED
+    assert normalize_key("order-\ud800-1") == entity
+    assert normalize_key("order-\ud800-1") != normalize_key("order-\ud801-1")
+
+
+@pytest.mark.django_db
+def test_dead_letter_with_unstorable_text_is_kept_escaped():
+    import datetime as dt
+
+    from celery_hygiene import deadletters
+
+    now = dt.datetime.now(dt.UTC)
+    failed = deadletters.FailedTask(
+        task_name="shop.t",
+        task_id="id-1",
+        args=["a\ud800b", "nul\x00"],
+        kwargs={},
+        exception=ValueError("x"),
+        reason="gave_up",
+        attempts=1,
+        first_failed_at=now,
+        last_failed_at=now,
+    )
+    stored = deadletters.store(failed)
+    stored.refresh_from_db()
+    assert stored.payload_truncated and "NUL or unpaired surrogate" in stored.payload_note
+    assert "\\ud800" in stored.args[0]

@@ -63,7 +63,7 @@ def test_changelist_columns_order_filters_and_search(operator):
     done = make(status=DeadLetterStatus.REPLAYED)
 
     page = operator.get(CHANGELIST).content.decode()
-    for column in ("Task name", "Entity", "Exception", "Attempts", "Failed at", "Status"):
+    for column in ("Task name", "Entity", "Exception", "Tries", "Failed at (UTC)", "Status"):
         assert f">{column}<" in page or f">{column.lower()}<" in page.lower()
     assert listed_ids(page) == [done.pk, other.pk, timeout.pk, old.pk]  # newest first
     assert "ConnectionError: gateway down" in page

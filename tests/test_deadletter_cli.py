@@ -20,6 +20,7 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
+from celery_hygiene import replay as replay_module
 from celery_hygiene.models import ClaimStatus, DeadLetter, DeadLetterStatus, TaskClaim
 from celery_hygiene.replay import Outcome, replay
 from tests.conftest import declare_queue, delete_queue
@@ -61,6 +62,13 @@ def run(*args: str) -> str:
     out = io.StringIO()
     call_command("deadletter", *args, stdout=out, stderr=out)
     return out.getvalue()
+
+
+def run_json(*args: str) -> Any:
+    """stdout only, parsed: notes such as "showing 50 of 53" go to stderr."""
+    out = io.StringIO()
+    call_command("deadletter", *args, stdout=out, stderr=io.StringIO())
+    return json.loads(out.getvalue())
 
 
 def fetch(app: Celery, queue: str) -> list[Any]:
@@ -114,7 +122,7 @@ def test_list_json_filters_and_shape():
     assert item["failed_at"] == old.last_failed_at.isoformat()
 
     def ids(*args: str) -> list[int]:
-        return [row["id"] for row in json.loads(run("list", "--json", *args))]
+        return [row["id"] for row in run_json("list", "--json", *args)]
 
     assert ids("--since", "2h", "--task", RECORD) == [done.pk, timeout.pk]
     assert ids("--status", "replayed") == [done.pk]
@@ -316,10 +324,29 @@ def test_truncated_payload_needs_force(hygiene_app, queue_name):
 @pytest.mark.django_db(transaction=True)
 def test_queue_override_sends_elsewhere(hygiene_app, queue_name, other_queue):
     dl = make(queue=queue_name, routing_key=queue_name)
-    run("replay", str(dl.pk), "--queue", other_queue)
+    with override_settings(CELERY_HYGIENE_QUEUES={other_queue: {"tasks": ["nothing.*"]}}):
+        run("replay", str(dl.pk), "--queue", other_queue)
     assert fetch(hygiene_app, queue_name) == []
     [message] = fetch(hygiene_app, other_queue)
     assert message.headers["celery_hygiene_replay_of"] == dl.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_queue_override_to_an_undeclared_queue_needs_force(hygiene_app, queue_name, other_queue):
+    """`--queue recovry` (a typo) must not say "replayed" and park the message nowhere."""
+    dl = make(queue=queue_name, routing_key=queue_name)
+    typo = other_queue[:-1]
+    with pytest.raises(CommandError, match=f"queue '{typo}' is not declared.*--force"):
+        run("replay", str(dl.pk), "--queue", typo)
+    with pytest.raises(CommandError, match="is not declared"):
+        run("replay", "--all", "--queue", typo, "--dry-run")
+    dl.refresh_from_db()
+    assert dl.status == "pending" and fetch(hygiene_app, queue_name) == []
+    # The app's own task_queues and default queue count as declared.
+    assert "hygiene-tests" in replay_module.known_queues(hygiene_app)
+    # --force sends it anyway (here to a queue that exists on the broker, as the operator says).
+    run("replay", str(dl.pk), "--queue", other_queue, "--force")
+    assert len(fetch(hygiene_app, other_queue)) == 1
 
 
 @pytest.mark.django_db(transaction=True)
@@ -437,7 +464,8 @@ def test_purge_deletes_old_handled_rows_in_batches():
     assert "dry run: 6 dead letters" in run("purge", "--older-than", "30d", "--dry-run")
     assert DeadLetter.objects.count() == 10
     out = run("purge", "--older-than", "30d", "--batch-size", "4", "--verbosity", "2")
-    assert "purged 4 so far" in out and "purged 6 dead letters older than" in out
+    assert "purged 4 so far" in out and "purged 6 dead letters that last failed before" in out
+    assert out.rstrip().endswith(" UTC")
     assert set(DeadLetter.objects.values_list("pk", flat=True)) == {
         old_pending.pk,
         old_in_flight.pk,
@@ -495,7 +523,8 @@ def test_recover_settles_rows_a_dead_publisher_left_in_replaying():
     assert "never ran; pending again" in out and "ran; marked replayed" in out
     never_sent.refresh_from_db()
     ran.refresh_from_db()
-    assert (never_sent.status, never_sent.replayed_task_id) == ("pending", "")
+    # The id of the replay that never ran is kept as evidence; a new replay overwrites it.
+    assert (never_sent.status, never_sent.replayed_task_id) == ("pending", "replay-e1")
     assert ran.status == "replayed" and ran.replayed_at is not None
     # The lost message, should it surface, now finds a dead claim and does nothing.
     assert TaskClaim.objects.get(entity="e1").status == "dead"

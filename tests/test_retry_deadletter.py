@@ -216,9 +216,12 @@ def _set_db_connections(allowed: bool) -> None:
 
 
 def test_database_down_during_dead_letter_write_rejects_to_broker_and_logs_payload(
-    worker, queue_name, parking_queue
+    worker_factory, queue_name, parking_queue
 ):
+    """DEADLETTER_FALLBACK="reject": the message goes to the queue's dead-letter exchange."""
     from tests.celery_app import app
+
+    worker = worker_factory(queue_name, env={"HYGIENE_DEADLETTER_FALLBACK": "reject"})
 
     connection.close()
     _set_db_connections(False)
@@ -240,16 +243,41 @@ def test_database_down_during_dead_letter_write_rejects_to_broker_and_logs_paylo
     assert not DeadLetter.objects.exists()
 
 
+def test_database_down_during_dead_letter_write_keeps_the_message_until_it_answers(
+    worker, queue_name
+):
+    """Default fallback (requeue, works without a dead-letter exchange): nothing is dropped;
+    once the database answers, exactly one dead letter is stored."""
+    connection.close()
+    _set_db_connections(False)
+    try:
+        result = t.fails_while_db_is_down.apply_async(("db-held",), queue=queue_name)
+        worker.wait_for_log("deadletter_write_failed", timeout=60)
+        wait_until(lambda: worker.log().count("deadletter_write_failed") >= 2, timeout=60)
+    finally:
+        _set_db_connections(True)
+        connection.close()
+    dead = dead_letter_for(result.id, timeout=60)
+    assert dead.args == ["db-held"]
+    assert DeadLetter.objects.filter(task_id=result.id).count() == 1
+
+
 def test_database_down_at_claim_time_is_retried_not_lost(worker, queue_name):
     connection.close()
     _set_db_connections(False)
     try:
         result = t.claim_needs_the_database.apply_async(("db-claim",), queue=queue_name)
-        worker.wait_for_log("task_retry_scheduled task=tests.testapp.tasks_retry.claim_needs")
+        # Longer than the body policy would ever allow (2 attempts, OperationalError not in
+        # retry_on): the claim's own budget carries the message.
+        for _ in range(3):
+            worker.wait_for_log("task_claim_unavailable task=tests.testapp.tasks_retry.claim_ne")
+        wait_until(lambda: worker.log().count("task_claim_unavailable") >= 3, timeout=30)
     finally:
         _set_db_connections(True)
         connection.close()
     assert result.get(timeout=30) == "claimed:db-claim"
-    assert "exc=OperationalError" in worker.log()
+    assert "task_retry_scheduled" not in worker.log()
     assert SideEffect.objects.filter(entity="db-claim", kind="claim-db").count() == 1
+    claim = TaskClaim.objects.get(entity="db-claim")
+    assert claim.attempts == 1  # the outage cost the body none of its attempts
     assert not DeadLetter.objects.exists()

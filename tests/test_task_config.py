@@ -23,14 +23,17 @@ def _task(app: Celery, **options):  # noqa: ANN202
     return app.tasks[task.name]
 
 
-def test_lease_defaults_to_hard_time_limit_plus_margin_else_setting():
+def test_lease_is_explicit_else_the_setting_whatever_the_time_limits():
+    """Leases are heartbeats: a time limit (even one given on the worker command line, which
+    the task cannot see) no longer stretches how long a dead owner blocks its key."""
     app = Celery("cfg", set_as_current=False)
     assert _task(app, lease_seconds=42).hygiene_lease_seconds() == 42
-    assert _task(app, time_limit=100).hygiene_lease_seconds() == 130
     with override_settings(CELERY_HYGIENE={"DEFAULT_LEASE_SECONDS": 77}):
         assert _task(app).hygiene_lease_seconds() == 77
+        assert _task(app, time_limit=100).hygiene_lease_seconds() == 77
     app.conf.task_time_limit = 600
-    assert _task(app).hygiene_lease_seconds() == 630
+    with override_settings(CELERY_HYGIENE={}):
+        assert _task(app).hygiene_lease_seconds() == 60
 
 
 class ReadsFromSQLite:

@@ -254,9 +254,12 @@ def _may_take_over(
     attempt it was released at (or, after a replay re-opened it at 0 attempts, the replay's
     message). A re-sent copy of an older message with the same id waits like any duplicate.
     """
-    if existing.status == ClaimStatus.RETRYING and existing.owner_task_id == owner_task_id:
-        if existing.attempts == 0 or retry_token == existing.attempts:
-            return True
+    if (
+        existing.status == ClaimStatus.RETRYING
+        and existing.owner_task_id == owner_task_id
+        and (existing.attempts == 0 or retry_token == existing.attempts)
+    ):
+        return True
     return (
         existing.status in (ClaimStatus.RUNNING, ClaimStatus.RETRYING)
         and existing.lease_expires_at is not None
@@ -330,9 +333,20 @@ def release_for_retry(ticket: Ticket, *, countdown: float, error: str) -> bool:
     )
 
 
-def release_now(ticket: Ticket, *, error: str) -> bool:
-    """Free the claim at once (eager mode: no retry message will come to resume it)."""
-    return _record_failure(ticket, ClaimStatus.RETRYING, error, lease_seconds=0.0)
+def forget(ticket: Ticket) -> bool:
+    """Delete the claim as if it never was (eager mode: no retry will come to resume it)."""
+    deleted, _ = (
+        TaskClaim.objects.using(ticket.using)
+        .filter(
+            entity=ticket.key.entity,
+            operation=ticket.key.operation,
+            owner_task_id=ticket.owner_task_id,
+            attempts=ticket.attempts,
+        )
+        .exclude(status=ClaimStatus.SUCCEEDED)
+        .delete()
+    )
+    return bool(deleted)
 
 
 def mark_dead(ticket: Ticket, *, error: str) -> bool:

@@ -25,6 +25,9 @@ Every key is optional::
                                            # payload keys masked in CLI/admin output (nested,
                                            # case-insensitive substring); stored data is unchanged
         "REPLAY_RATE": 10.0,               # default bulk replay rate, messages per second
+        "AUDIT_CLI_USERNAME": "deadletter-cli",  # inactive user owning the History entries of
+                                           # `manage.py deadletter` run by an OS user with no
+                                           # Django user of the same name
         "WATCHDOG_ENABLED": True,          # watch run durations in every worker (docs/watchdog.md)
         "DURATION_THRESHOLD_SECONDS": 60,  # flag longer runs; per task: expected_duration=
         "WATCHDOG_INTERVAL_SECONDS": 1.0,  # how often the worker's main process looks
@@ -53,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "CELERY_APP": None,
     "REDACT_KEYS": ["password", "secret", "token", "api_key", "authorization"],
     "REPLAY_RATE": 10.0,
+    "AUDIT_CLI_USERNAME": "deadletter-cli",
     "WATCHDOG_ENABLED": True,
     "DURATION_THRESHOLD_SECONDS": 60.0,
     "WATCHDOG_INTERVAL_SECONDS": 1.0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import traceback as tb
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,6 +92,15 @@ def safe_payload(args: Any, kwargs: Any, max_bytes: int) -> SafePayload:
             True,
             f"not JSON-serializable ({type(exc).__name__}); stored repr()",
         )
+    if not _storable_json(encoded_args) or not _storable_json(encoded_kwargs):
+        # PostgreSQL's jsonb refuses \u0000 and unpaired surrogates; refusing the whole dead
+        # letter would lose it, so keep an escaped copy and flag it as not replayable.
+        return SafePayload(
+            [_escaped(encoded_args)[:max_bytes]],
+            {"__escaped__": _escaped(encoded_kwargs)[:max_bytes]},
+            True,
+            "contains NUL or unpaired surrogate characters PostgreSQL cannot store; stored escaped",
+        )
     size = len(encoded_args) + len(encoded_kwargs)
     if size > max_bytes:
         half = max(max_bytes // 2, 1)
@@ -101,6 +111,22 @@ def safe_payload(args: Any, kwargs: Any, max_bytes: int) -> SafePayload:
             f"payload of {size} bytes exceeds PAYLOAD_MAX_BYTES={max_bytes}; stored truncated",
         )
     return SafePayload(json.loads(encoded_args), json.loads(encoded_kwargs), False, "")
+
+
+def _storable_json(encoded: str) -> bool:
+    """False if the decoded value holds text PostgreSQL's jsonb refuses (NUL, lone surrogate)."""
+    if "\\u0000" in encoded:
+        return False
+    try:
+        json.dumps(json.loads(encoded), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(encoded: str) -> str:
+    """The JSON text itself, as a plain string: its escapes are just characters then."""
+    return encoded.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def message_arguments(dead_letter: DeadLetter) -> tuple[list[Any], dict[str, Any]]:
@@ -209,3 +235,58 @@ def _qualified_name(cls: type) -> str:
 
 def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
+
+
+# -- display helpers (CLI and admin) ---------------------------------------------------------------
+
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
+
+
+def format_utc(value: dt.datetime | None, empty: str = "-") -> str:
+    """The one way a time is shown to an operator: UTC, to the second, labelled."""
+    if value is None:
+        return empty
+    if value.tzinfo is None:  # USE_TZ=False projects store naive UTC-less local times
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return value.astimezone(dt.UTC).strftime(TIME_FORMAT)
+
+
+def short_type(exception_type: str) -> str:
+    """``requests.exceptions.ConnectTimeout`` -> ``ConnectTimeout`` (the full name is a tooltip)."""
+    return exception_type.rsplit(".", 1)[-1]
+
+
+_LOST = re.compile(
+    r"was delivered (?P<deliveries>\d+) times without finishing \(max_attempts=(?P<max>\d+)\)"
+    r"(?:; the worker running it was lost each time)?"
+)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def describe_failure(exception_type: str, message: str) -> str:
+    """The stored exception message, made readable where Celery's own text is cryptic.
+
+    - A hard time limit is stored as ``TimeLimitExceeded(8.0,)``: say which limit, in seconds.
+    - A message that kept killing workers reads "delivered 3 times (max_attempts=2)": the last
+      delivery was refused, not run, so say how many runs were lost.
+    """
+    message = " ".join(message.split())
+    name = short_type(exception_type)
+    if name == "TimeLimitExceeded":
+        number = _NUMBER.search(message)
+        limit = f" of {float(number.group()):g} s" if number else ""
+        return (
+            f"hard time limit{limit} exceeded: the worker killed the process running it "
+            "(no exception was raised in the task)"
+        )
+    if name == "SoftTimeLimitExceeded" and message in ("", "SoftTimeLimitExceeded()"):
+        return "soft time limit exceeded and the task did not handle it"
+    lost = _LOST.search(message)
+    if lost:
+        return _LOST.sub(
+            f"was not run again on delivery {lost.group('deliveries')}: its "
+            f"max_attempts={lost.group('max')} runs are used up and the worker running it was "
+            "lost each time",
+            message,
+        )
+    return message

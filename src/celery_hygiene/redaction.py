@@ -2,10 +2,15 @@
 
 Only what is *shown* is redacted: the stored dead letter keeps the real values, because a replay
 must send exactly what the task was first sent.
+
+Keys and patterns are compared normalized: lower-cased, with ``-``, ``_``, ``.`` and spaces
+removed, so the pattern ``apikey`` catches ``api_key``, ``X-Api-Key``, ``APIKEY`` and
+``x.api.key`` alike, and ``privatekey`` catches ``private_key`` and ``Private-Key``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,16 +18,50 @@ from . import conf
 
 MASK = "********"
 
+# What ``CELERY_HYGIENE["REDACT_KEYS"]`` means when not set. Substrings of the normalized key.
+DEFAULT_PATTERNS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "pwd",
+    "passphrase",
+    "secret",
+    "token",
+    "apikey",
+    "authorization",
+    "authkey",
+    "credential",
+    "privatekey",
+    "cookie",
+    "session",
+    "signature",
+    "dsn",
+)
+# conf.DEFAULTS still lists the library's first, narrower defaults; an unchanged setting means
+# "the library's defaults", which are these broader ones.
+_LEGACY_DEFAULT = ["password", "secret", "token", "api_key", "authorization"]
+_SEPARATORS = re.compile(r"[-_.\s]+")
+
+
+def normalize(key: object) -> str:
+    return _SEPARATORS.sub("", str(key).lower())
+
 
 def redact_keys() -> tuple[str, ...]:
-    """The configured key patterns, lower-cased (``CELERY_HYGIENE["REDACT_KEYS"]``)."""
-    return tuple(str(pattern).lower() for pattern in conf.get("REDACT_KEYS") or ())
+    """The configured key patterns, normalized (``CELERY_HYGIENE["REDACT_KEYS"]``).
+
+    Not set: :data:`DEFAULT_PATTERNS`. A list replaces them; to extend them, write
+    ``[*DEFAULT_PATTERNS, "iban"]``. ``[]`` turns redaction off.
+    """
+    configured = conf.get("REDACT_KEYS")
+    if configured is None or configured == _LEGACY_DEFAULT:
+        configured = DEFAULT_PATTERNS
+    return tuple(p for p in (normalize(pattern) for pattern in configured) if p)
 
 
 def is_sensitive(key: object, patterns: Iterable[str]) -> bool:
-    """Case-insensitive substring match, so ``DB_PASSWORD`` and ``x-api-key`` are caught too."""
-    lowered = str(key).lower()
-    return any(pattern and pattern in lowered for pattern in patterns)
+    """Normalized substring match: ``DB_PASSWORD``, ``X-Api-Key``, ``Set-Cookie`` are caught."""
+    normalized = normalize(key)
+    return any(pattern and normalize(pattern) in normalized for pattern in patterns)
 
 
 def redact(value: Any, patterns: Iterable[str] | None = None) -> Any:

@@ -12,11 +12,19 @@ replaying the same dead letter enqueue it once; the second sees ``replaying``/``
 Publishing waits for the commit, so a worker never picks up a replay whose claim is not yet
 re-opened. The replay gets a new task id; idempotency stays keyed on (entity, operation), so the
 re-opened claim is owned by that new id and the body may run exactly once more.
+
+A web process (gunicorn, uWSGI, ``get_wsgi_application()``) or a shell never runs the system
+checks, which is where a ``runserver`` process happens to import the task modules: replay loads
+them itself (:func:`load_task_modules`), as a worker does at start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import enum
+import importlib
+import importlib.util
 import logging
 import time
 import uuid
@@ -24,14 +32,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
+from django.apps import apps
 from django.db import router, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from . import claims, conf
-from .deadletters import REPLAY_OF_HEADER, message_arguments
+from . import claims, conf, routing
+from .deadletters import REPLAY_OF_HEADER, format_utc, message_arguments
 from .events import log_event
 from .models import ClaimStatus, DeadLetter, DeadLetterStatus, TaskClaim
 from .selection import Selection
@@ -44,6 +53,7 @@ class Outcome(enum.Enum):
     NOT_FOUND = "not_found"
     NOT_PENDING = "not_pending"
     UNKNOWN_TASK = "unknown_task"
+    UNKNOWN_QUEUE = "unknown_queue"
     TRUNCATED = "truncated"
     PUBLISH_FAILED = "publish_failed"
 
@@ -77,9 +87,94 @@ def celery_app() -> Celery:
     return current
 
 
-def refusal(dead_letter: DeadLetter, app: Celery, *, force: bool = False) -> ReplayResult | None:
+_loaded_apps: set[int] = set()
+
+
+def load_task_modules(app: Celery) -> None:
+    """Import the app's task modules as a worker does at start; once per app and process.
+
+    That is the ``imports``/``include`` modules, a pending ``app.autodiscover_tasks()`` (Celery
+    runs it lazily, when a worker imports its default modules), and, like the default
+    ``autodiscover_tasks()`` of a Django project, every installed app's ``tasks`` module. Not
+    ``app.loader.import_default_modules()``: Celery's Django fixup runs the system checks from it.
+    """
+    if id(app) in _loaded_apps:
+        return
+    for module in app.loader.default_modules:
+        app.loader.import_task_module(module)
+    # autodiscover_tasks() connects a promise of app._autodiscover_tasks(packages, name) to this
+    # signal; run just those (sending the signal would also run the Django fixup's checks).
+    live_receivers = getattr(signals.import_modules, "_live_receivers", None)
+    for receiver in live_receivers(app) if live_receivers else ():
+        if getattr(receiver, "fun", None) == getattr(app, "_autodiscover_tasks", None):
+            receiver()
+    for config in apps.get_app_configs():
+        name = f"{config.name}.tasks"
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # the app is a module, not a package
+            found = False
+        if found:
+            importlib.import_module(name)
+    _loaded_apps.add(id(app))
+
+
+def task_registered(app: Celery, name: str) -> tuple[bool, str]:
+    """Is ``name`` a task of ``app``? Loads the task modules first if needed.
+
+    Returns (registered, why not loaded) so an import error in a task module is shown to the
+    operator instead of a misleading "not registered".
+    """
+    if name in app.tasks:
+        return True, ""
+    try:
+        load_task_modules(app)
+    except Exception as exc:  # noqa: BLE001 - reported to the operator with the refusal
+        return name in app.tasks, f" Loading the task modules failed: {exc!r}."
+    return name in app.tasks, ""
+
+
+def known_queues(app: Celery) -> set[str]:
+    """Queues a replay may be sent to: ``CELERY_HYGIENE_QUEUES``, ``task_queues``, the default."""
+    names = {app.conf.task_default_queue or "celery"}
+    with contextlib.suppress(Exception):  # a broken declaration is the checks' business
+        names.update(routing.declared_queues(app))
+    names.update(queue.name for queue in app.conf.task_queues or ())
+    return names
+
+
+def queue_refusal(app: Celery, queue: str | None) -> str:
+    """Why ``--queue`` is refused ('' if it is declared): a typo would park the message in a
+    queue that no worker consumes, and the operator would read "replayed"."""
+    if not queue:
+        return ""
+    known = known_queues(app)
+    if queue in known:
+        return ""
+    close = difflib.get_close_matches(queue, sorted(known), n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return (
+        f"queue {queue!r} is not declared (CELERY_HYGIENE_QUEUES or the Celery app's "
+        f"task_queues: {', '.join(sorted(known))}); no worker may consume it.{hint} "
+        "Use --force to send it there anyway."
+    )
+
+
+def refusal(
+    dead_letter: DeadLetter, app: Celery, *, force: bool = False, queue: str | None = None
+) -> ReplayResult | None:
     """Why this dead letter cannot be replayed now, or None if it can (no side effects)."""
     pk = dead_letter.pk
+    if dead_letter.status == DeadLetterStatus.REPLAYING:
+        return ReplayResult(
+            pk,
+            Outcome.NOT_PENDING,
+            message=(
+                f"dead letter {pk} is replaying as task {dead_letter.replayed_task_id}: sent, or "
+                "its publisher died before sending. If it stays so, run `manage.py deadletter "
+                f"recover {pk}` (or the admin's Recover action) to settle it."
+            ),
+        )
     if dead_letter.status != DeadLetterStatus.PENDING:
         detail = f" as task {dead_letter.replayed_task_id}" if dead_letter.replayed_task_id else ""
         return ReplayResult(
@@ -87,7 +182,8 @@ def refusal(dead_letter: DeadLetter, app: Celery, *, force: bool = False) -> Rep
             Outcome.NOT_PENDING,
             message=f"dead letter {pk} is {dead_letter.status}{detail}; only pending ones replay",
         )
-    if dead_letter.task_name not in app.tasks:
+    registered, load_error = task_registered(app, dead_letter.task_name)
+    if not registered:
         return ReplayResult(
             pk,
             Outcome.UNKNOWN_TASK,
@@ -95,8 +191,12 @@ def refusal(dead_letter: DeadLetter, app: Celery, *, force: bool = False) -> Rep
                 f"task {dead_letter.task_name!r} of dead letter {pk} is not registered in Celery "
                 f"app {app.main!r} (renamed or removed?); it was left pending. Deploy code that "
                 "registers it, or set CELERY_HYGIENE['CELERY_APP'] if this is the wrong app."
+                + load_error
             ),
         )
+    unknown_queue = "" if force else queue_refusal(app, queue)
+    if unknown_queue:
+        return ReplayResult(pk, Outcome.UNKNOWN_QUEUE, message=f"dead letter {pk}: {unknown_queue}")
     if dead_letter.payload_truncated and not force:
         return ReplayResult(
             pk,
@@ -131,7 +231,7 @@ def replay(
                 Outcome.NOT_FOUND,
                 message=f"no dead letter with id {dead_letter_id}",
             )
-        refused = refusal(dead_letter, app, force=force)
+        refused = refusal(dead_letter, app, force=force, queue=queue)
         if refused is not None:
             return refused
         task_id = str(uuid.uuid4())
@@ -247,12 +347,16 @@ def _route(dead_letter: DeadLetter, queue: str | None) -> dict[str, Any]:
     return route
 
 
-def _undo(dead_letter: DeadLetter, task_id: str, using: str) -> None:
-    """Back to pending, and the claim back to dead so a duplicate cannot take over its lease."""
+def _undo(dead_letter: DeadLetter, task_id: str, using: str, *, keep_task_id: bool = False) -> None:
+    """Back to pending, and the claim back to dead so a duplicate cannot take over its lease.
+
+    ``keep_task_id``: ``recover`` keeps the id of the replay that never ran, as evidence (the
+    message may still surface; the next replay overwrites it).
+    """
     with transaction.atomic(using=using):
         DeadLetter.objects.using(using).filter(
             pk=dead_letter.pk, status=DeadLetterStatus.REPLAYING, replayed_task_id=task_id
-        ).update(status=DeadLetterStatus.PENDING, replayed_task_id="")
+        ).update(status=DeadLetterStatus.PENDING, replayed_task_id=task_id if keep_task_id else "")
         if dead_letter.entity and dead_letter.operation:
             claims.mark_dead_for_owner(
                 dead_letter.entity,
@@ -327,7 +431,7 @@ def recover(dead_letter_id: int, *, force: bool = False) -> str:
                 "sent; check the broker and worker logs for that id, then use --force to set it "
                 "back to pending"
             )
-        _undo(dead_letter, task_id, using)
+        _undo(dead_letter, task_id, using, keep_task_id=True)
     return f"dead letter {dead_letter_id}: replay {task_id} never ran; pending again"
 
 
@@ -347,3 +451,112 @@ def _replay_ran(dead_letter: DeadLetter, task_id: str, using: str) -> bool:
         return claim.status == ClaimStatus.SUCCEEDED  # someone else finished the work meanwhile
     # reopen() left it "retrying" with 0 attempts; any acquisition by the replay bumps that.
     return claim.attempts > 0 or claim.status != ClaimStatus.RETRYING
+
+
+def discard(ids: Iterable[int]) -> list[int]:
+    """Mark the pending ones among ``ids`` discarded; returns the ids that changed.
+
+    The status guard keeps a row someone replayed in the meantime as replayed.
+    """
+    using = router.db_for_write(DeadLetter)
+    with transaction.atomic(using=using):
+        changed = list(
+            DeadLetter.objects.using(using)
+            .select_for_update()
+            .filter(pk__in=list(ids), status=DeadLetterStatus.PENDING)
+            .order_by()
+            .values_list("pk", flat=True)
+        )
+        DeadLetter.objects.using(using).filter(pk__in=changed).update(
+            status=DeadLetterStatus.DISCARDED
+        )
+    return changed
+
+
+# -- what became of a replay ---------------------------------------------------------------------
+
+
+class ReplayState(enum.Enum):
+    NONE = "none"  # never replayed
+    SUCCEEDED = "succeeded"
+    FAILED_AGAIN = "failed_again"
+    RUNNING = "running"
+    NEVER_RAN = "never_ran"
+    UNKNOWN = "unknown"
+
+
+@dataclass
+class ReplayOutcome:
+    state: ReplayState
+    text: str
+    dead_letter: DeadLetter | None = None  # the new dead letter, when it failed again
+
+
+def replay_outcome(dead_letter: DeadLetter, app: Celery | None = None) -> ReplayOutcome:
+    """What became of this dead letter's latest replay, from what is already stored.
+
+    A later dead letter for the replay's task id means it failed again; an idempotent task's
+    claim tells succeeded/running; else Celery's result backend, if one is configured; else the
+    message was sent and nothing more is known. "replayed" alone only means "sent".
+    """
+    task_id = dead_letter.replayed_task_id
+    if not task_id:
+        return ReplayOutcome(ReplayState.NONE, "never replayed")
+    again = (
+        DeadLetter.objects.filter(replay_of=dead_letter.pk, task_id=task_id).order_by("-id").first()
+    )
+    if again is not None:
+        return ReplayOutcome(
+            ReplayState.FAILED_AGAIN,
+            f"failed again: dead letter {again.pk} ({again.exception_type})",
+            again,
+        )
+    if dead_letter.status == DeadLetterStatus.PENDING:
+        return ReplayOutcome(
+            ReplayState.NEVER_RAN, f"replay {task_id} never ran (recovered); pending again"
+        )
+    if dead_letter.entity and dead_letter.operation:
+        claim = TaskClaim.objects.filter(
+            entity=dead_letter.entity, operation=dead_letter.operation
+        ).first()
+        if claim is not None and claim.owner_task_id == task_id:
+            return _from_claim(claim)
+        if claim is not None and claim.status == ClaimStatus.SUCCEEDED:
+            return ReplayOutcome(
+                ReplayState.SUCCEEDED,
+                f"the work was done by task {claim.owner_task_id} (the replay was a duplicate)",
+            )
+    return _from_result_backend(app or celery_app(), task_id)
+
+
+def _from_claim(claim: TaskClaim) -> ReplayOutcome:
+    if claim.status == ClaimStatus.SUCCEEDED:
+        when = f" at {format_utc(claim.completed_at)}" if claim.completed_at else ""
+        return ReplayOutcome(ReplayState.SUCCEEDED, f"succeeded{when}")
+    if claim.status == ClaimStatus.DEAD:
+        return ReplayOutcome(ReplayState.FAILED_AGAIN, "failed again (its claim is dead)")
+    if claim.status == ClaimStatus.RETRYING and claim.attempts == 0:
+        return ReplayOutcome(ReplayState.RUNNING, "sent, not picked up by a worker yet")
+    label = "running" if claim.status == ClaimStatus.RUNNING else "failed, retry scheduled"
+    return ReplayOutcome(ReplayState.RUNNING, f"{label} (attempt {claim.attempts})")
+
+
+def _from_result_backend(app: Celery, task_id: str) -> ReplayOutcome:
+    unknown = ReplayOutcome(ReplayState.UNKNOWN, "sent; outcome unknown (no claim, no result)")
+    backend = app.conf.result_backend
+    if not backend or str(backend).startswith("disabled"):
+        return unknown
+    try:
+        state = app.AsyncResult(task_id).state
+    except Exception:  # noqa: BLE001 - an unreachable backend must not break the page
+        return ReplayOutcome(ReplayState.UNKNOWN, "sent; the result backend did not answer")
+    if state == "SUCCESS":
+        return ReplayOutcome(ReplayState.SUCCEEDED, "succeeded (result backend)")
+    if state == "FAILURE":
+        return ReplayOutcome(ReplayState.FAILED_AGAIN, "failed (result backend)")
+    if state in ("STARTED", "RETRY", "RECEIVED"):
+        return ReplayOutcome(ReplayState.RUNNING, f"{state.lower()} (result backend)")
+    # PENDING is also what a backend says for a task that ignores its result.
+    return ReplayOutcome(
+        ReplayState.UNKNOWN, "sent; no result yet (or the task does not store results)"
+    )

@@ -1,4 +1,6 @@
-"""The duration report: per task name, runs, p50 / p95 / max duration and flagged runs.
+"""Reports: task durations (``taskhygiene report``) and the dead-letter incident summary.
+
+The duration report: per task name, runs, p50 / p95 / max duration and flagged runs.
 
 Read from ``TaskRunStats`` (hourly windows written by the workers, see ``runstats``) and
 ``TaskDurationFlag`` (written by the watchdog). Percentiles come from merged log-scale
@@ -12,9 +14,9 @@ import fnmatch
 from collections import Counter
 from dataclasses import dataclass
 
-from django.db.models import Count
+from django.db.models import Count, Max, Min, Q, QuerySet
 
-from .models import TaskDurationFlag, TaskRunStats
+from .models import DeadLetter, DeadLetterStatus, TaskDurationFlag, TaskRunStats
 from .runstats import percentile
 
 
@@ -82,3 +84,78 @@ def _row(name: str, totals: _Totals, flagged: int) -> TaskDurations:
         p50 = min(p50, totals.maximum) if p50 is not None else None
         p95 = min(p95, totals.maximum) if p95 is not None else None
     return TaskDurations(name, totals.runs, p50, p95, totals.maximum, flagged)
+
+
+# -- incident summary of dead letters -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IncidentGroup:
+    """Dead letters of one task, exception type and reason: one incident, usually."""
+
+    task_name: str
+    exception_type: str
+    reason: str
+    count: int
+    pending: int
+    first_failed_at: dt.datetime
+    last_failed_at: dt.datetime
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "task_name": self.task_name,
+            "exception_type": self.exception_type,
+            "reason": self.reason,
+            "count": self.count,
+            "pending": self.pending,
+            "first_failed_at": self.first_failed_at.astimezone(dt.UTC).isoformat(),
+            "last_failed_at": self.last_failed_at.astimezone(dt.UTC).isoformat(),
+        }
+
+    def filter_params(self) -> dict[str, str]:
+        """The admin changelist's query string for this group."""
+        return {
+            "task": self.task_name,
+            "exception": self.exception_type,
+            "reason__exact": self.reason,
+        }
+
+
+def incident_summary(
+    queryset: QuerySet[DeadLetter] | None = None,
+    since: dt.datetime | None = None,
+    limit: int | None = None,
+) -> list[IncidentGroup]:
+    """Counts grouped by task x exception type x reason, most recently failing group first.
+
+    One ``GROUP BY`` over the rows that failed since ``since`` (walked through the recency
+    index); give a ``since`` on big tables. First/last are the group's first and last failure.
+    """
+    rows = DeadLetter.objects.all() if queryset is None else queryset
+    if since is not None:
+        rows = rows.filter(last_failed_at__gte=since)
+    grouped = (
+        rows.order_by()
+        .values("task_name", "exception_type", "reason")
+        .annotate(
+            count=Count("id"),
+            pending=Count("id", filter=Q(status=DeadLetterStatus.PENDING)),
+            first=Min("first_failed_at"),
+            last=Max("last_failed_at"),
+        )
+        .order_by("-last", "task_name", "exception_type", "reason")
+    )
+    if limit is not None:
+        grouped = grouped[:limit]
+    return [
+        IncidentGroup(
+            row["task_name"],
+            row["exception_type"],
+            row["reason"],
+            row["count"],
+            row["pending"],
+            row["first"],
+            row["last"],
+        )
+        for row in grouped
+    ]

@@ -711,11 +711,11 @@ class HygieneTask(_TaskBase[_P, _R_co]):
                 assert ticket is not None
                 try:
                     value = self.run(*args, **kwargs)
-                except BaseException as exc:
+                except BaseException:
                     if not spec.atomic:
                         # No retry will come in eager mode: the key is free again at once, so
                         # the developer's next call (after a fix) runs the body.
-                        _eager_release(ticket, repr(exc))
+                        _eager_release(ticket)
                     raise
                 self._complete(ticket, value)
                 return value
@@ -758,9 +758,9 @@ def _owner_closer(key: ClaimKey, task_id: str, error: str) -> Any:
     return close
 
 
-def _eager_release(ticket: Ticket, error: str) -> None:
+def _eager_release(ticket: Ticket) -> None:
     try:
-        claims.release_now(ticket, error=error)
+        claims.forget(ticket)
     except Exception as exc:  # noqa: BLE001 - the body's error matters more
         log_event(
             logging.WARNING, "claim_release_failed", task=ticket.key.task_name, error=repr(exc)

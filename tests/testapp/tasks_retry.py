@@ -124,7 +124,11 @@ def _record_dead_letter(sender, task_id, dead_letter, exception, **kwargs):  # n
 
 
 @idempotent_task(
-    entity="key", acks_late=True, retry=RetryPolicy(max_attempts=5, min_delay=2, max_delay=2)
+    entity="key",
+    acks_late=True,
+    # A body policy that would give up at once on a database error: the claim's own budget,
+    # not this policy, must carry the message through the outage.
+    retry=RetryPolicy(max_attempts=2, retry_on=(TimeoutError,), min_delay=2, max_delay=2),
 )
 def claim_needs_the_database(key: str) -> str:
     SideEffect.objects.create(entity=key, kind="claim-db")

@@ -18,8 +18,10 @@ from typing import Any
 from django.core import checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from celery_hygiene.durations import DurationError, duration_option, parse_since
+from celery_hygiene.deadletters import format_utc
+from celery_hygiene.durations import DurationError, duration_option
 from celery_hygiene.report import TaskDurations, duration_report
+from celery_hygiene.selection import since_utc
 
 LEVELS = {
     "DEBUG": checks.DEBUG,
@@ -40,7 +42,9 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
         report = sub.add_parser("report", help="Runs and p50/p95/max duration per task name.")
         report.add_argument(
-            "--since", default="7d", help="A duration ago (24h, 7d) or a date. Default 7d."
+            "--since",
+            default="7d",
+            help="A duration ago (24h, 7d) or a UTC date/time (2026-05-01). Default 7d.",
         )
         report.add_argument("--task", help="Only task names matching this glob, e.g. 'shop.*'.")
         report.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
@@ -91,7 +95,7 @@ class Command(BaseCommand):
 
     def _report(self, options: dict[str, Any]) -> None:
         try:
-            since = parse_since(options["since"])
+            since = since_utc(options["since"])  # a date without offset is UTC, as printed
         except DurationError as exc:
             raise CommandError(str(exc)) from exc
         rows = duration_report(since=since, task_pattern=options["task"])
@@ -99,7 +103,7 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps([asdict(row) for row in rows], indent=2))
             return
         if not rows:
-            self.stdout.write(f"No task runs recorded since {since:%Y-%m-%d %H:%M %Z}.")
+            self.stdout.write(f"No task runs recorded since {format_utc(since)}.")
             return
         self.stdout.write(_table(rows))
 

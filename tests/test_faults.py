@@ -1,0 +1,139 @@
+"""Claims under real faults (issue 9): heartbeat leases, honest counting, nothing lost.
+
+Every test runs real `celery worker` processes against the real broker and PostgreSQL and
+injects the fault for real: a body outliving its lease, a pool process dying on every delivery,
+a refused publish, the worker's own database connection cut.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.db import connection
+
+from celery_hygiene.models import ClaimStatus, DeadLetter, OutboxMessage, TaskClaim
+from tests.conftest import wait_until
+from tests.testapp import tasks_faults as f
+from tests.testapp import tasks_retry
+from tests.testapp.models import Attempt, SideEffect
+
+pytestmark = pytest.mark.worker
+
+
+def test_a_live_body_that_outlives_its_lease_keeps_its_claim(worker, queue_name):
+    """Lease 2 s, body 6 s, a duplicate at 3 s: the heartbeat keeps the claim with the first
+    run, so the body runs once and its completion is accepted."""
+    first = f.outlives_its_lease.apply_async(("long-1", 6.0), queue=queue_name)
+    wait_until(lambda: Attempt.objects.filter(key="long-1").exists(), timeout=30)
+    time.sleep(3.0)  # past the 2 s lease: without renewal the duplicate would take over
+    duplicate = f.outlives_its_lease.apply_async(("long-1", 6.0), queue=queue_name)
+
+    assert first.get(timeout=30) == "done:long-1"
+    assert duplicate.get(timeout=30) == "done:long-1"
+    assert Attempt.objects.filter(key="long-1").count() == 1
+    assert SideEffect.objects.filter(entity="long-1", kind="long").count() == 1
+    claim = TaskClaim.objects.get(entity="long-1")
+    assert claim.status == ClaimStatus.SUCCEEDED and claim.attempts == 1
+    assert "task_claim_lost" not in worker.log()
+
+
+def test_a_dead_owners_claim_lapses_within_one_lease(worker_factory, queue_name):
+    """The whole worker is SIGKILLed mid-body: nobody renews; the redelivery takes over once
+    the (2 s) lease has run out and runs the body to completion, once more."""
+    first_worker = worker_factory(queue_name, concurrency=1)
+    result = f.outlives_its_lease.apply_async(("lapse-1", 4.0), queue=queue_name)
+    wait_until(lambda: Attempt.objects.filter(key="lapse-1").exists(), timeout=30)
+    time.sleep(2.5)  # renewed at least once by now
+    first_worker.kill()
+    killed_at = time.monotonic()
+    worker_factory(queue_name, concurrency=1)
+    assert result.get(timeout=60) == "done:lapse-1"
+    assert time.monotonic() - killed_at < 30
+    assert SideEffect.objects.filter(entity="lapse-1", kind="long").count() == 1
+    assert TaskClaim.objects.get(entity="lapse-1").attempts == 2
+
+
+def test_atomic_message_that_kills_its_worker_ends_as_worker_lost_after_max_attempts(
+    worker, queue_name
+):
+    """The atomic claim rolls back with each crash; the deliveries are still counted."""
+    result = f.atomic_poison.apply_async(("poison-1",), queue=queue_name)
+    wait_until(lambda: DeadLetter.objects.filter(task_id=result.id).exists(), timeout=90)
+    dead = DeadLetter.objects.get(task_id=result.id)
+    assert dead.reason == "worker_lost"
+    runs = Attempt.objects.filter(task="atomic_poison", key="poison-1").count()
+    assert runs == 3  # max_attempts deliveries ran the body; the next one gave up
+    claim = TaskClaim.objects.get(entity="poison-1")
+    assert claim.status == ClaimStatus.DEAD
+    time.sleep(2)
+    assert Attempt.objects.filter(task="atomic_poison", key="poison-1").count() == runs
+
+
+def test_a_retry_whose_publish_fails_is_parked_and_resent_not_lost(
+    worker_factory, queue_name, tmp_path: Path
+):
+    flag = tmp_path / "refuse-publish"
+    flag.touch()
+    worker = worker_factory(queue_name, env={"HYGIENE_FAIL_PUBLISH_FLAG": str(flag)})
+    result = f.fails_once_then_succeeds.apply_async(("parked-1",), queue=queue_name)
+    worker.wait_for_log("publish_failed_parked")
+    parked = OutboxMessage.objects.get(task_id=result.id)
+    assert parked.reason == "retry"
+    time.sleep(2)  # the sweep keeps failing while the broker refuses; the row stays
+    assert OutboxMessage.objects.filter(task_id=result.id).exists()
+
+    flag.unlink()  # the broker is back
+    assert result.get(timeout=30) == "done:parked-1"
+    assert SideEffect.objects.filter(entity="parked-1", kind="second-try").count() == 1
+    assert Attempt.objects.filter(key="parked-1").count() == 2
+    assert not OutboxMessage.objects.exists()
+    assert not DeadLetter.objects.exists()
+    assert TaskClaim.objects.get(entity="parked-1").status == ClaimStatus.SUCCEEDED
+
+
+def test_the_main_process_reconnects_after_its_connection_is_cut(worker, queue_name):
+    """pg_terminate_backend of every worker connection, then a hard time limit: the main
+    process still closes the claim and stores the dead letter."""
+    warmup = tasks_retry.exceeds_hard_limit.apply_async(("warm-1",), queue=queue_name)
+    wait_until(lambda: DeadLetter.objects.filter(task_id=warmup.id).exists(), timeout=60)
+    _terminate_other_backends()
+
+    result = tasks_retry.exceeds_hard_limit.apply_async(("after-cut",), queue=queue_name)
+    wait_until(lambda: DeadLetter.objects.filter(task_id=result.id).exists(), timeout=60)
+    dead = DeadLetter.objects.get(task_id=result.id)
+    assert dead.reason == "timeout"
+    assert TaskClaim.objects.get(entity="after-cut").status == ClaimStatus.DEAD
+    assert "deadletter_parent_failed" not in worker.log()
+
+
+def test_replace_records_that_the_body_ran(worker, queue_name):
+    """self.replace() raises Ignore: the claim must not be released for a duplicate to rerun."""
+    f.hands_over.apply_async(("handover-1",), queue=queue_name)
+    try:
+        wait_until(
+            lambda: SideEffect.objects.filter(entity="handover-1", kind="handover").exists(),
+            timeout=30,
+        )
+    except AssertionError:
+        raise AssertionError(worker.log()[-4000:]) from None
+    f.hands_over.apply_async(("handover-1",), queue=queue_name).get(timeout=30)
+    assert Attempt.objects.filter(task="hands_over", key="handover-1").count() == 1
+    claim = TaskClaim.objects.get(entity="handover-1", operation=f.hands_over.name)
+    assert claim.status == ClaimStatus.SUCCEEDED
+
+
+def _terminate_other_backends() -> None:
+    name = connection.settings_dict["NAME"]
+    connection.close()
+    with psycopg.connect(
+        host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
+    ) as pg:
+        killed = pg.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            [name],
+        ).fetchone()
+    assert killed and killed[0] >= 1
