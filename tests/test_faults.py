@@ -137,3 +137,22 @@ def _terminate_other_backends() -> None:
             [name],
         ).fetchone()
     assert killed and killed[0] >= 1
+
+
+def test_taskhygiene_resend_publishes_parked_messages_once(
+    transactional_db: None, queue_name: str
+) -> None:
+    from django.core.management import call_command
+
+    from celery_hygiene import outbox
+    from tests.celery_app import app
+
+    sig = f.fails_once_then_succeeds.signature(("outbox-1",), queue=queue_name, countdown=0)
+    outbox.park(sig, reason="retry", error=OSError("broker away"))
+    call_command("taskhygiene", "claims", "--stale")  # mentions the waiting message
+    call_command("taskhygiene", "resend")
+    assert not OutboxMessage.objects.exists()
+    with app.connection_for_write() as conn:
+        message = wait_until(lambda: conn.default_channel.basic_get(queue_name, no_ack=True))
+        assert message.headers["task"] == f.fails_once_then_succeeds.name
+        assert conn.default_channel.basic_get(queue_name, no_ack=True) is None  # sent once

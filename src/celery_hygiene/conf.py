@@ -21,9 +21,9 @@ Every key is optional::
         "PAYLOAD_MAX_BYTES": 262144,       # larger args/kwargs are stored truncated and flagged
         "CELERY_APP": None,                # dotted path of the Celery app used to replay dead
                                            # letters ("proj.celery.app"); None = celery.current_app
-        "REDACT_KEYS": ["password", "secret", "token", "api_key", "authorization"],
-                                           # payload keys masked in CLI/admin output (nested,
-                                           # case-insensitive substring); stored data is unchanged
+        "REDACT_KEYS": None,               # payload keys masked in CLI/admin output (nested,
+                                           # ignoring case, "-" and "_"); None means
+                                           # redaction.DEFAULT_PATTERNS; stored data is unchanged
         "REPLAY_RATE": 10.0,               # default bulk replay rate, messages per second
         "AUDIT_CLI_USERNAME": "deadletter-cli",  # inactive user owning the History entries of
                                            # `manage.py deadletter` run by an OS user with no
@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX_SWEEP_SECONDS": 5.0,
     "PAYLOAD_MAX_BYTES": 256 * 1024,
     "CELERY_APP": None,
-    "REDACT_KEYS": ["password", "secret", "token", "api_key", "authorization"],
+    "REDACT_KEYS": None,
     "REPLAY_RATE": 10.0,
     "AUDIT_CLI_USERNAME": "deadletter-cli",
     "WATCHDOG_ENABLED": True,

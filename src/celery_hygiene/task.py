@@ -490,10 +490,11 @@ class HygieneTask(Task):
         """The message came back more times than the policy allows: it keeps killing workers."""
         from billiard.exceptions import WorkerLostError
 
+        max_attempts = self.hygiene_policy().max_attempts
         exc = WorkerLostError(
-            f"{self.name}[{self.request.id}] was delivered {attempts} times without finishing "
-            f"(max_attempts={self.hygiene_policy().max_attempts}); the worker running it was "
-            "lost each time (killed, out of memory, crashed)."
+            f"{self.name}[{self.request.id}] was not run again on delivery {attempts}: its "
+            f"max_attempts={max_attempts} runs are used up and the worker running it was lost "
+            "each time (killed, out of memory, crashed)."
         )
         self._dead_letter(
             exc, reason=DeadLetterReason.WORKER_LOST, attempts=attempts, ticket=ticket, key=key
@@ -600,6 +601,12 @@ class HygieneTask(Task):
             if isinstance(exc, TimeLimitExceeded)
             else DeadLetterReason.WORKER_LOST
         )
+        if isinstance(exc, TimeLimitExceeded) and exc.args and isinstance(exc.args[0], int | float):
+            # Same type (filters still match), words an operator can read at 3 a.m.
+            exc = TimeLimitExceeded(
+                f"hard time limit of {exc.args[0]:g} s exceeded: the pool killed the process "
+                f"running {self.name}[{task_id}]"
+            )
         key = self.claim_key_or_none(args or (), kwargs or {})
         failed = self._failed_task(
             exc,
