@@ -20,10 +20,9 @@ from typing import Any
 from django.core import checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from celery_hygiene.models import OutboxMessage
-
 from celery_hygiene.deadletters import format_utc
 from celery_hygiene.durations import DurationError, duration_option
+from celery_hygiene.models import OutboxMessage
 from celery_hygiene.report import TaskDurations, duration_report
 from celery_hygiene.selection import since_utc
 
