@@ -23,9 +23,11 @@ from tests.testapp.models import Attempt, SideEffect
 pytestmark = pytest.mark.worker
 
 
-def test_a_live_body_that_outlives_its_lease_keeps_its_claim(worker, queue_name):
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_a_live_body_that_outlives_its_lease_keeps_its_claim(worker_factory, queue_name, pool):
     """Lease 2 s, body 6 s, a duplicate at 3 s: the heartbeat keeps the claim with the first
     run, so the body runs once and its completion is accepted."""
+    worker = worker_factory(queue_name, pool=pool, concurrency=4)
     first = f.outlives_its_lease.apply_async(("long-1", 6.0), queue=queue_name)
     wait_until(lambda: Attempt.objects.filter(key="long-1").exists(), timeout=30)
     time.sleep(3.0)  # past the 2 s lease: without renewal the duplicate would take over

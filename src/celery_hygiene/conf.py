@@ -18,6 +18,8 @@ Every key is optional::
                                            # message (kept by any broker) or "reject" it (to a
                                            # RabbitMQ dead-letter exchange)
         "OUTBOX_SWEEP_SECONDS": 5,         # how often workers re-send messages whose publish failed
+        "REDIS_RESTORE_SECONDS": 10,       # Redis broker: how often workers restore messages of
+                                           # killed workers once their visibility timeout passed
         "PAYLOAD_MAX_BYTES": 262144,       # larger args/kwargs are stored truncated and flagged
         "CELERY_APP": None,                # dotted path of the Celery app used to replay dead
                                            # letters ("proj.celery.app"); None = celery.current_app
@@ -52,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "CLAIM_RETRY_MAX_DELAY": 30.0,
     "DEADLETTER_FALLBACK": "requeue",
     "OUTBOX_SWEEP_SECONDS": 5.0,
+    "REDIS_RESTORE_SECONDS": 10.0,
     "PAYLOAD_MAX_BYTES": 256 * 1024,
     "CELERY_APP": None,
     "REDACT_KEYS": None,
