@@ -18,6 +18,22 @@ from django.db import connection
 from tests.workers import WorkerProcess
 
 
+def broker_is_redis() -> bool:
+    from django.conf import settings
+
+    return str(settings.CELERY_BROKER_URL).startswith("redis")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the Redis leg, tests of RabbitMQ-only features (dead-letter exchanges) are skipped."""
+    if not broker_is_redis():
+        return
+    skip = pytest.mark.skip(reason="needs RabbitMQ (dead-letter exchange); Redis has none")
+    for item in items:
+        if "rabbitmq" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _release_pooled_connections(django_db_setup: None) -> Iterator[None]:
     """On the PgBouncer leg, PgBouncer keeps server connections to the test database after the

@@ -25,7 +25,13 @@ from . import claims, conf, deadletters, publishing, redeliveries, signals
 from .claims import ClaimKey, ClaimResult, Outcome, Ticket
 from .dbretry import DB_ERRORS, with_db_retries
 from .events import log_event
-from .exceptions import ClaimBusy, EntityKeyError, IdempotencyConflict, ResultNotStorable
+from .exceptions import (
+    ClaimBusy,
+    EntityKeyError,
+    IdempotencyConflict,
+    NotFinished,
+    ResultNotStorable,
+)
 from .idempotency import IdempotencySpec
 from .models import DeadLetterReason, TaskClaim
 from .retry import DEFAULT_POLICY, Decision, RetryPolicy, coerce_policy
@@ -156,6 +162,8 @@ class HygieneTask(Task):
         except Retry as retry:
             self._release(ticket, countdown=_retry_delay(retry), error=repr(retry.exc))
             raise
+        except NotFinished as not_finished:
+            return self._not_finished(ticket, not_finished)
         except Ignore:
             # The body handed its work on (``self.replace()``) or chose to stop: it ran, and a
             # later duplicate must not run it again.
@@ -190,6 +198,9 @@ class HygieneTask(Task):
                     self.request.hygiene_ticket = ticket
                     try:
                         value = self.run(*args, **kwargs)
+                    except NotFinished as not_finished:
+                        # The body's own writes commit; the claim does not.
+                        return self._not_finished(ticket, not_finished)
                     except Ignore:
                         value = None  # handed on (self.replace()): the body ran
                         claims.complete(ticket, None)
@@ -281,6 +292,8 @@ class HygieneTask(Task):
 
     def _acquire(self, key: ClaimKey, *, using: str) -> ClaimResult:
         token = _header(self.request, RETRY_TOKEN_HEADER)
+        spec = self.hygiene_idempotency
+        singleton = bool(spec and spec.singleton)
         return claims.acquire(
             key,
             owner_task_id=self.request.id,
@@ -288,10 +301,30 @@ class HygieneTask(Task):
             lease_seconds=self.hygiene_lease_seconds(),
             using=using,
             retry_token=int(token) if token is not None else None,
+            reclaim_after=0.0 if singleton else (spec.window if spec else None),
+            reclaim_dead=singleton,
         )
+
+    def _not_finished(self, ticket: Ticket, reason: NotFinished) -> None:
+        """The body ended on purpose without success: free the key for the next message."""
+        with_db_retries(lambda: claims.forget(ticket), event="claim_release_retry")
+        log_event(
+            logging.INFO,
+            "task_not_finished",
+            task=self.name,
+            id=self.request.id,
+            entity=ticket.key.entity,
+            operation=ticket.key.operation,
+            detail=str(reason) or None,
+        )
+        return None
 
     def _not_acquired(self, spec: IdempotencySpec, key: ClaimKey, claim: ClaimResult) -> Any:
         existing = claim.existing
+        if spec.singleton:
+            if not spec.wait:
+                return self._singleton_busy(key)
+            self._defer(key, claim.wait_seconds)
         if existing is not None and existing.fingerprint != key.fingerprint:
             self._mismatch(spec, key, existing)
             return None
@@ -301,6 +334,17 @@ class HygieneTask(Task):
         self._duplicate(key, existing)
         if claim.outcome is Outcome.SUCCEEDED:
             return _load_result(existing.result_json)
+        return None
+
+    def _singleton_busy(self, key: ClaimKey) -> None:
+        self._announce(
+            logging.INFO,
+            "task_singleton_busy",
+            signals.task_singleton_busy,
+            key,
+            log_fields={},
+            signal_kwargs={},
+        )
         return None
 
     def _duplicate(self, key: ClaimKey, existing: TaskClaim) -> None:
@@ -691,6 +735,8 @@ class HygieneTask(Task):
                 assert ticket is not None
                 try:
                     value = self.run(*args, **kwargs)
+                except NotFinished as not_finished:
+                    return self._not_finished(ticket, not_finished)
                 except BaseException:
                     if not spec.atomic:
                         # No retry will come in eager mode: the key is free again at once, so
@@ -699,6 +745,8 @@ class HygieneTask(Task):
                     raise
                 self._complete(ticket, value)
                 return value
+        if spec.singleton and not spec.wait:
+            return self._singleton_busy(key)
         if claim.existing is not None and claim.existing.fingerprint != key.fingerprint:
             self._mismatch(spec, key, claim.existing)
             return None
