@@ -158,3 +158,36 @@ def test_taskhygiene_resend_publishes_parked_messages_once(
         message = wait_until(lambda: conn.default_channel.basic_get(queue_name, no_ack=True))
         assert message.headers["task"] == f.fails_once_then_succeeds.name
         assert conn.default_channel.basic_get(queue_name, no_ack=True) is None  # sent once
+
+
+def test_completion_rides_out_a_database_outage_longer_than_a_few_seconds(
+    worker_factory, queue_name
+):
+    """The body's effect is out; PostgreSQL refuses connections for 6 s; the completion is
+    retried through it (DB_RETRY_SECONDS), so a later duplicate does not run the body again."""
+    worker = worker_factory(queue_name, env={"HYGIENE_DB_RETRY_SECONDS": "30"})
+    result = f.outage_before_completion.apply_async(("outage-1", 6.0), queue=queue_name)
+    assert result.get(timeout=60) == "done:outage-1"
+    connection.close()
+    claim = TaskClaim.objects.get(entity="outage-1")
+    assert claim.status == ClaimStatus.SUCCEEDED
+    assert "claim_complete_retry" in worker.log()
+    assert "claim_complete_failed" not in worker.log()
+    f.outage_before_completion.apply_async(("outage-1", 0.1), queue=queue_name).get(timeout=30)
+    assert SideEffect.objects.filter(entity="outage-1", kind="before-outage").count() == 1
+
+
+def test_a_deferred_copy_does_not_inherit_the_originals_expiry(worker_factory, queue_name):
+    """The only message left for a key is a waiting duplicate with an `expires`; the owner
+    dies (acks early: its message is gone). The copy must still take over and do the work."""
+    from tests.testapp import tasks
+
+    first_worker = worker_factory(queue_name, concurrency=1)
+    tasks.early_ack.apply_async(("expiry-1", 30.0), queue=queue_name)
+    wait_until(lambda: Attempt.objects.filter(key="expiry-1").exists(), timeout=30)
+    worker_factory(queue_name, concurrency=2)
+    duplicate = tasks.early_ack.apply_async(("expiry-1", 30.0), queue=queue_name, expires=3)
+    time.sleep(1.0)
+    first_worker.kill()
+    assert duplicate.get(timeout=60) == "done:expiry-1"
+    assert SideEffect.objects.filter(entity="expiry-1", kind="early_ack").count() == 1
