@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: example test test-django6 services bootstrap lint bench bench-env bench-smoke
+.PHONY: example test test-django6 test-redis test-pgbouncer services bootstrap lint bench bench-env bench-smoke
 
 services:
 	bash scripts/services.sh
@@ -17,6 +17,16 @@ example: services bootstrap
 ## Run the whole test suite against real PostgreSQL, RabbitMQ and Redis.
 test: services bootstrap
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Every real-worker test again with Redis as the broker (docs/brokers.md).
+REDIS_BROKER_URL ?= redis://127.0.0.1:6379/14
+test-redis: services bootstrap
+	HYGIENE_BROKER_URL=$(REDIS_BROKER_URL) $(PY) -m pytest -m worker $(PYTEST_ARGS)
+
+## Every real-worker test again with the workers behind PgBouncer in transaction mode.
+test-pgbouncer: services bootstrap
+	bash scripts/pgbouncer.sh
+	HYGIENE_WORKER_PGPORT=$${PGBOUNCER_PORT:-6440} $(PY) -m pytest -m worker $(PYTEST_ARGS)
 
 ## The same suite on Python 3.12 with Django 6.x (its own venv); needs a python3.12.
 PY312 ?= $(shell for p in $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3 2>/dev/null) $$(command -v python3.12); do "$$p" -c "" 2>/dev/null && echo "$$p" && break; done)

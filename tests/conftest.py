@@ -18,6 +18,44 @@ from django.db import connection
 from tests.workers import WorkerProcess
 
 
+def broker_is_redis() -> bool:
+    from django.conf import settings
+
+    return str(settings.CELERY_BROKER_URL).startswith("redis")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the Redis leg, tests of RabbitMQ-only features (dead-letter exchanges) are skipped."""
+    if not broker_is_redis():
+        return
+    skip = pytest.mark.skip(reason="needs RabbitMQ (dead-letter exchange); Redis has none")
+    for item in items:
+        if "rabbitmq" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_pooled_connections(django_db_setup: None) -> Iterator[None]:
+    """On the PgBouncer leg, PgBouncer keeps server connections to the test database after the
+    workers stop; end them so pytest-django can drop the database."""
+    yield
+    import os
+
+    if not os.environ.get("HYGIENE_WORKER_PGPORT"):
+        return
+    import psycopg
+
+    name = connection.settings_dict["NAME"]
+    with psycopg.connect(
+        host=connection.settings_dict["HOST"], user="postgres", dbname="postgres", autocommit=True
+    ) as pg:
+        pg.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            [name],
+        )
+
+
 @pytest.fixture(scope="session")
 def hygiene_app() -> Celery:
     from tests.celery_app import app

@@ -61,6 +61,10 @@ DATABASES = {
         "CONN_MAX_AGE": 0,
     }
 }
+if os.environ.get("HYGIENE_PGBOUNCER"):
+    # Transaction pooling: no server-side cursors (a later statement may land on another
+    # server connection). The library needs no other session state (docs/development.md).
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 # A second connection to the same database: tests record attempts through it so the records
 # survive the rollback of an atomic task's transaction.
 DATABASES["attempts"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
@@ -70,6 +74,12 @@ DATABASES["sqlite"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:
 CELERY_BROKER_URL = os.environ.get("HYGIENE_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 CELERY_RESULT_BACKEND = os.environ.get("HYGIENE_REDIS_URL", "redis://127.0.0.1:6379/15")
 CELERY_BROKER_HEARTBEAT = 0
+# The Redis leg (make test-redis): a short visibility timeout, as users who want quick recovery
+# of a killed worker's messages set it (docs/brokers.md).
+if CELERY_BROKER_URL.startswith("redis"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": int(os.environ.get("HYGIENE_VISIBILITY_TIMEOUT", "20"))
+    }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("HYGIENE_TEST_QUEUE", "hygiene-tests")
@@ -83,6 +93,7 @@ CELERY_HYGIENE: dict[str, object] = {
     "DB_RETRY_SECONDS": 3,
     "CLAIM_RETRY_MAX_DELAY": 2,
     "OUTBOX_SWEEP_SECONDS": 1,
+    "REDIS_RESTORE_SECONDS": 2,
 }
 
 LOGGING = {
@@ -95,3 +106,5 @@ if os.environ.get("HYGIENE_ACCEPT_PICKLE"):  # one test's own worker takes a non
     CELERY_ACCEPT_CONTENT = ["json", "pickle"]
 if os.environ.get("HYGIENE_DEADLETTER_FALLBACK"):  # one test's worker uses "reject" (DLX)
     CELERY_HYGIENE["DEADLETTER_FALLBACK"] = os.environ["HYGIENE_DEADLETTER_FALLBACK"]
+if os.environ.get("HYGIENE_DB_RETRY_SECONDS"):  # one test's worker rides out a longer outage
+    CELERY_HYGIENE["DB_RETRY_SECONDS"] = float(os.environ["HYGIENE_DB_RETRY_SECONDS"])

@@ -335,3 +335,36 @@ def test_dead_letter_with_unstorable_text_is_kept_escaped():
     stored.refresh_from_db()
     assert stored.payload_truncated and "NUL or unpaired surrogate" in stored.payload_note
     assert "\\ud800" in stored.args[0]
+
+
+@BOTH
+@pytest.mark.django_db(databases=["default", "sqlite"], transaction=True)
+def test_recurring_work_restarts_a_claim_that_finished_long_enough_ago(alias):
+    first = acquire(alias, key(), "t1")
+    assert claims.complete(first.ticket, '"one"')
+
+    def again(owner: str, after: float) -> claims.ClaimResult:
+        return claims.acquire(
+            key(fp="fp-2"),  # the next period's run may have other arguments
+            owner_task_id=owner,
+            owner_worker="w@test",
+            lease_seconds=30,
+            using=alias,
+            reclaim_after=after,
+        )
+
+    assert again("t2", after=3600).outcome is Outcome.SUCCEEDED  # inside the window: duplicate
+    second = again("t3", after=0)
+    assert second.outcome is Outcome.ACQUIRED and second.ticket.attempts == 1
+    assert again("t4", after=0).outcome is Outcome.IN_PROGRESS  # one run at a time
+    assert claims.mark_dead(second.ticket, error="failed")
+    assert again("t5", after=0).outcome is Outcome.DEAD  # a dead run blocks window tasks...
+    singleton = claims.acquire(
+        key(),
+        owner_task_id="t6",
+        owner_worker="w@test",
+        lease_seconds=30,
+        using=alias,
+        reclaim_dead=True,
+    )
+    assert singleton.outcome is Outcome.ACQUIRED  # ... but not singletons

@@ -23,9 +23,11 @@ from tests.testapp.models import Attempt, SideEffect
 pytestmark = pytest.mark.worker
 
 
-def test_a_live_body_that_outlives_its_lease_keeps_its_claim(worker, queue_name):
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_a_live_body_that_outlives_its_lease_keeps_its_claim(worker_factory, queue_name, pool):
     """Lease 2 s, body 6 s, a duplicate at 3 s: the heartbeat keeps the claim with the first
     run, so the body runs once and its completion is accepted."""
+    worker = worker_factory(queue_name, pool=pool, concurrency=4)
     first = f.outlives_its_lease.apply_async(("long-1", 6.0), queue=queue_name)
     wait_until(lambda: Attempt.objects.filter(key="long-1").exists(), timeout=30)
     time.sleep(3.0)  # past the 2 s lease: without renewal the duplicate would take over
@@ -137,3 +139,55 @@ def _terminate_other_backends() -> None:
             [name],
         ).fetchone()
     assert killed and killed[0] >= 1
+
+
+def test_taskhygiene_resend_publishes_parked_messages_once(
+    transactional_db: None, queue_name: str
+) -> None:
+    from django.core.management import call_command
+
+    from celery_hygiene import outbox
+    from tests.celery_app import app
+
+    sig = f.fails_once_then_succeeds.signature(("outbox-1",), queue=queue_name, countdown=0)
+    outbox.park(sig, reason="retry", error=OSError("broker away"))
+    call_command("taskhygiene", "claims", "--stale")  # mentions the waiting message
+    call_command("taskhygiene", "resend")
+    assert not OutboxMessage.objects.exists()
+    with app.connection_for_write() as conn:
+        message = wait_until(lambda: conn.default_channel.basic_get(queue_name, no_ack=True))
+        assert message.headers["task"] == f.fails_once_then_succeeds.name
+        assert conn.default_channel.basic_get(queue_name, no_ack=True) is None  # sent once
+
+
+def test_completion_rides_out_a_database_outage_longer_than_a_few_seconds(
+    worker_factory, queue_name
+):
+    """The body's effect is out; PostgreSQL refuses connections for 6 s; the completion is
+    retried through it (DB_RETRY_SECONDS), so a later duplicate does not run the body again."""
+    worker = worker_factory(queue_name, env={"HYGIENE_DB_RETRY_SECONDS": "30"})
+    result = f.outage_before_completion.apply_async(("outage-1", 6.0), queue=queue_name)
+    assert result.get(timeout=60) == "done:outage-1"
+    connection.close()
+    claim = TaskClaim.objects.get(entity="outage-1")
+    assert claim.status == ClaimStatus.SUCCEEDED
+    assert "claim_complete_retry" in worker.log()
+    assert "claim_complete_failed" not in worker.log()
+    f.outage_before_completion.apply_async(("outage-1", 0.1), queue=queue_name).get(timeout=30)
+    assert SideEffect.objects.filter(entity="outage-1", kind="before-outage").count() == 1
+
+
+def test_a_deferred_copy_does_not_inherit_the_originals_expiry(worker_factory, queue_name):
+    """The only message left for a key is a waiting duplicate with an `expires`; the owner
+    dies (acks early: its message is gone). The copy must still take over and do the work."""
+    from tests.testapp import tasks
+
+    first_worker = worker_factory(queue_name, concurrency=1)
+    tasks.early_ack.apply_async(("expiry-1", 30.0), queue=queue_name)
+    wait_until(lambda: Attempt.objects.filter(key="expiry-1").exists(), timeout=30)
+    worker_factory(queue_name, concurrency=2)
+    duplicate = tasks.early_ack.apply_async(("expiry-1", 30.0), queue=queue_name, expires=3)
+    time.sleep(1.0)
+    first_worker.kill()
+    assert duplicate.get(timeout=60) == "done:expiry-1"
+    assert SideEffect.objects.filter(entity="expiry-1", kind="early_ack").count() == 1

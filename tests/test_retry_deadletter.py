@@ -215,6 +215,7 @@ def _set_db_connections(allowed: bool) -> None:
             )
 
 
+@pytest.mark.rabbitmq
 def test_database_down_during_dead_letter_write_rejects_to_broker_and_logs_payload(
     worker_factory, queue_name, parking_queue
 ):

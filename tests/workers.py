@@ -52,6 +52,11 @@ class WorkerProcess:
             *extra_args,
         ]
         self.env = {**os.environ, "HYGIENE_TEST_DB_NAME": db_name, **(env or {})}
+        if os.environ.get("HYGIENE_WORKER_PGPORT"):
+            # The PgBouncer leg: workers (the library under test) go through PgBouncer in
+            # transaction mode; the test process itself talks to PostgreSQL directly.
+            self.env["PGPORT"] = os.environ["HYGIENE_WORKER_PGPORT"]
+            self.env["HYGIENE_PGBOUNCER"] = "1"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> WorkerProcess:

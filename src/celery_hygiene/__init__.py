@@ -7,14 +7,17 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "HygieneTask",
+    "NotFinished",
     "RetryPolicy",
     "hygienic_task",
     "idempotent_task",
+    "singleton_task",
 ]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .decorators import hygienic_task, idempotent_task
+    from .decorators import hygienic_task, idempotent_task, singleton_task
+    from .exceptions import NotFinished
     from .retry import RetryPolicy
     from .task import HygieneTask
 
@@ -22,7 +25,11 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing celery_hygiene (e.g. in INSTALLED_APPS) does not import models
     # before Django's app registry is ready.
-    if name in ("hygienic_task", "idempotent_task"):
+    if name == "NotFinished":
+        from .exceptions import NotFinished
+
+        return NotFinished
+    if name in ("hygienic_task", "idempotent_task", "singleton_task"):
         from . import decorators
 
         return getattr(decorators, name)

@@ -118,6 +118,26 @@ WHERE entity = %(entity)s AND operation = %(operation)s AND attempts = %(seen_at
 RETURNING attempts
 """
 
+# Recurring work (``window=``, singletons): a finished claim starts a new run. Attempts restart
+# (a new run gets the whole retry policy); the compare-and-set on the finished row's attempts and
+# completion time lets exactly one of several racing messages start it.
+_RESTART_SQL = """
+UPDATE {table} SET
+    status = 'running',
+    owner_task_id = %(owner)s,
+    owner_worker = %(worker)s,
+    fingerprint = %(fingerprint)s,
+    lease_expires_at = {lease_until},
+    attempts = 1,
+    result_json = NULL,
+    last_error = '',
+    completed_at = NULL,
+    updated_at = {now}
+WHERE entity = %(entity)s AND operation = %(operation)s AND attempts = %(seen_attempts)s
+  AND status IN ('succeeded', 'dead') AND completed_at = %(seen_completed)s
+RETURNING attempts
+"""
+
 _COMPLETE_SQL = """
 UPDATE {table} SET
     status = 'succeeded', result_json = %(result)s, completed_at = {now}, updated_at = {now},
@@ -194,12 +214,18 @@ def acquire(
     lease_seconds: float,
     using: str,
     retry_token: int | None = None,
+    reclaim_after: float | None = None,
+    reclaim_dead: bool = False,
 ) -> ClaimResult:
     """Try to own the claim.
 
     One round trip when the key is free; a duplicate costs one more read and writes nothing; a
     retry or a takeover adds a compare-and-set UPDATE. ``retry_token`` is the attempt number the
     scheduled retry was released at (carried in its message); None for any other message.
+
+    Recurring work: with ``reclaim_after`` (seconds), a claim that succeeded at least that long
+    ago starts a new run instead of answering "duplicate"; with ``reclaim_dead`` a dead claim
+    does too (singletons: a failed run must not block the next one until a replay).
     """
     params = {
         "entity": key.entity,
@@ -215,11 +241,15 @@ def acquire(
             existing = _existing(key, using)
             if existing is None:
                 continue
-            if not _may_take_over(existing, key, owner_task_id, retry_token):
+            if _may_restart(existing, reclaim_after, reclaim_dead):
+                completed = connections[using].ops.adapt_datetimefield_value(existing.completed_at)
+                seen = {"seen_attempts": existing.attempts, "seen_completed": completed}
+                attempts = _returning(_RESTART_SQL, {**params, **seen}, using, lease_seconds)
+            elif not _may_take_over(existing, key, owner_task_id, retry_token):
                 return _describe(existing)
-            attempts = _returning(
-                _TAKE_OVER_SQL, {**params, "seen_attempts": existing.attempts}, using, lease_seconds
-            )
+            else:
+                seen = {"seen_attempts": existing.attempts}
+                attempts = _returning(_TAKE_OVER_SQL, {**params, **seen}, using, lease_seconds)
         if attempts is not None:
             ticket = Ticket(key, owner_task_id, owner_worker, attempts, lease_seconds, using)
             return ClaimResult(Outcome.ACQUIRED, ticket=ticket)
@@ -266,6 +296,17 @@ def _may_take_over(
         and existing.lease_expires_at <= existing.db_now  # type: ignore[attr-defined]
         and existing.fingerprint == key.fingerprint
     )
+
+
+def _may_restart(existing: TaskClaim, reclaim_after: float | None, reclaim_dead: bool) -> bool:
+    if existing.completed_at is None:
+        return False
+    if existing.status == ClaimStatus.DEAD:
+        return reclaim_dead
+    if existing.status != ClaimStatus.SUCCEEDED or reclaim_after is None:
+        return False
+    db_now: dt.datetime = existing.db_now  # type: ignore[attr-defined]  # annotated in _existing
+    return (db_now - existing.completed_at).total_seconds() >= reclaim_after
 
 
 def _describe(existing: TaskClaim) -> ClaimResult:

@@ -18,12 +18,14 @@ Every key is optional::
                                            # message (kept by any broker) or "reject" it (to a
                                            # RabbitMQ dead-letter exchange)
         "OUTBOX_SWEEP_SECONDS": 5,         # how often workers re-send messages whose publish failed
+        "REDIS_RESTORE_SECONDS": 10,       # Redis broker: how often workers restore messages of
+                                           # killed workers once their visibility timeout passed
         "PAYLOAD_MAX_BYTES": 262144,       # larger args/kwargs are stored truncated and flagged
         "CELERY_APP": None,                # dotted path of the Celery app used to replay dead
                                            # letters ("proj.celery.app"); None = celery.current_app
-        "REDACT_KEYS": ["password", "secret", "token", "api_key", "authorization"],
-                                           # payload keys masked in CLI/admin output (nested,
-                                           # case-insensitive substring); stored data is unchanged
+        "REDACT_KEYS": None,               # payload keys masked in CLI/admin output (nested,
+                                           # ignoring case, "-" and "_"); None means
+                                           # redaction.DEFAULT_PATTERNS; stored data is unchanged
         "REPLAY_RATE": 10.0,               # default bulk replay rate, messages per second
         "AUDIT_CLI_USERNAME": "deadletter-cli",  # inactive user owning the History entries of
                                            # `manage.py deadletter` run by an OS user with no
@@ -52,9 +54,10 @@ DEFAULTS: dict[str, Any] = {
     "CLAIM_RETRY_MAX_DELAY": 30.0,
     "DEADLETTER_FALLBACK": "requeue",
     "OUTBOX_SWEEP_SECONDS": 5.0,
+    "REDIS_RESTORE_SECONDS": 10.0,
     "PAYLOAD_MAX_BYTES": 256 * 1024,
     "CELERY_APP": None,
-    "REDACT_KEYS": ["password", "secret", "token", "api_key", "authorization"],
+    "REDACT_KEYS": None,
     "REPLAY_RATE": 10.0,
     "AUDIT_CLI_USERNAME": "deadletter-cli",
     "WATCHDOG_ENABLED": True,

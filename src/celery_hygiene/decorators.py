@@ -1,4 +1,4 @@
-"""``@idempotent_task`` and ``@hygienic_task``: drop-in replacements for ``@shared_task``.
+"""``@idempotent_task``, ``@singleton_task`` and ``@hygienic_task``: drop-in ``@shared_task``s.
 
 Both accept every Celery task option (``bind``, ``queue``, ``name``, ``acks_late``, ...) and an
 explicit ``app=`` to register on a specific Celery app instead of every app (``shared_task``).
@@ -6,6 +6,7 @@ explicit ``app=`` to register on a specific Celery app instead of every app (``s
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast, overload
 
@@ -74,6 +75,7 @@ def idempotent_task(
     atomic: bool = False,
     lease_seconds: float | None = None,
     on_mismatch: Literal["warn", "raise"] = "warn",
+    window: float | dt.timedelta | None = None,
     retry: RetryPolicy | dict[str, Any] | None = None,
     expected_duration: float | None = None,
     app: Celery | None = None,
@@ -88,6 +90,7 @@ def idempotent_task(
     atomic: bool = False,
     lease_seconds: float | None = None,
     on_mismatch: Literal["warn", "raise"] = "warn",
+    window: float | dt.timedelta | None = None,
     retry: RetryPolicy | dict[str, Any] | None = None,
     expected_duration: float | None = None,
     app: Celery | None = None,
@@ -101,6 +104,7 @@ def idempotent_task(
     atomic: bool = False,
     lease_seconds: float | None = None,
     on_mismatch: Literal["warn", "raise"] = "warn",
+    window: float | dt.timedelta | None = None,
     retry: RetryPolicy | dict[str, Any] | None = None,
     expected_duration: float | None = None,
     app: Celery | None = None,
@@ -115,6 +119,8 @@ def idempotent_task(
     - ``lease_seconds``: how long a claim is held before another worker may take it over;
       defaults to the task's hard time limit plus a margin, else ``DEFAULT_LEASE_SECONDS``.
     - ``on_mismatch``: same key, different arguments: ``"warn"`` (skip and log) or ``"raise"``.
+    - ``window``: recurring work (seconds or a timedelta). A succeeded claim blocks duplicates
+      only for this long after it completed; then the key runs again. None: once, forever.
     """
 
     def decorate(fun: Callable[..., Any]) -> HygieneTask[Any, Any]:
@@ -126,6 +132,86 @@ def idempotent_task(
             lease_seconds=lease_seconds,
             on_mismatch=on_mismatch,
             bind=bool(options.get("bind", False)),
+            window=window,
+        )
+        return _register(
+            fun, app, options, retry=retry, expected_duration=expected_duration, idempotency=spec
+        )
+
+    return decorate
+
+
+@overload
+def singleton_task(fun: Callable[_P, _R], /) -> HygieneTask[_P, _R]: ...
+@overload
+def singleton_task(
+    *,
+    key: EntitySpec | None = None,
+    wait: bool = False,
+    lease_seconds: float | None = None,
+    retry: RetryPolicy | dict[str, Any] | None = None,
+    expected_duration: float | None = None,
+    app: Celery | None = None,
+    bind: Literal[True],
+    **options: Any,
+) -> Callable[[Callable[Concatenate[Any, _P], _R]], HygieneTask[_P, _R]]: ...
+@overload
+def singleton_task(
+    *,
+    key: EntitySpec | None = None,
+    wait: bool = False,
+    lease_seconds: float | None = None,
+    retry: RetryPolicy | dict[str, Any] | None = None,
+    expected_duration: float | None = None,
+    app: Celery | None = None,
+    bind: Literal[False] = False,
+    **options: Any,
+) -> Callable[[Callable[_P, _R]], HygieneTask[_P, _R]]: ...
+def singleton_task(
+    *args: Any,
+    key: EntitySpec | None = None,
+    wait: bool = False,
+    lease_seconds: float | None = None,
+    retry: RetryPolicy | dict[str, Any] | None = None,
+    expected_duration: float | None = None,
+    app: Celery | None = None,
+    **options: Any,
+) -> Any:
+    """A Celery task of which at most one run is in flight per key (periodic tasks, sweeps).
+
+    - ``key``: a parameter name or a callable receiving the task's arguments (as keywords);
+      default: the task's name, i.e. one run of the task at a time.
+    - ``wait``: a message that finds the key busy is skipped (``task_singleton_busy`` log event
+      and signal) unless ``wait=True``, which re-checks later like a deferred duplicate.
+
+    The claim table and heartbeat leases are the same as ``idempotent_task``'s: a crashed run's
+    key frees itself within one lease. When a run ends (succeeded, dead-lettered, or
+    ``NotFinished``) the key is free again. Retries of a run keep the key. Usable bare.
+    """
+    if len(args) == 1 and callable(args[0]) and not options:
+        return singleton_task(
+            key=key,
+            wait=wait,
+            lease_seconds=lease_seconds,
+            retry=retry,
+            expected_duration=expected_duration,
+            app=app,
+        )(args[0])
+    if args:
+        raise TypeError("singleton_task takes keyword options only")
+
+    def decorate(fun: Callable[..., Any]) -> HygieneTask[Any, Any]:
+        name = options.get("name") or f"{fun.__module__}.{fun.__qualname__}"
+        spec = IdempotencySpec.build(
+            fun,
+            entity=key if key is not None else (lambda **_: name),
+            operation=f"singleton:{name}",
+            atomic=False,
+            lease_seconds=lease_seconds,
+            on_mismatch="warn",
+            bind=bool(options.get("bind", False)),
+            singleton=True,
+            wait=wait,
         )
         return _register(
             fun, app, options, retry=retry, expected_duration=expected_duration, idempotency=spec

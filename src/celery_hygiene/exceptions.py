@@ -27,3 +27,13 @@ class ResultNotStorable(HygieneError):
 
 class ClaimBusy(HygieneError):
     """In eager mode a claim held by someone else cannot be waited for."""
+
+
+class NotFinished(HygieneError):
+    """Raise from an idempotent or singleton body to end *without* recording success.
+
+    The claim is released as if this run never happened (in atomic mode the body's own writes
+    still commit), the task ends normally (no retry, no dead letter), and the next message for
+    the key runs the body. For "nothing to do yet": a batch that is not complete, an upstream
+    that has not published its data.
+    """

@@ -5,6 +5,7 @@ Validated once at decoration time, so a typo in ``entity=`` fails at import, not
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,13 @@ class IdempotencySpec:
     on_mismatch: Mismatch
     signature: inspect.Signature
     function_name: str
+    # Recurring work: a succeeded claim blocks duplicates for this many seconds after it
+    # completed, then the key can run again (None: forever).
+    window: float | None = None
+    # @singleton_task: at most one run in flight per key; finished (or dead) runs free the key,
+    # arguments are not compared, and a busy key skips the message unless ``wait``.
+    singleton: bool = False
+    wait: bool = False
 
     @classmethod
     def build(
@@ -38,6 +46,9 @@ class IdempotencySpec:
         lease_seconds: float | None,
         on_mismatch: str,
         bind: bool,
+        window: float | dt.timedelta | None = None,
+        singleton: bool = False,
+        wait: bool = False,
     ) -> IdempotencySpec:
         name = f"{fun.__module__}.{fun.__qualname__}"
         signature = _task_signature(fun, bind)
@@ -53,7 +64,23 @@ class IdempotencySpec:
             )
         if operation is not None and (not isinstance(operation, str) or not operation.strip()):
             raise HygieneConfigurationError(f"{name}: operation must be a non-empty string.")
-        return cls(entity, operation, atomic, lease_seconds, on_mismatch, signature, name)  # type: ignore[arg-type]
+        seconds = window.total_seconds() if isinstance(window, dt.timedelta) else window
+        if seconds is not None and (isinstance(seconds, bool) or not seconds >= 0):
+            raise HygieneConfigurationError(
+                f"{name}: window must be a number of seconds >= 0 or a timedelta, got {window!r}."
+            )
+        return cls(
+            entity,
+            operation,
+            atomic,
+            lease_seconds,
+            on_mismatch,  # type: ignore[arg-type]  # checked above
+            signature,
+            name,
+            window=None if seconds is None else float(seconds),
+            singleton=singleton,
+            wait=wait,
+        )
 
     def bind_arguments(
         self, task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -36,9 +36,6 @@ DEFAULT_PATTERNS: tuple[str, ...] = (
     "signature",
     "dsn",
 )
-# conf.DEFAULTS still lists the library's first, narrower defaults; an unchanged setting means
-# "the library's defaults", which are these broader ones.
-_LEGACY_DEFAULT = ["password", "secret", "token", "api_key", "authorization"]
 _SEPARATORS = re.compile(r"[-_.\s]+")
 
 
@@ -53,7 +50,7 @@ def redact_keys() -> tuple[str, ...]:
     ``[*DEFAULT_PATTERNS, "iban"]``. ``[]`` turns redaction off.
     """
     configured = conf.get("REDACT_KEYS")
-    if configured is None or configured == _LEGACY_DEFAULT:
+    if configured is None:
         configured = DEFAULT_PATTERNS
     return tuple(p for p in (normalize(pattern) for pattern in configured) if p)
 

@@ -249,9 +249,14 @@ def replay(
 
 
 def _reopen_claim(dead_letter: DeadLetter, task_id: str, using: str) -> str:
-    """dead -> retrying, owned by the replay's task id. Returns a note for the operator, or ''."""
+    """dead -> retrying, owned by the replay's task id. Returns a note for the operator, or ''.
+
+    The claim lives where the router sends ``TaskClaim`` writes, which need not be the dead
+    letter's database (``using``) in a multi-database project.
+    """
     if not (dead_letter.entity and dead_letter.operation):
         return ""
+    using = claims.write_alias()
     reopened = claims.reopen(
         dead_letter.entity,
         dead_letter.operation,

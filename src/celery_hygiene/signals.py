@@ -6,6 +6,8 @@
   operation, existing_fingerprint, fingerprint.
 - ``task_retry_scheduled``: kwargs: task_id, attempt, countdown, exception.
 - ``task_dead_lettered``: kwargs: task_id, dead_letter (the saved model), exception.
+- ``task_singleton_busy``: a singleton's key was held by a run in flight; this message did not
+  run (``wait=False``). kwargs: task_id, entity, operation.
 - ``task_over_duration``: a run went past its threshold (sent once per run, while it runs, in
   the worker's main process: keep receivers quick). kwargs: task_id, task_name, elapsed,
   threshold, worker.
@@ -32,6 +34,7 @@ task_claim_mismatch = Signal()
 task_retry_scheduled = Signal()
 task_dead_lettered = Signal()
 task_over_duration = Signal()
+task_singleton_busy = Signal()
 
 
 class TaskDuplicatePayload(TypedDict):
@@ -60,6 +63,12 @@ class TaskDeadLetteredPayload(TypedDict):
     task_id: str
     dead_letter: DeadLetter
     exception: BaseException
+
+
+class TaskSingletonBusyPayload(TypedDict):
+    task_id: str
+    entity: str
+    operation: str
 
 
 class TaskOverDurationPayload(TypedDict):

@@ -27,7 +27,13 @@ from . import claims, conf, deadletters, publishing, redeliveries, signals
 from .claims import ClaimKey, ClaimResult, Outcome, Ticket
 from .dbretry import DB_ERRORS, with_db_retries
 from .events import log_event
-from .exceptions import ClaimBusy, EntityKeyError, IdempotencyConflict, ResultNotStorable
+from .exceptions import (
+    ClaimBusy,
+    EntityKeyError,
+    IdempotencyConflict,
+    NotFinished,
+    ResultNotStorable,
+)
 from .idempotency import IdempotencySpec
 from .models import DeadLetterReason, TaskClaim
 from .retry import DEFAULT_POLICY, Decision, RetryPolicy, coerce_policy
@@ -179,6 +185,8 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         except Retry as retry:
             self._release(ticket, countdown=_retry_delay(retry), error=repr(retry.exc))
             raise
+        except NotFinished as not_finished:
+            return self._not_finished(ticket, not_finished)
         except Ignore:
             # The body handed its work on (``self.replace()``) or chose to stop: it ran, and a
             # later duplicate must not run it again.
@@ -213,6 +221,9 @@ class HygieneTask(_TaskBase[_P, _R_co]):
                     self.request.hygiene_ticket = ticket  # type: ignore[attr-defined]
                     try:
                         value = self.run(*args, **kwargs)
+                    except NotFinished as not_finished:
+                        # The body's own writes commit; the claim does not.
+                        return self._not_finished(ticket, not_finished)
                     except Ignore:
                         value = None  # handed on (self.replace()): the body ran
                         claims.complete(ticket, None)
@@ -307,6 +318,8 @@ class HygieneTask(_TaskBase[_P, _R_co]):
     def _acquire(self, key: ClaimKey, *, using: str) -> ClaimResult:
         assert self.request.id is not None  # inside a task run Celery always sets it
         token = _header(self.request, RETRY_TOKEN_HEADER)
+        spec = self.hygiene_idempotency
+        singleton = bool(spec and spec.singleton)
         return claims.acquire(
             key,
             owner_task_id=self.request.id,
@@ -314,10 +327,30 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             lease_seconds=self.hygiene_lease_seconds(),
             using=using,
             retry_token=int(token) if token is not None else None,
+            reclaim_after=0.0 if singleton else (spec.window if spec else None),
+            reclaim_dead=singleton,
         )
+
+    def _not_finished(self, ticket: Ticket, reason: NotFinished) -> None:
+        """The body ended on purpose without success: free the key for the next message."""
+        with_db_retries(lambda: claims.forget(ticket), event="claim_release_retry")
+        log_event(
+            logging.INFO,
+            "task_not_finished",
+            task=self.name,
+            id=self.request.id,
+            entity=ticket.key.entity,
+            operation=ticket.key.operation,
+            detail=str(reason) or None,
+        )
+        return None
 
     def _not_acquired(self, spec: IdempotencySpec, key: ClaimKey, claim: ClaimResult) -> Any:
         existing = claim.existing
+        if spec.singleton:
+            if not spec.wait:
+                return self._singleton_busy(key)
+            self._defer(key, claim.wait_seconds)
         if existing is not None and existing.fingerprint != key.fingerprint:
             self._mismatch(spec, key, existing)
             return None
@@ -327,6 +360,17 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         self._duplicate(key, existing)
         if claim.outcome is Outcome.SUCCEEDED:
             return _load_result(existing.result_json)
+        return None
+
+    def _singleton_busy(self, key: ClaimKey) -> None:
+        self._announce(
+            logging.INFO,
+            "task_singleton_busy",
+            signals.task_singleton_busy,
+            key,
+            log_fields={},
+            signal_kwargs={},
+        )
         return None
 
     def _duplicate(self, key: ClaimKey, existing: TaskClaim) -> None:
@@ -517,10 +561,11 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         """The message came back more times than the policy allows: it keeps killing workers."""
         from billiard.exceptions import WorkerLostError
 
+        max_attempts = self.hygiene_policy().max_attempts
         exc = WorkerLostError(
-            f"{self.name}[{self.request.id}] was delivered {attempts} times without finishing "
-            f"(max_attempts={self.hygiene_policy().max_attempts}); the worker running it was "
-            "lost each time (killed, out of memory, crashed)."
+            f"{self.name}[{self.request.id}] was not run again on delivery {attempts}: its "
+            f"max_attempts={max_attempts} runs are used up and the worker running it was lost "
+            "each time (killed, out of memory, crashed)."
         )
         self._dead_letter(
             exc, reason=DeadLetterReason.WORKER_LOST, attempts=attempts, ticket=ticket, key=key
@@ -627,6 +672,12 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             if isinstance(exc, TimeLimitExceeded)
             else DeadLetterReason.WORKER_LOST
         )
+        if isinstance(exc, TimeLimitExceeded) and exc.args and isinstance(exc.args[0], int | float):
+            # Same type (filters still match), words an operator can read at 3 a.m.
+            exc = TimeLimitExceeded(
+                f"hard time limit of {exc.args[0]:g} s exceeded: the pool killed the process "
+                f"running {self.name}[{task_id}]"
+            )
         key = self.claim_key_or_none(args or (), kwargs or {})
         failed = self._failed_task(
             exc,
@@ -711,6 +762,8 @@ class HygieneTask(_TaskBase[_P, _R_co]):
                 assert ticket is not None
                 try:
                     value = self.run(*args, **kwargs)
+                except NotFinished as not_finished:
+                    return self._not_finished(ticket, not_finished)
                 except BaseException:
                     if not spec.atomic:
                         # No retry will come in eager mode: the key is free again at once, so
@@ -719,6 +772,8 @@ class HygieneTask(_TaskBase[_P, _R_co]):
                     raise
                 self._complete(ticket, value)
                 return value
+        if spec.singleton and not spec.wait:
+            return self._singleton_busy(key)
         if claim.existing is not None and claim.existing.fingerprint != key.fingerprint:
             self._mismatch(spec, key, claim.existing)
             return None

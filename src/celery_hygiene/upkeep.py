@@ -1,4 +1,5 @@
-"""The worker's main-process upkeep thread: lease heartbeats and the outbox sweep.
+"""The worker's main-process upkeep thread: lease heartbeats, the outbox sweep, and (on a Redis
+broker) the restore scan for killed workers' messages.
 
 One daemon thread per worker (not per task), started when the worker is ready. It is a thread
 rather than an entry on the consumer's timer because its work touches the database: during an
@@ -13,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from . import conf, outbox
+from . import conf, outbox, redis_recovery
 from .dbretry import close_broken_connections
 from .events import log_event
 from .leases import LeaseKeeper
@@ -29,6 +30,8 @@ class Upkeep(threading.Thread):
         self.leases = LeaseKeeper(hostname)
         self.stopped = threading.Event()
         self.next_sweep = 0.0
+        self.next_restore = 0.0
+        self.restores = redis_recovery.uses_redis(app)
 
     def run(self) -> None:
         while not self.stopped.wait(TICK_SECONDS):
@@ -43,6 +46,9 @@ class Upkeep(threading.Thread):
         if now >= self.next_sweep:
             self.next_sweep = now + float(conf.get("OUTBOX_SWEEP_SECONDS"))
             self._sweep()
+        if self.restores and now >= self.next_restore:
+            self.next_restore = now + float(conf.get("REDIS_RESTORE_SECONDS"))
+            self._restore()
 
     def _sweep(self) -> None:
         try:
@@ -50,6 +56,14 @@ class Upkeep(threading.Thread):
         except Exception as exc:  # noqa: BLE001 - database away: next sweep
             close_broken_connections()
             log_event(logging.WARNING, "outbox_sweep_failed", worker=self.hostname, error=repr(exc))
+
+    def _restore(self) -> None:
+        try:
+            redis_recovery.restore_visible(self.app)
+        except Exception as exc:  # noqa: BLE001 - broker away: next time
+            log_event(
+                logging.WARNING, "redis_restore_failed", worker=self.hostname, error=repr(exc)
+            )
 
 
 _upkeep: Upkeep | None = None

@@ -54,3 +54,32 @@ def hands_over(self, key: str) -> None:  # noqa: ANN001 - Celery's bound task
 def record_handover(key: str) -> str:
     SideEffect.objects.create(entity=key, kind="handover")
     return f"handed:{key}"
+
+
+@idempotent_task(entity="key", acks_late=True, retry=QUICK)
+def outage_before_completion(key: str, outage_seconds: float) -> str:
+    """The database goes away right after the body's effect, for longer than a few seconds."""
+    import subprocess
+    import sys
+
+    from django.db import connection
+
+    SideEffect.objects.create(entity=key, kind="before-outage")
+    name = connection.settings_dict["NAME"]
+    script = (
+        "import sys, time, psycopg\n"
+        "def run(sql, *a):\n"
+        "    with psycopg.connect(host='127.0.0.1', user='postgres', dbname='postgres',"
+        " autocommit=True) as pg:\n"
+        "        pg.execute(sql, a)\n"
+        f"run('ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false')\n"
+        f"run('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s',"
+        f" '{name}')\n"
+        "print('down', flush=True)\n"
+        f"time.sleep({outage_seconds})\n"
+        f"run('ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS true')\n"
+    )
+    helper = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert helper.stdout is not None
+    helper.stdout.readline()  # the database is down now; the body returns into the outage
+    return f"done:{key}"

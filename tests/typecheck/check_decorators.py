@@ -11,12 +11,19 @@ every expected failure specific.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, assert_type
 
 from celery import Celery, Task
 from celery.result import AsyncResult
 
-from celery_hygiene import HygieneTask, RetryPolicy, hygienic_task, idempotent_task
+from celery_hygiene import (
+    HygieneTask,
+    RetryPolicy,
+    hygienic_task,
+    idempotent_task,
+    singleton_task,
+)
 
 app = Celery("typecheck")
 
@@ -125,3 +132,26 @@ hygienic_task("ping")  # type: ignore[call-overload]
 RetryPolicy(max_attempts="3")  # type: ignore[arg-type]
 RetryPolicy(max_attempts=3, max_delay="1h")  # type: ignore[arg-type]
 idempotent_task(entity="order_id", on_mismatch="ignore")  # type: ignore[call-overload]
+
+# -- singleton_task: same typing, bare or with options ---------------------------------------------
+
+
+@singleton_task
+def sweep_outbox() -> int:
+    return 0
+
+
+@singleton_task(key="tenant_id", wait=True, bind=True)
+def rebuild_index(self: Task[Any, Any], tenant_id: int) -> None:
+    return None
+
+
+sweep_outbox_t: HygieneTask[[], int] = sweep_outbox
+rebuild_index_t: HygieneTask[[int], None] = rebuild_index
+assert_type(sweep_outbox.delay(), AsyncResult[int])
+assert_type(rebuild_index.delay(tenant_id=3), AsyncResult[None])
+sweep_outbox.delay(1)  # type: ignore[call-arg]
+rebuild_index.delay("3")  # type: ignore[arg-type]
+singleton_task(wait="yes")  # type: ignore[call-overload]
+idempotent_task(entity="day", window=dt.timedelta(days=1))
+idempotent_task(entity="day", window="1d")  # type: ignore[call-overload]

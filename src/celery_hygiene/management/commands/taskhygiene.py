@@ -4,6 +4,8 @@
   how many runs the duration watchdog flagged.
 - ``claims --stale``: claims whose lease expired long ago with nobody taking them over: work
   that started and never finished, with no message left to finish it.
+- ``resend [--dry-run]``: publish the messages parked in the outbox because the broker refused
+  them (workers do this on their own every ``OUTBOX_SWEEP_SECONDS``; this is for when none runs).
 - ``purge-claims --older-than 30d``: retention for finished claims, in short batches.
 - ``check``: the hygiene audit (the ``celery_hygiene`` system checks). Exits 1 when a message is
   at or above ``--fail-level`` (default ERROR), so it can gate a deploy.
@@ -20,6 +22,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from celery_hygiene.deadletters import format_utc
 from celery_hygiene.durations import DurationError, duration_option
+from celery_hygiene.models import OutboxMessage
 from celery_hygiene.report import TaskDurations, duration_report
 from celery_hygiene.selection import since_utc
 
@@ -59,6 +62,11 @@ class Command(BaseCommand):
         stale.add_argument("--limit", type=int, default=100)
         stale.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
 
+        resend = sub.add_parser(
+            "resend", help="Publish messages parked because the broker refused them."
+        )
+        resend.add_argument("--dry-run", action="store_true", help="List them; send nothing.")
+
         purge = sub.add_parser(
             "purge-claims", help="Delete claims that finished long ago, in short batches."
         )
@@ -88,6 +96,8 @@ class Command(BaseCommand):
             self._report(options)
         elif subcommand == "claims":
             self._stale_claims(options)
+        elif subcommand == "resend":
+            self._resend(options)
         elif subcommand == "purge-claims":
             self._purge_claims(options)
         else:
@@ -126,9 +136,16 @@ class Command(BaseCommand):
             }
             for c in stale_claims(expired_for=expired_for)[: options["limit"]]
         ]
+        unsent = OutboxMessage.objects.count()
         if options["json"]:
             self.stdout.write(json.dumps(rows, indent=2))
-        elif not rows:
+            return
+        if unsent:
+            self.stdout.write(
+                f"{unsent} message(s) wait in the outbox (the broker refused them); "
+                "workers re-send them, or run: manage.py taskhygiene resend"
+            )
+        if not rows:
             self.stdout.write("No stale claims.")
         else:
             for row in rows:
@@ -137,6 +154,28 @@ class Command(BaseCommand):
                     f"{row['operation']})  {row['status']}  owner={row['owner_task_id']} "
                     f"on {row['owner_worker'] or '?'}  attempts={row['attempts']}"
                 )
+
+    def _resend(self, options: dict[str, Any]) -> None:
+        from celery_hygiene import outbox
+        from celery_hygiene.replay import celery_app
+
+        if options["dry_run"]:
+            for row in OutboxMessage.objects.order_by("next_try_at"):
+                self.stdout.write(
+                    f"{format_utc(row.created_at)}  {row.task_name}[{row.task_id}]  "
+                    f"reason={row.reason}  tries={row.attempts}  last_error={row.last_error}"
+                )
+            return
+        sent = total = 0
+        while True:
+            sent = outbox.resend_due(celery_app())
+            total += sent
+            if sent < outbox.BATCH:
+                break
+        left = OutboxMessage.objects.count()
+        self.stdout.write(f"Re-sent {total} message(s); {left} left in the outbox.")
+        if left:
+            raise CommandError("Some messages could not be sent (broker away?) or are not due.")
 
     def _purge_claims(self, options: dict[str, Any]) -> None:
         from celery_hygiene.retention import purge_claims

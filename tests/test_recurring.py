@@ -1,0 +1,61 @@
+"""Singletons, idempotency windows and NotFinished, through a real broker and worker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from celery_hygiene.models import ClaimStatus, DeadLetter, TaskClaim
+from tests.conftest import wait_until
+from tests.testapp import tasks_recurring as r
+from tests.testapp.models import SideEffect
+
+pytestmark = pytest.mark.worker
+
+
+def test_a_singleton_runs_once_at_a_time_and_frees_its_key_after(worker, queue_name):
+    results = [r.nightly_sweep.apply_async(queue=queue_name) for _ in range(3)]
+    values = sorted(str(result.get(timeout=30)) for result in results)
+    assert values == ["None", "None", "swept"]  # two were skipped while the first ran
+    assert SideEffect.objects.filter(kind="sweep").count() == 1
+    assert worker.log().count("task_singleton_busy task=tests.testapp.tasks_recurring") == 2
+
+    assert r.nightly_sweep.apply_async((0.1,), queue=queue_name).get(timeout=30) == "swept"
+    assert SideEffect.objects.filter(kind="sweep").count() == 2  # the next tick runs
+    assert not DeadLetter.objects.exists()
+
+
+def test_a_waiting_singleton_runs_every_call_but_never_two_at_once(worker, queue_name):
+    first = r.sync_account.apply_async(("acme", 1.5), queue=queue_name)
+    second = r.sync_account.apply_async(("acme", 0.2), queue=queue_name)
+    other = r.sync_account.apply_async(("globex", 0.2), queue=queue_name)
+    assert first.get(timeout=30) == second.get(timeout=30) == "synced:acme"
+    assert other.get(timeout=30) == "synced:globex"
+    runs = sorted(
+        (e.payload["start"], e.payload["end"])
+        for e in SideEffect.objects.filter(entity="acme", kind="sync")
+    )
+    assert len(runs) == 2
+    assert runs[1][0] >= runs[0][1]  # the second started after the first ended
+    claim = TaskClaim.objects.get(entity="acme")
+    assert claim.status == ClaimStatus.SUCCEEDED
+
+
+def test_a_window_blocks_duplicates_only_for_its_length(worker, queue_name):
+    assert r.daily_digest.apply_async(("2026-11-25",), queue=queue_name).get(timeout=30)
+    r.daily_digest.apply_async(("2026-11-25",), queue=queue_name).get(timeout=30)
+    assert SideEffect.objects.filter(kind="digest").count() == 1  # a duplicate inside it
+    time.sleep(2.2)
+    r.daily_digest.apply_async(("2026-11-25",), queue=queue_name).get(timeout=30)
+    assert SideEffect.objects.filter(kind="digest").count() == 2  # the window has passed
+    assert TaskClaim.objects.get(entity="2026-11-25").attempts == 1  # a fresh run's budget
+
+
+def test_not_finished_leaves_the_key_to_the_next_message(worker, queue_name):
+    assert r.close_batch.apply_async(("b-1",), queue=queue_name).get(timeout=30) is None
+    wait_until(lambda: not TaskClaim.objects.filter(entity="b-1").exists(), timeout=10)
+    assert "task_not_finished" in worker.log()
+    assert r.close_batch.apply_async(("b-1",), queue=queue_name).get(timeout=30) == "closed:b-1"
+    assert SideEffect.objects.filter(entity="b-1", kind="closed").count() == 1
+    assert not DeadLetter.objects.exists()
