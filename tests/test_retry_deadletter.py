@@ -263,15 +263,18 @@ def test_database_down_during_dead_letter_write_keeps_the_message_until_it_answe
     assert DeadLetter.objects.filter(task_id=result.id).count() == 1
 
 
-def test_database_down_at_claim_time_is_retried_not_lost(worker, queue_name):
+@pytest.mark.parametrize(
+    "task", [t.claim_needs_the_database, t.claim_needs_the_database_atomic], ids=["plain", "atomic"]
+)
+def test_database_down_at_claim_time_is_retried_not_lost(worker, queue_name, task):
     connection.close()
     _set_db_connections(False)
     try:
-        result = t.claim_needs_the_database.apply_async(("db-claim",), queue=queue_name)
+        result = task.apply_async(("db-claim",), queue=queue_name)
         # Longer than the body policy would ever allow (2 attempts, OperationalError not in
         # retry_on): the claim's own budget carries the message.
         for _ in range(3):
-            worker.wait_for_log("task_claim_unavailable task=tests.testapp.tasks_retry.claim_ne")
+            worker.wait_for_log(f"task_claim_unavailable task={task.name}")
         wait_until(lambda: worker.log().count("task_claim_unavailable") >= 3, timeout=30)
     finally:
         _set_db_connections(True)

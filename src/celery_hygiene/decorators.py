@@ -116,8 +116,8 @@ def idempotent_task(
       (as keywords) and returning the key.
     - ``operation``: defaults to the task's name.
     - ``atomic``: claim, body and completion commit in one transaction.
-    - ``lease_seconds``: how long a claim is held before another worker may take it over;
-      defaults to the task's hard time limit plus a margin, else ``DEFAULT_LEASE_SECONDS``.
+    - ``lease_seconds``: how long a claim stays blocked after its worker stops renewing it (the
+      worker renews it while the body runs); defaults to ``DEFAULT_LEASE_SECONDS`` (60 s).
     - ``on_mismatch``: same key, different arguments: ``"warn"`` (skip and log) or ``"raise"``.
     - ``window``: recurring work (seconds or a timedelta). A succeeded claim blocks duplicates
       only for this long after it completed; then the key runs again. None: once, forever.

@@ -211,7 +211,9 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         ticket: Ticket | None = None
         lost_before = redeliveries.count(self.request, self.name)
         try:
-            with transaction.atomic(using=using):
+            # Opening the transaction connects: a database that is down fails here, before
+            # the claim, and is the claim's problem, not the body's.
+            with _claim_time(transaction.atomic(using=using)):
                 claim = self._acquire_or_unavailable(key, using=using)
                 if claim.outcome is Outcome.ACQUIRED:
                     ticket = claim.ticket
@@ -830,6 +832,22 @@ def _closer(ticket: Ticket, error: str) -> Any:
             raise deadletters.ClaimMovedOn(ticket.key.entity)
 
     return close
+
+
+class _claim_time:  # noqa: N801 - used like a function, as contextlib's helpers are
+    """Enter a context manager; a database error while entering means "claim unavailable"."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __enter__(self) -> Any:
+        try:
+            return self.inner.__enter__()
+        except DB_ERRORS as exc:
+            raise _ClaimUnavailable(exc) from exc
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return self.inner.__exit__(*exc_info)
 
 
 class _ClaimUnavailable(Exception):

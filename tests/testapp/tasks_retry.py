@@ -133,3 +133,14 @@ def _record_dead_letter(sender, task_id, dead_letter, exception, **kwargs):  # n
 def claim_needs_the_database(key: str) -> str:
     SideEffect.objects.create(entity=key, kind="claim-db")
     return f"claimed:{key}"
+
+
+@idempotent_task(
+    entity="key",
+    atomic=True,
+    acks_late=True,
+    retry=RetryPolicy(max_attempts=2, retry_on=(TimeoutError,), min_delay=2, max_delay=2),
+)
+def claim_needs_the_database_atomic(key: str) -> str:
+    SideEffect.objects.create(entity=key, kind="claim-db")
+    return f"claimed:{key}"
