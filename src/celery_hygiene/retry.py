@@ -8,10 +8,11 @@ so a team reuses what it already knows, but it never sleeps: tenacity's waits ar
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenacity import RetryCallState, wait_exponential_jitter
+from tenacity import RetryCallState
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
@@ -31,8 +32,62 @@ class Decision:
     reason: str = ""
 
 
+class wait_exponential_capped(wait_base):  # noqa: N801 - tenacity's naming, like wait_fixed
+    """``multiplier * 2 ** (attempt - 1)`` plus up to ``jitter`` random seconds, capped at ``max``.
+
+    The default policy's wait. It is what tenacity 9.2 calls ``wait_exponential_jitter(multiplier=
+    2, max=300)``, written out here because that keyword does not exist before tenacity 9.2 (it was
+    ``initial=``, which 9.2 deprecates): the package supports tenacity from 9.0 on.
+    """
+
+    def __init__(self, multiplier: float = 1.0, max: float = 300.0, jitter: float = 1.0) -> None:
+        self.multiplier = float(multiplier)
+        self.max = float(max)
+        self.jitter = float(jitter)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        try:
+            raw = self.multiplier * 2 ** (retry_state.attempt_number - 1)
+        except OverflowError:
+            return self.max
+        return max(0.0, min(self.max, raw + random.uniform(0, self.jitter)))
+
+    def __repr__(self) -> str:
+        return (
+            f"wait_exponential_capped(multiplier={self.multiplier:g}, max={self.max:g}, "
+            f"jitter={self.jitter:g})"
+        )
+
+
+class wait_celery_backoff(wait_base):  # noqa: N801 - tenacity's naming
+    """Celery's autoretry backoff (``retry_backoff``/``retry_backoff_max``/``retry_jitter``).
+
+    The same arithmetic as ``celery.utils.time.get_exponential_backoff_interval``, with Celery's
+    ``task.request.retries`` being ``attempt - 1``: ``min(maximum, factor * 2 ** retries)`` whole
+    seconds, then, with full jitter, a random whole number of seconds from 0 to that value.
+    """
+
+    def __init__(self, factor: int = 1, maximum: int = 600, full_jitter: bool = True) -> None:
+        self.factor = int(factor)
+        self.maximum = int(maximum)
+        self.full_jitter = bool(full_jitter)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        retries = max(0, retry_state.attempt_number - 1)
+        countdown = self.maximum if retries > 64 else min(self.maximum, self.factor * 2**retries)
+        if self.full_jitter:
+            countdown = random.randrange(countdown + 1)
+        return float(max(0, countdown))
+
+    def __repr__(self) -> str:
+        return (
+            f"wait_celery_backoff(factor={self.factor}, maximum={self.maximum}, "
+            f"full_jitter={self.full_jitter})"
+        )
+
+
 def _default_wait() -> wait_base:
-    return wait_exponential_jitter(multiplier=2, max=300)
+    return wait_exponential_capped(multiplier=2, max=300)
 
 
 @dataclass(frozen=True)
