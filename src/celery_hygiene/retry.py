@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenacity import RetryCallState
+from tenacity import RetryCallState, wait_fixed
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
@@ -213,3 +213,95 @@ def coerce_policy(value: Any) -> RetryPolicy:
 
 
 DEFAULT_POLICY = RetryPolicy(max_attempts=5)
+
+
+# -- Celery's own retry options ----------------------------------------------------------------
+
+CELERY_RETRY_OPTIONS = (
+    "autoretry_for",
+    "dont_autoretry_for",
+    "retry_backoff",
+    "retry_backoff_max",
+    "retry_jitter",
+    "max_retries",
+    "default_retry_delay",
+    "retry_kwargs",
+)
+"""Task options of ``@app.task`` that ``policy_from_celery_options`` translates."""
+
+# Celery's own defaults (celery.app.task.Task and celery/app/autoretry.py).
+CELERY_MAX_RETRIES = 3
+CELERY_DEFAULT_RETRY_DELAY = 180
+CELERY_RETRY_BACKOFF_MAX = 600
+
+
+def policy_from_celery_options(options: dict[str, Any], *, where: str = "task") -> RetryPolicy:
+    """The RetryPolicy that behaves like Celery's autoretry with these ``@app.task`` options.
+
+    - ``max_retries=N`` -> ``max_attempts=N + 1`` (Celery's default 3 -> 4); ``None`` is refused.
+    - ``autoretry_for`` -> ``retry_on``; without it nothing is retried automatically, as in
+      Celery (a body's own ``self.retry()`` still is, up to the same cap).
+    - ``dont_autoretry_for`` -> ``give_up_on``.
+    - ``retry_backoff=True|n`` -> ``wait_celery_backoff(factor=n, maximum=retry_backoff_max
+      (600), full_jitter=retry_jitter (True))``; otherwise a fixed wait of
+      ``retry_kwargs["countdown"]`` or ``default_retry_delay`` (180).
+    - no floor (``min_delay=0``) and no deadline (``max_elapsed=None``): Celery has neither.
+    """
+    unknown = sorted(set(options) - set(CELERY_RETRY_OPTIONS))
+    if unknown:
+        raise HygieneConfigurationError(f"{where}: not Celery retry options: {unknown}.")
+    retry_kwargs = dict(options.get("retry_kwargs") or {})
+    unsupported = sorted(set(retry_kwargs) - {"max_retries", "countdown"})
+    if unsupported:
+        raise HygieneConfigurationError(
+            f"{where}: retry_kwargs {unsupported} cannot be translated into a RetryPolicy; "
+            "only 'max_retries' and 'countdown' can. Route or delay retries another way."
+        )
+    max_retries = retry_kwargs.get("max_retries", options.get("max_retries", CELERY_MAX_RETRIES))
+    if max_retries is None or isinstance(max_retries, bool) or not isinstance(max_retries, int):
+        raise HygieneConfigurationError(
+            f"{where}: max_retries={max_retries!r}: hygiene tasks need a whole number of retries "
+            "(a hard cap). Retrying forever is a bug: pick a cap and let the dead-letter store "
+            "keep the rest."
+        )
+    backoff = options.get("retry_backoff", False)
+    wait: wait_base
+    if backoff:
+        maximum = int(options.get("retry_backoff_max", CELERY_RETRY_BACKOFF_MAX))
+        wait = wait_celery_backoff(
+            factor=int(max(1.0, float(backoff))),
+            maximum=maximum,
+            full_jitter=bool(options.get("retry_jitter", True)),
+        )
+        ceiling = float(maximum)
+    else:
+        delay = retry_kwargs.get(
+            "countdown", options.get("default_retry_delay", CELERY_DEFAULT_RETRY_DELAY)
+        )
+        if delay is None or isinstance(delay, bool) or not isinstance(delay, int | float):
+            raise HygieneConfigurationError(
+                f"{where}: default_retry_delay must be a number of seconds, got {delay!r}."
+            )
+        wait = wait_fixed(delay)
+        ceiling = float(delay)
+    return RetryPolicy(
+        max_attempts=max_retries + 1,
+        wait=wait,
+        retry_on=_exception_classes(options.get("autoretry_for", ()), where, "autoretry_for"),
+        give_up_on=_exception_classes(
+            options.get("dont_autoretry_for", ()), where, "dont_autoretry_for"
+        ),
+        min_delay=0.0,
+        # The wait caps itself; this only keeps the policy's own bound above it.
+        max_delay=min(ABSOLUTE_MAX_DELAY, max(1.0, ceiling)),
+        max_elapsed=None,
+    )
+
+
+def _exception_classes(value: Any, where: str, name: str) -> tuple[type[BaseException], ...]:
+    classes = (value,) if isinstance(value, type) else tuple(value or ())
+    if not all(isinstance(c, type) and issubclass(c, BaseException) for c in classes):
+        raise HygieneConfigurationError(
+            f"{where}: {name} must be a tuple of exception classes, got {value!r}."
+        )
+    return classes
