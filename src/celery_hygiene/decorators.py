@@ -18,7 +18,6 @@ from celery import Task, shared_task
 from .exceptions import HygieneConfigurationError
 from .idempotency import EntitySpec, IdempotencySpec
 from .retry import CELERY_RETRY_OPTIONS, RetryPolicy, coerce_policy, policy_from_celery_options
-from .task import HygieneTask
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -172,6 +171,10 @@ def for_app(app: Any) -> AppDecorators:
 
 
 def _hygienic_base(base: type[Task] | None, name: str) -> type[Task]:
+    # Imported here, not at the top: proj/celery.py imports this module (for_app) before
+    # Django's app registry is ready, and task.py imports the models.
+    from .task import HygieneTask
+
     if base is None:
         return HygieneTask
     if not (isinstance(base, type) and issubclass(base, Task)):
