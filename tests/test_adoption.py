@@ -178,7 +178,7 @@ def test_a_real_worker_and_beat_run_the_projects_tasks(adoption: Adoption) -> No
                     "-Q",
                     queue,
                     "-c",
-                    "2",
+                    "1",  # one at a time: the duplicate charge finds the first one finished
                     "-n",
                     f"{queue}@localhost",
                     "--without-gossip",

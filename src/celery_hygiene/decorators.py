@@ -101,7 +101,7 @@ def _register(
             f"{name}: expected_duration must be a positive number of seconds, "
             f"got {expected_duration!r}."
         )
-    options["base"] = _hygienic_base(options.get("base"), name)
+    options["base"] = _hygienic_base(options.get("base") or _app_task_class(app), name)
     options["hygiene_retry"] = policy
     options["hygiene_idempotency"] = idempotency
     options["expected_duration"] = expected_duration
@@ -168,6 +168,20 @@ def for_app(app: Any) -> AppDecorators:
     def sync_stock(sku): ...
     """
     return AppDecorators(app)
+
+
+def _app_task_class(app: Any) -> type[Task] | None:
+    """The app's own task class when it is already hygienic (``Celery(task_cls=...)``).
+
+    So a project base class set as ``task_cls`` is kept on tasks declared with our decorators
+    too; any other app task class is left alone, as before.
+    """
+    if app is None:
+        return None
+    from .task import HygieneTask
+
+    task_cls = app.Task
+    return task_cls if issubclass(task_cls, HygieneTask) else None
 
 
 def _hygienic_base(base: type[Task] | None, name: str) -> type[Task]:

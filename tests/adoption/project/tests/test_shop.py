@@ -2,6 +2,7 @@
 
 import pytest
 from config.celery import app
+from config.tasks_base import AuditedTask
 from django.core import checks
 from django.core.management import call_command
 from shop import tasks
@@ -28,6 +29,8 @@ def test_every_task_of_the_app_is_hygienic():
     shop_tasks = {name: task for name, task in app.tasks.items() if name.startswith("shop.")}
     assert len(shop_tasks) == 5
     assert all(isinstance(task, HygieneTask) for task in shop_tasks.values())
+    # Our decorators (bound with for_app) keep the project's task_cls too.
+    assert all(isinstance(task, AuditedTask) for task in shop_tasks.values())
     assert not tasks.record_visit.typing  # the project's own base class is still there
 
 
