@@ -309,13 +309,26 @@ def _apply(app: Any, *, strict: bool) -> dict[str, QueueSpec]:
             raise HygieneConfigurationError(message)
         return specs
     existing = [q for q in (app.conf.task_queues or ()) if q.name not in specs]
-    app.conf.task_queues = [*existing, *(spec.kombu_queue() for spec in specs.values())]
-    app.conf.task_routes = _merge_routes(app.conf.task_routes, build_routes(specs))
+    _set_conf(app, "task_queues", [*existing, *(spec.kombu_queue() for spec in specs.values())])
+    _set_conf(app, "task_routes", _merge_routes(app.conf.task_routes, build_routes(specs)))
     default = next((spec.name for spec in specs.values() if spec.default), None)
     if default is not None:
-        app.conf.task_default_queue = default
+        _set_conf(app, "task_default_queue", default)
     _forget_cached_routing(app)
     return specs
+
+
+def _set_conf(app: Any, key: str, value: Any) -> None:
+    """Set a Celery setting so it wins over the same setting in Django settings.
+
+    Celery before 5.7 looks the namespaced spelling (``CELERY_TASK_ROUTES``) up in every config
+    layer before the plain one (``task_routes``), so a plain change loses to a Django setting of
+    that name: set both spellings.
+    """
+    app.conf[key] = value
+    namespace = getattr(app, "namespace", None)
+    if namespace:
+        app.conf[f"{namespace}_{key.upper()}"] = value
 
 
 def _forget_cached_routing(app: Any) -> None:
