@@ -60,8 +60,8 @@ def test_options_map_onto_the_policy():
     override = policy_from_celery_options({"max_retries": 5, "retry_kwargs": {"max_retries": 1}})
     assert override.max_attempts == 2
     assert policy_from_celery_options({"retry_kwargs": {"countdown": 4}}).countdown(1) == 4
-    # Without autoretry_for Celery retries nothing by itself; neither does the policy.
-    assert not policy_from_celery_options({"max_retries": 2}).is_retryable(ConnectionError())
+    # Without autoretry_for: every exception, as for any hygiene task (RetryPolicy's default).
+    assert policy_from_celery_options({"max_retries": 2}).retry_on == (Exception,)
 
 
 @pytest.mark.parametrize(
@@ -158,13 +158,13 @@ def test_body_self_retry_counts_against_the_cap_and_ends_as_a_dead_letter(worker
     # max_retries=2: three runs; then Celery re-raises the exception given to self.retry(exc=).
     assert Attempt.objects.filter(task="self_retrying", key="s1").count() == 3
     assert dead.attempts == 3 and dead.exception_type == "ConnectionError"
-    # No autoretry_for: the policy retries nothing by itself, so the reason is "gave_up".
-    assert dead.reason == "gave_up"
+    assert dead.reason == "exhausted"
     assert not SideEffect.objects.filter(entity="s1").exists()
 
     bare = _dead_letter(without_exc.id)
     assert Attempt.objects.filter(task="self_retrying", key="s2").count() == 3
     assert bare.attempts == 3 and bare.exception_type.endswith("MaxRetriesExceededError")
+    assert bare.reason == "exhausted"
     # The body's own except saw it first (it re-raised, so the dead letter still happened).
     assert SideEffect.objects.filter(entity="s2", kind="body-saw-max-retries").count() == 1
 
@@ -177,4 +177,5 @@ def test_idempotent_self_retry_ends_as_a_dead_letter_and_a_dead_claim(worker, qu
     dead = _dead_letter(result.id)
     assert Attempt.objects.filter(task="idempotent_self_retrying", key="77").count() == 2
     assert dead.attempts == 2 and dead.exception_type == "TimeoutError"
+    assert dead.reason == "exhausted"
     assert TaskClaim.objects.get(entity="77", operation="adopt-charge").status == "dead"

@@ -155,17 +155,12 @@ class AppDecorators:
 
 
 def for_app(app: Any) -> AppDecorators:
-    """Bind the decorators to ``app`` once, for an ``@app.task`` codebase::
+    """Bind the decorators to ``app`` once, for an ``@app.task`` codebase.
 
-    # proj/celery.py
-    app = Celery("proj")
-    hygienic_task, idempotent_task = for_app(app)
-
-    # proj/shop/tasks.py
-    from proj.celery import hygienic_task
-
-    @hygienic_task(autoretry_for=(TimeoutError,), retry_backoff=True)
-    def sync_stock(sku): ...
+    In ``proj/celery.py``: ``hygienic_task, idempotent_task = for_app(app)``; task modules then
+    import them from there (``from proj.celery import hygienic_task``). This module imports
+    neither the models nor the task class, so ``proj/celery.py`` may import it before Django's
+    setup.
     """
     return AppDecorators(app)
 

@@ -239,8 +239,8 @@ def policy_from_celery_options(options: dict[str, Any], *, where: str = "task") 
     """The RetryPolicy that behaves like Celery's autoretry with these ``@app.task`` options.
 
     - ``max_retries=N`` -> ``max_attempts=N + 1`` (Celery's default 3 -> 4); ``None`` is refused.
-    - ``autoretry_for`` -> ``retry_on``; without it nothing is retried automatically, as in
-      Celery (a body's own ``self.retry()`` still is, up to the same cap).
+    - ``autoretry_for`` -> ``retry_on``; without it, ``RetryPolicy``'s default (every
+      ``Exception``), as for any hygiene task: bounded retries, then a dead letter.
     - ``dont_autoretry_for`` -> ``give_up_on``.
     - ``retry_backoff=True|n`` -> ``wait_celery_backoff(factor=n, maximum=retry_backoff_max
       (600), full_jitter=retry_jitter (True))``; otherwise a fixed wait of
@@ -287,7 +287,9 @@ def policy_from_celery_options(options: dict[str, Any], *, where: str = "task") 
     return RetryPolicy(
         max_attempts=max_retries + 1,
         wait=wait,
-        retry_on=_exception_classes(options.get("autoretry_for", ()), where, "autoretry_for"),
+        retry_on=_exception_classes(
+            options.get("autoretry_for", (Exception,)), where, "autoretry_for"
+        ),
         give_up_on=_exception_classes(
             options.get("dont_autoretry_for", ()), where, "dont_autoretry_for"
         ),
