@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: example test test-django6 test-redis test-pgbouncer services bootstrap lint bench bench-env bench-smoke
+.PHONY: example test test-django6 test-redis test-pgbouncer test-lowest services bootstrap lint bench bench-env bench-smoke
 
 services:
 	bash scripts/services.sh
@@ -35,6 +35,12 @@ test-django6: services
 	PYTHON=$(PY312) VENV=.venv-django6 DJANGO_SPEC="Django>=6.0,<6.2" bash scripts/bootstrap.sh && \
 	.venv-django6/bin/python -c "import django, sys; print('test-django6: Django', django.get_version(), 'on Python', sys.version.split()[0])" && \
 	.venv-django6/bin/python -m pytest $(PYTEST_ARGS)
+
+## The suite against the LOWEST versions pyproject.toml declares (uv --resolution lowest-direct),
+## in .venv-lowest: a floor this leg does not pass is a floor we do not support.
+test-lowest: services
+	bash scripts/lowest.sh
+	.venv-lowest/bin/python -m pytest $(or $(PYTEST_ARGS),$(LOWEST_ARGS))
 
 lint: bootstrap
 	$(VENV)/bin/ruff check src tests example_worker benchmarks

@@ -63,8 +63,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_HYGIENE_QUEUES = {
     "fast": {"tasks": ["shop.send_receipt", "shop.*"], "default": True},
     "slow": {"tasks": ["shop.build_report"], "slow": True, "prefetch_multiplier": 1},
-    "bounded": {"tasks": ["shop.charge_order", "shop.call_partner"], "soft_time_limit": 5,
-                "time_limit": 8},
+    "bounded": {
+        "tasks": ["shop.charge_order", "shop.call_partner"],
+        "soft_time_limit": 5,
+        "time_limit": 8,
+    },
 }
 
 CELERY_HYGIENE = {

@@ -6,7 +6,13 @@ import math
 
 import pytest
 from django.test import override_settings
-from tenacity import stop_after_delay, wait_exponential_jitter, wait_fixed, wait_random_exponential
+from tenacity import (
+    stop_after_delay,
+    wait_exponential,
+    wait_fixed,
+    wait_random,
+    wait_random_exponential,
+)
 
 from celery_hygiene import RetryPolicy, hygienic_task
 from celery_hygiene.exceptions import HygieneConfigurationError
@@ -16,7 +22,7 @@ from celery_hygiene.retry import DEFAULT_POLICY
 def test_issue_example_policy_retries_retryable_and_gives_up_on_value_error():
     policy = RetryPolicy(
         max_attempts=5,
-        wait=wait_exponential_jitter(multiplier=2, max=300),
+        wait=wait_exponential(multiplier=2, max=300) + wait_random(0, 1),
         retry_on=(TimeoutError, ConnectionError),
         give_up_on=(ValueError,),
     )
@@ -43,7 +49,7 @@ def test_full_jitter_never_schedules_an_immediate_retry():
 
 
 def test_countdown_is_clamped_to_max_delay():
-    policy = RetryPolicy(max_attempts=30, wait=wait_exponential_jitter(multiplier=1), max_delay=60)
+    policy = RetryPolicy(max_attempts=30, wait=wait_exponential(multiplier=1), max_delay=60)
     assert policy.countdown(29) == 60
 
 

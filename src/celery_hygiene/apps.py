@@ -16,3 +16,6 @@ class CeleryHygieneConfig(AppConfig):
         from . import worker_hooks
 
         worker_hooks.connect()  # duration watchdog, run statistics, per-queue time limits
+        from . import runstats_timer
+
+        runstats_timer.connect()  # run statistics flushed on a timer too, not only after tasks

@@ -13,8 +13,11 @@ celery_hygiene.W010    a task can retry forever
 celery_hygiene.W011    ``acks_late`` on a task that is not idempotent (redelivery runs it twice)
 celery_hygiene.W012    an idempotent task that a crash loses (no ``acks_late`` +
                        ``reject_on_worker_lost``)
+celery_hygiene.W013    tasks that can fail without leaving a dead letter (not ``HygieneTask``)
 celery_hygiene.W020    no time limit on any queue, nor a global one
 celery_hygiene.E021    a task is routed to a queue that is not declared
+celery_hygiene.E022    ``configure_queues(app)`` was called but the declaration is not applied
+celery_hygiene.W022    a ``CELERY_HYGIENE_QUEUES`` task pattern matches no registered task
 celery_hygiene.W030    a slow queue's worker prefetches more than one message per process
 celery_hygiene.W040    Redis ``visibility_timeout`` shorter than a retry countdown or time limit
 celery_hygiene.W050    ``CONN_MAX_AGE = None``: every worker process keeps connections forever
@@ -33,7 +36,7 @@ from django.conf import settings
 from django.core import checks
 
 from .exceptions import HygieneConfigurationError
-from .routing import QueueSpec, declared_queues
+from .routing import QueueSpec, configure_requested, declared_queues
 
 Messages = list[checks.CheckMessage]
 DEFAULT_VISIBILITY_TIMEOUT = 3600.0  # kombu's Redis transport default
@@ -128,6 +131,36 @@ def _idempotent_acks_early(task: Any, late: bool) -> checks.CheckMessage:
     )
 
 
+NAMES_SHOWN = 20
+
+
+def _some(names: list[str]) -> str:
+    shown = ", ".join(repr(name) for name in names[:NAMES_SHOWN])
+    more = len(names) - NAMES_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def check_dead_letter_destination(scope: Scope) -> Messages:
+    """Tasks whose last failure leaves nothing behind: a FAILURE state in a result backend, if any.
+
+    One message for all of them: a codebase adopting the library has dozens.
+    """
+    traceless = [task.name for task in scope.tasks if not is_hygienic(task)]
+    if not traceless:
+        return []
+    return [
+        checks.Warning(
+            f"{len(traceless)} task(s) can fail without leaving a dead letter (they are not "
+            f"HygieneTask tasks): {_some(traceless)}.",
+            hint="Make hygiene the default for every task of the app: Celery(..., task_cls="
+            "'proj.tasks_base:ProjectTask') with class ProjectTask(HygieneTask) (see "
+            "docs/retries-and-dead-letters.md), or decorate them with @hygienic_task.",
+            obj=traceless[0],
+            id="celery_hygiene.W013",
+        )
+    ]
+
+
 # -- queues ------------------------------------------------------------------------------------
 
 
@@ -150,7 +183,11 @@ def check_time_limits(scope: Scope) -> Messages:
 
 
 def _routed_queues(scope: Scope) -> Iterable[tuple[str, str]]:
-    """(where, queue name) for every place the config or a task names a queue."""
+    """(where, queue name) for every place the config or a task itself names a queue.
+
+    Routing chosen at call sites (``apply_async(queue=...)``, ``send_task``) is not in the config
+    and cannot be seen here.
+    """
     app = scope.app
     routes = app.conf.task_routes
     for route_map in routes if isinstance(routes, list | tuple) else [routes]:
@@ -161,27 +198,128 @@ def _routed_queues(scope: Scope) -> Iterable[tuple[str, str]]:
                     yield f"task_routes[{pattern!r}]", queue
     for task in scope.tasks:
         if isinstance(getattr(task, "queue", None), str):
-            yield f"task {task.name!r} (queue=)", task.queue
-    if app.conf.task_default_queue:
-        yield "task_default_queue", app.conf.task_default_queue
+            yield f"task {task.name!r} (queue={task.queue!r})", task.queue
+
+
+def _unrouted(scope: Scope) -> list[str]:
+    """Tasks no route or task option sends anywhere: they go to ``task_default_queue``."""
+    from celery.app.routes import prepare
+
+    try:
+        routers = prepare(scope.app.conf.task_routes)
+    except Exception:  # noqa: BLE001 - an unreadable router is reported by Celery itself
+        return []
+    unrouted = []
+    for task in scope.tasks:
+        if isinstance(getattr(task, "queue", None), str):
+            continue
+        if not any(_route_of(router, task) for router in routers):
+            unrouted.append(task.name)
+    return unrouted
+
+
+def _route_of(router: Any, task: Any) -> Any:
+    try:
+        return router(task.name, (), {}, {}, task=task)
+    except Exception:  # noqa: BLE001 - a user router failing on an empty call routes nothing
+        return None
 
 
 def check_undeclared_queues(scope: Scope) -> Messages:
     known = set(scope.specs) | {queue.name for queue in scope.app.conf.task_queues or ()}
     if not known:
         return []  # nothing declared: Celery creates queues on demand, W020 covers the rest
-    return [
+    declared = ", ".join(sorted(known))
+    messages: Messages = [
         checks.Error(
             f"{where} routes tasks to queue {queue!r}, which is not declared: no worker pool "
             "is planned for it, so its tasks wait forever.",
-            hint=f"Add {queue!r} to CELERY_HYGIENE_QUEUES (declared: "
-            f"{', '.join(sorted(known))}), or route the task to a declared queue.",
+            hint=f"Declare {queue!r} in CELERY_HYGIENE_QUEUES, or route to a declared queue "
+            f"(declared: {declared}).",
             obj=queue,
             id="celery_hygiene.E021",
         )
         for where, queue in _routed_queues(scope)
         if queue not in known
     ]
+    default = scope.app.conf.task_default_queue
+    if default and default not in known:
+        unrouted = _unrouted(scope)
+        which = (
+            f"{len(unrouted)} task(s) match no route ({_some(unrouted)}) and go"
+            if unrouted
+            else "Tasks that match no route go"
+        )
+        messages.append(
+            checks.Error(
+                f"{which} to the default queue {default!r}, which is not declared: no worker "
+                "consumes it, so they wait forever.",
+                hint="The routing is missing, not the queue: list these tasks (full dotted "
+                "names, or globs such as 'proj.billing.*') under a queue's 'tasks' in "
+                "CELERY_HYGIENE_QUEUES, or mark one declared queue 'default': True "
+                f"(declared: {declared}). If the declaration is there, check that "
+                "configure_queues(app) runs in your Celery app module.",
+                obj=default,
+                id="celery_hygiene.E021",
+            )
+        )
+    return messages
+
+
+def check_declaration_applied(scope: Scope) -> Messages:
+    """``configure_queues(app)`` was called, but the app's config does not hold its queues."""
+    app = scope.app
+    if not configure_requested(app):
+        return []
+    applied = {queue.name for queue in app.conf.task_queues or ()}
+    missing = [name for name in scope.specs if name not in applied]
+    if scope.specs and not missing:
+        return []
+    what = (
+        f"queue(s) {', '.join(map(repr, missing))} are declared but not in the app's task_queues"
+        if scope.specs
+        else "no CELERY_HYGIENE_QUEUES declaration was found"
+    )
+    return [
+        checks.Error(
+            f"configure_queues() was called for the Celery app {app.main!r}, but {what}: "
+            f"tasks are published to {app.conf.task_default_queue!r} instead.",
+            hint="Define CELERY_HYGIENE_QUEUES in the settings module Celery reads "
+            "(config_from_object('django.conf:settings', namespace='CELERY')), or pass it: "
+            "configure_queues(app, {...}). See docs/queues.md.",
+            obj=app.main,
+            id="celery_hygiene.E022",
+        )
+    ]
+
+
+def check_patterns_match(scope: Scope) -> Messages:
+    """A pattern that matches no registered task is a typo or a short name (they never match)."""
+    names = [name for name in scope.app.tasks if not name.startswith("celery.")]
+    if not names:
+        return []  # W002 says no task was found; every pattern would be reported
+    messages: Messages = []
+    for spec in scope.specs.values():
+        for pattern in spec.tasks:
+            if any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                continue
+            full = sorted(n for n in names if fnmatch.fnmatchcase(n.rsplit(".", 1)[-1], pattern))
+            hint = (
+                f"Patterns match full dotted task names: did you mean {_some(full)}?"
+                if full
+                else "Patterns match full dotted task names (e.g. 'proj.billing.tasks.charge' "
+                "or 'proj.billing.*'), as in task_routes. Is the task module imported?"
+            )
+            messages.append(
+                checks.Warning(
+                    f"CELERY_HYGIENE_QUEUES[{spec.name!r}] pattern {pattern!r} matches no "
+                    "registered task.",
+                    hint=hint,
+                    obj=pattern,
+                    id="celery_hygiene.W022",
+                )
+            )
+    return messages
 
 
 def check_slow_prefetch(scope: Scope) -> Messages:
@@ -278,13 +416,31 @@ def check_connection_reuse(scope: Scope) -> Messages:
             f"{len(idempotent)} idempotent task(s) (e.g. {idempotent[0]!r}) claim in the database "
             "on every run, but Celery closes the worker's database connections around every "
             "task, so each run opens a new connection.",
-            hint="In your Celery app module, after config_from_object(): "
-            "app.conf.CELERY_DB_REUSE_MAX = 100 (connections are recycled every 100 tasks), "
-            "or put PgBouncer in front of PostgreSQL.",
+            hint=_reuse_hint(scope.app),
             obj=idempotent[0],
             id="celery_hygiene.W051",
         )
     ]
+
+
+def _reuse_hint(app: Any) -> str:
+    # Celery's Django fixup reads app.conf.get("CELERY_DB_REUSE_MAX"): with the config taken
+    # from Django settings that finds the Django setting of that exact name, whatever the
+    # namespace (a namespace="CELERY" project writes its other Celery settings the same way).
+    namespace = getattr(app, "namespace", None)
+    if namespace == "CELERY":
+        where = "In Django settings, next to your other CELERY_* settings: "
+    elif namespace:
+        where = (
+            f"In Django settings (this exact name: Celery's Django fixup does not read "
+            f"{namespace}_DB_REUSE_MAX): "
+        )
+    else:
+        where = "In your Celery config (or Django settings): "
+    return (
+        where + "CELERY_DB_REUSE_MAX = 100 (each worker process reuses its connection, "
+        "recycled every 100 tasks), or put PgBouncer in front of PostgreSQL."
+    )
 
 
 # -- all together ------------------------------------------------------------------------------
@@ -294,8 +450,11 @@ RULES: list[Callable[[Scope], Messages]] = [
     check_connection_reuse,
     check_retry_forever,
     check_acks_late,
+    check_dead_letter_destination,
     check_time_limits,
     check_undeclared_queues,
+    check_declaration_applied,
+    check_patterns_match,
     check_slow_prefetch,
     check_visibility_timeout,
 ]

@@ -1,7 +1,15 @@
-"""Django system checks for celery_hygiene configuration (the hygiene audit lives here)."""
+"""Django system checks for celery_hygiene configuration (the hygiene audit lives here).
+
+The audit's errors are reported by every system check run (every management command, worker
+start). Its warnings are reported by ``manage.py check --deploy`` and ``manage.py taskhygiene
+check`` only, so a codebase adopting the library is not told about the same 86 tasks before every
+``migrate`` and ``shell``; ``CELERY_HYGIENE["AUDIT_WARNINGS_EVERYWHERE"] = True`` brings them back
+to every run.
+"""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from django.core import checks
@@ -24,6 +32,23 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
 @checks.register("celery_hygiene")
 def check_celery_config(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """The hygiene audit (see ``audit.py`` for every id) against the project's Celery app."""
+    messages = audit_messages()
+    if conf.get("AUDIT_WARNINGS_EVERYWHERE"):
+        return messages
+    return [message for message in messages if message.is_serious()]
+
+
+@checks.register("celery_hygiene", deploy=True)
+def check_celery_config_warnings(
+    app_configs: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """The audit's warnings, for ``check --deploy`` and ``taskhygiene check``."""
+    if conf.get("AUDIT_WARNINGS_EVERYWHERE"):
+        return []  # check_celery_config reported them already
+    return [message for message in audit_messages() if not message.is_serious()]
+
+
+def audit_messages() -> list[checks.CheckMessage]:
     from . import audit
 
     app, problem = load_celery_app()
@@ -71,6 +96,7 @@ def _import_task_modules(app: Any) -> None:
 
     for module in app.loader.default_modules:
         app.loader.import_task_module(module)
+    _run_pending_autodiscovery(app)
     for config in apps.get_app_configs():
         name = f"{config.name}.tasks"
         try:
@@ -79,3 +105,26 @@ def _import_task_modules(app: Any) -> None:
             found = False
         if found:
             importlib.import_module(name)
+
+
+def _run_pending_autodiscovery(app: Any) -> None:
+    """Run the app's lazy ``autodiscover_tasks(packages=..., related_name=...)`` calls now.
+
+    Celery defers them to its ``import_modules`` signal, which only a worker (or
+    ``import_default_modules``) sends. Sending it here would also run Celery's Django fixup,
+    which runs the system checks again; so call just the autodiscovery receivers, as
+    ``autodiscover_tasks(force=True)`` would.
+    """
+    from celery import signals
+    from vine import promise
+
+    receivers: list[Any] = signals.import_modules._live_receivers(app)  # type: ignore[attr-defined]
+    for receiver in receivers:
+        target = receiver() if isinstance(receiver, weakref.ReferenceType) else receiver
+        if not isinstance(target, promise):
+            continue
+        fun: Any = target.fun
+        if getattr(fun, "__self__", None) is app and getattr(fun, "__name__", "") == (
+            "_autodiscover_tasks"
+        ):
+            fun(*(target.args or ()), **(target.kwargs or {}))

@@ -1,21 +1,27 @@
 """``@idempotent_task``, ``@singleton_task`` and ``@hygienic_task``: drop-in ``@shared_task``s.
 
 Both accept every Celery task option (``bind``, ``queue``, ``name``, ``acks_late``, ...) and an
-explicit ``app=`` to register on a specific Celery app instead of every app (``shared_task``).
+explicit ``app=`` to register on a specific Celery app instead of every app (``shared_task``);
+``for_app(app)`` binds that once. Celery's retry options (``autoretry_for``, ``retry_backoff``,
+``max_retries``, ...) are translated into the equivalent ``RetryPolicy`` (see
+``retry.policy_from_celery_options``), so a task moves from ``@app.task`` without a rewrite.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast, overload
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, cast, overload
 
 from celery import Celery, Task, shared_task
 
 from .exceptions import HygieneConfigurationError
 from .idempotency import EntitySpec, IdempotencySpec
-from .retry import RetryPolicy, coerce_policy
-from .task import HygieneTask
+from .retry import CELERY_RETRY_OPTIONS, RetryPolicy, coerce_policy, policy_from_celery_options
+
+if TYPE_CHECKING:  # at runtime imported late: proj/celery.py may import this before Django setup
+    from .task import HygieneTask
 
 # For type checkers a decorated task is a HygieneTask[P, R], typed the way celery-types types
 # shared_task: delay and a direct call are checked against the function's parameters P, and
@@ -230,26 +236,97 @@ def _register(
     idempotency: IdempotencySpec | None = None,
 ) -> HygieneTask[Any, Any]:
     name = f"{fun.__module__}.{fun.__qualname__}"
-    policy = coerce_policy(retry) if retry is not None else None
+    options = dict(options)
+    policy = _policy(retry, options, options.get("name") or name)
     if expected_duration is not None and not expected_duration > 0:
         raise HygieneConfigurationError(
             f"{name}: expected_duration must be a positive number of seconds, "
             f"got {expected_duration!r}."
         )
-    options = dict(options)
-    options["base"] = _hygienic_base(options.get("base"), name)
+    options["base"] = _hygienic_base(options.get("base") or _app_task_class(app), name)
     options["hygiene_retry"] = policy
     options["hygiene_idempotency"] = idempotency
     options["expected_duration"] = expected_duration
-    if policy is not None and "max_retries" not in options:
-        # Celery's own counter agrees with the policy's cap, so audits and Flower see a bound.
+    if policy is not None:
+        # Celery's own counter agrees with the policy's cap, so audits and Flower see a bound,
+        # and a body's own self.retry() raises MaxRetriesExceededError at the same point.
         options["max_retries"] = policy.max_attempts - 1
     register = app.task if app is not None else shared_task
     # options["base"] is a HygieneTask subclass: the task Celery builds is a HygieneTask.
     return cast("HygieneTask[Any, Any]", register(**options)(fun))
 
 
+def _policy(
+    retry: RetryPolicy | dict[str, Any] | None, options: dict[str, Any], name: str
+) -> RetryPolicy | None:
+    """The task's policy: ``retry=``, else one translated from Celery's retry options, else None.
+
+    Celery's options are removed from ``options`` (Celery must not wrap the body in its own
+    autoretry as well), except ``default_retry_delay``: it stays the countdown of a body's own
+    ``self.retry()`` without one, as in Celery.
+    """
+    celery_options = {key: options.pop(key) for key in CELERY_RETRY_OPTIONS if key in options}
+    if retry is not None and celery_options:
+        raise HygieneConfigurationError(
+            f"{name}: retry= and Celery's retry options ({', '.join(sorted(celery_options))}) "
+            "both set the retry policy. Keep one: retry=RetryPolicy(...), or Celery's options "
+            "alone (translated into the same RetryPolicy; see docs/retries-and-dead-letters.md)."
+        )
+    if retry is not None:
+        return coerce_policy(retry)
+    if not celery_options:
+        return None
+    if "default_retry_delay" in celery_options:
+        options["default_retry_delay"] = celery_options["default_retry_delay"]
+    return policy_from_celery_options(celery_options, where=name)
+
+
+@dataclass(frozen=True)
+class AppDecorators:
+    """``hygienic_task`` and ``idempotent_task`` bound to one Celery app (see ``for_app``)."""
+
+    app: Celery
+
+    def hygienic_task(self, *args: Any, **options: Any) -> Any:
+        return hygienic_task(*args, app=self.app, **options)
+
+    def idempotent_task(self, **options: Any) -> Any:
+        return idempotent_task(app=self.app, **options)
+
+    def __iter__(self) -> Iterator[Callable[..., Any]]:
+        return iter((self.hygienic_task, self.idempotent_task))
+
+
+def for_app(app: Celery) -> AppDecorators:
+    """Bind the decorators to ``app`` once, for an ``@app.task`` codebase.
+
+    In ``proj/celery.py``: ``hygienic_task, idempotent_task = for_app(app)``; task modules then
+    import them from there (``from proj.celery import hygienic_task``). This module imports
+    neither the models nor the task class, so ``proj/celery.py`` may import it before Django's
+    setup.
+    """
+    return AppDecorators(app)
+
+
+def _app_task_class(app: Celery | None) -> type[Task[Any, Any]] | None:
+    """The app's own task class when it is already hygienic (``Celery(task_cls=...)``).
+
+    So a project base class set as ``task_cls`` is kept on tasks declared with our decorators
+    too; any other app task class is left alone, as before.
+    """
+    if app is None:
+        return None
+    from .task import HygieneTask
+
+    task_cls = app.Task
+    return task_cls if issubclass(task_cls, HygieneTask) else None
+
+
 def _hygienic_base(base: type[Task[Any, Any]] | None, name: str) -> type[Task[Any, Any]]:
+    # Imported here, not at the top: proj/celery.py imports this module (for_app) before
+    # Django's app registry is ready, and task.py imports the models.
+    from .task import HygieneTask
+
     if base is None:
         return HygieneTask
     if not (isinstance(base, type) and issubclass(base, Task)):

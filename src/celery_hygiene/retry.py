@@ -8,10 +8,11 @@ so a team reuses what it already knows, but it never sleeps: tenacity's waits ar
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenacity import RetryCallState, wait_exponential_jitter
+from tenacity import RetryCallState, wait_fixed
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
@@ -31,8 +32,62 @@ class Decision:
     reason: str = ""
 
 
+class wait_exponential_capped(wait_base):  # noqa: N801 - tenacity's naming, like wait_fixed
+    """``multiplier * 2 ** (attempt - 1)`` plus up to ``jitter`` random seconds, capped at ``max``.
+
+    The default policy's wait. It is what tenacity 9.2 calls ``wait_exponential_jitter(multiplier=
+    2, max=300)``, written out here because that keyword does not exist before tenacity 9.2 (it was
+    ``initial=``, which 9.2 deprecates): the package supports tenacity from 9.0 on.
+    """
+
+    def __init__(self, multiplier: float = 1.0, max: float = 300.0, jitter: float = 1.0) -> None:
+        self.multiplier = float(multiplier)
+        self.max = float(max)
+        self.jitter = float(jitter)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        try:
+            raw = self.multiplier * math.pow(2, retry_state.attempt_number - 1)
+        except OverflowError:
+            return self.max
+        return max(0.0, min(self.max, raw + random.uniform(0, self.jitter)))
+
+    def __repr__(self) -> str:
+        return (
+            f"wait_exponential_capped(multiplier={self.multiplier:g}, max={self.max:g}, "
+            f"jitter={self.jitter:g})"
+        )
+
+
+class wait_celery_backoff(wait_base):  # noqa: N801 - tenacity's naming
+    """Celery's autoretry backoff (``retry_backoff``/``retry_backoff_max``/``retry_jitter``).
+
+    The same arithmetic as ``celery.utils.time.get_exponential_backoff_interval``, with Celery's
+    ``task.request.retries`` being ``attempt - 1``: ``min(maximum, factor * 2 ** retries)`` whole
+    seconds, then, with full jitter, a random whole number of seconds from 0 to that value.
+    """
+
+    def __init__(self, factor: int = 1, maximum: int = 600, full_jitter: bool = True) -> None:
+        self.factor = int(factor)
+        self.maximum = int(maximum)
+        self.full_jitter = bool(full_jitter)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        retries = max(0, retry_state.attempt_number - 1)
+        countdown = self.maximum if retries > 64 else min(self.maximum, self.factor * 2**retries)
+        if self.full_jitter:
+            countdown = random.randrange(countdown + 1)
+        return float(max(0, countdown))
+
+    def __repr__(self) -> str:
+        return (
+            f"wait_celery_backoff(factor={self.factor}, maximum={self.maximum}, "
+            f"full_jitter={self.full_jitter})"
+        )
+
+
 def _default_wait() -> wait_base:
-    return wait_exponential_jitter(multiplier=2, max=300)
+    return wait_exponential_capped(multiplier=2, max=300)
 
 
 @dataclass(frozen=True)
@@ -158,3 +213,97 @@ def coerce_policy(value: Any) -> RetryPolicy:
 
 
 DEFAULT_POLICY = RetryPolicy(max_attempts=5)
+
+
+# -- Celery's own retry options ----------------------------------------------------------------
+
+CELERY_RETRY_OPTIONS = (
+    "autoretry_for",
+    "dont_autoretry_for",
+    "retry_backoff",
+    "retry_backoff_max",
+    "retry_jitter",
+    "max_retries",
+    "default_retry_delay",
+    "retry_kwargs",
+)
+"""Task options of ``@app.task`` that ``policy_from_celery_options`` translates."""
+
+# Celery's own defaults (celery.app.task.Task and celery/app/autoretry.py).
+CELERY_MAX_RETRIES = 3
+CELERY_DEFAULT_RETRY_DELAY = 180
+CELERY_RETRY_BACKOFF_MAX = 600
+
+
+def policy_from_celery_options(options: dict[str, Any], *, where: str = "task") -> RetryPolicy:
+    """The RetryPolicy that behaves like Celery's autoretry with these ``@app.task`` options.
+
+    - ``max_retries=N`` -> ``max_attempts=N + 1`` (Celery's default 3 -> 4); ``None`` is refused.
+    - ``autoretry_for`` -> ``retry_on``; without it, ``RetryPolicy``'s default (every
+      ``Exception``), as for any hygiene task: bounded retries, then a dead letter.
+    - ``dont_autoretry_for`` -> ``give_up_on``.
+    - ``retry_backoff=True|n`` -> ``wait_celery_backoff(factor=n, maximum=retry_backoff_max
+      (600), full_jitter=retry_jitter (True))``; otherwise a fixed wait of
+      ``retry_kwargs["countdown"]`` or ``default_retry_delay`` (180).
+    - no floor (``min_delay=0``) and no deadline (``max_elapsed=None``): Celery has neither.
+    """
+    unknown = sorted(set(options) - set(CELERY_RETRY_OPTIONS))
+    if unknown:
+        raise HygieneConfigurationError(f"{where}: not Celery retry options: {unknown}.")
+    retry_kwargs = dict(options.get("retry_kwargs") or {})
+    unsupported = sorted(set(retry_kwargs) - {"max_retries", "countdown"})
+    if unsupported:
+        raise HygieneConfigurationError(
+            f"{where}: retry_kwargs {unsupported} cannot be translated into a RetryPolicy; "
+            "only 'max_retries' and 'countdown' can. Route or delay retries another way."
+        )
+    max_retries = retry_kwargs.get("max_retries", options.get("max_retries", CELERY_MAX_RETRIES))
+    if max_retries is None or isinstance(max_retries, bool) or not isinstance(max_retries, int):
+        raise HygieneConfigurationError(
+            f"{where}: max_retries={max_retries!r}: hygiene tasks need a whole number of retries "
+            "(a hard cap). Retrying forever is a bug: pick a cap and let the dead-letter store "
+            "keep the rest."
+        )
+    backoff = options.get("retry_backoff", False)
+    wait: wait_base
+    if backoff:
+        maximum = int(options.get("retry_backoff_max", CELERY_RETRY_BACKOFF_MAX))
+        wait = wait_celery_backoff(
+            factor=int(max(1.0, float(backoff))),
+            maximum=maximum,
+            full_jitter=bool(options.get("retry_jitter", True)),
+        )
+        ceiling = float(maximum)
+    else:
+        delay = retry_kwargs.get(
+            "countdown", options.get("default_retry_delay", CELERY_DEFAULT_RETRY_DELAY)
+        )
+        if delay is None or isinstance(delay, bool) or not isinstance(delay, int | float):
+            raise HygieneConfigurationError(
+                f"{where}: default_retry_delay must be a number of seconds, got {delay!r}."
+            )
+        wait = wait_fixed(delay)
+        ceiling = float(delay)
+    return RetryPolicy(
+        max_attempts=max_retries + 1,
+        wait=wait,
+        retry_on=_exception_classes(
+            options.get("autoretry_for", (Exception,)), where, "autoretry_for"
+        ),
+        give_up_on=_exception_classes(
+            options.get("dont_autoretry_for", ()), where, "dont_autoretry_for"
+        ),
+        min_delay=0.0,
+        # The wait caps itself; this only keeps the policy's own bound above it.
+        max_delay=min(ABSOLUTE_MAX_DELAY, max(1.0, ceiling)),
+        max_elapsed=None,
+    )
+
+
+def _exception_classes(value: Any, where: str, name: str) -> tuple[type[BaseException], ...]:
+    classes = (value,) if isinstance(value, type) else tuple(value or ())
+    if not all(isinstance(c, type) and issubclass(c, BaseException) for c in classes):
+        raise HygieneConfigurationError(
+            f"{where}: {name} must be a tuple of exception classes, got {value!r}."
+        )
+    return classes

@@ -14,7 +14,10 @@
     configure_queues(app)
 
 ``configure_queues`` turns the declaration into ``task_queues`` (kombu ``Queue``s),
-``task_routes`` (name globs, first declared queue wins) and ``task_default_queue``. A task's own
+``task_routes`` (name globs, first declared queue wins) and ``task_default_queue``. It takes effect
+when the app's configuration is loaded (now, if it already is) and again when the app is
+finalized, so a call made while Django settings are still importing is not lost; a call that
+finds no declaration by then fails loudly (and the audit reports it as E022). A task's own
 ``queue=`` option (on the decorator or on ``apply_async``) still wins over the patterns: that is
 Celery's routing order, unchanged.
 
@@ -27,13 +30,17 @@ limits need the prefork pool (Celery enforces none in the solo and threads pools
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.conf import settings
 from kombu import Exchange, Queue
 
+from .events import log_event
 from .exceptions import HygieneConfigurationError
 
 if TYPE_CHECKING:
@@ -250,6 +257,11 @@ def build_routes(specs: dict[str, QueueSpec]) -> dict[str, dict[str, str]]:
     return {pattern: {"queue": spec.name} for spec in specs.values() for pattern in spec.tasks}
 
 
+# Set on an app by configure_queues(): the explicit declaration, or REQUESTED (from the config).
+_REQUEST_ATTR = "_celery_hygiene_configure_queues"
+REQUESTED = object()
+
+
 def configure_queues(
     app: Celery, declaration: QueueDeclaration | None = None
 ) -> dict[str, QueueSpec]:
@@ -257,19 +269,98 @@ def configure_queues(
 
     Queues and routes already in the config are kept; declared ones are added after them, so a
     hand-written route still wins over a declared pattern.
+
+    If the app's configuration is not loaded yet (the usual case in ``proj/celery.py``, right
+    after ``config_from_object``), nothing is read now: the declaration is applied when Celery
+    loads the configuration, and once more when the app is finalized (before a worker consumes
+    or a producer looks up a task). Reading it now would load Django settings that may still
+    be importing (a settings module that imports the Celery app), and a half-loaded settings
+    module has no ``CELERY_HYGIENE_QUEUES`` yet: every task would go to the ``celery`` queue.
+    Returns the applied queues, or ``{}`` while deferred.
     """
     if declaration is not None:
-        app.conf.hygiene_queues = declaration
+        parse_queues(declaration)  # an invalid declaration fails here, not in a signal handler
+    setattr(app, _REQUEST_ATTR, REQUESTED if declaration is None else declaration)
+    app.on_after_finalize.connect(_on_finalized, weak=False, dispatch_uid="hygiene_queues")
+    if _django_settings_importing():
+        return {}  # whatever Celery read so far is half a settings module: wait for finalize
+    if not getattr(app, "configured", False):  # Celery's flag; celery-types does not know it
+        app.on_after_configure.connect(_on_configured, weak=False, dispatch_uid="hygiene_queues")
+        return {}
+    return _apply(app, strict=True)
+
+
+def _on_configured(sender: Any = None, **kwargs: Any) -> None:
+    if sender is None or _django_settings_importing():
+        return  # Celery read half a settings module; the finalize hook applies the rest
+    _apply(sender, strict=False)
+
+
+def _on_finalized(sender: Any = None, **kwargs: Any) -> None:
+    if sender is not None:
+        _apply(sender, strict=True)
+
+
+def _django_settings_importing() -> bool:
+    """True while the Django settings module is still executing (a circular import)."""
+    module = sys.modules.get(os.environ.get("DJANGO_SETTINGS_MODULE") or "")
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def configure_requested(app: Any) -> bool:
+    """Whether ``configure_queues`` was called for this app (the audit's E022 asks)."""
+    return hasattr(app, _REQUEST_ATTR)
+
+
+def _apply(app: Any, *, strict: bool) -> dict[str, QueueSpec]:
+    requested = getattr(app, _REQUEST_ATTR, REQUESTED)
+    if requested is not REQUESTED:
+        app.conf.hygiene_queues = requested
     specs = declared_queues(app)
     if not specs:
+        message = (
+            f"configure_queues({app.main or 'app'}) found no {SETTING}: every task would go to "
+            f"the default queue {app.conf.task_default_queue!r}. Define {SETTING} in the Django "
+            "settings module Celery reads (config_from_object(..., namespace='CELERY')), or pass "
+            "the declaration: configure_queues(app, {...})."
+        )
+        if strict:
+            log_event(
+                logging.ERROR, "configure_queues_found_nothing", app=app.main or "", detail=message
+            )
+            raise HygieneConfigurationError(message)
         return specs
     existing = [q for q in (app.conf.task_queues or ()) if q.name not in specs]
-    app.conf.task_queues = [*existing, *(spec.kombu_queue() for spec in specs.values())]
-    app.conf.task_routes = _merge_routes(app.conf.task_routes, build_routes(specs))
+    _set_conf(app, "task_queues", [*existing, *(spec.kombu_queue() for spec in specs.values())])
+    _set_conf(app, "task_routes", _merge_routes(app.conf.task_routes, build_routes(specs)))
     default = next((spec.name for spec in specs.values() if spec.default), None)
     if default is not None:
-        app.conf.task_default_queue = default
+        _set_conf(app, "task_default_queue", default)
+    _forget_cached_routing(app)
     return specs
+
+
+def _set_conf(app: Any, key: str, value: Any) -> None:
+    """Set a Celery setting so it wins over the same setting in Django settings.
+
+    Celery before 5.7 looks the namespaced spelling (``CELERY_TASK_ROUTES``) up in every config
+    layer before the plain one (``task_routes``), so a plain change loses to a Django setting of
+    that name: set both spellings.
+    """
+    app.conf[key] = value
+    namespace = getattr(app, "namespace", None)
+    if namespace:
+        app.conf[f"{namespace}_{key.upper()}"] = value
+
+
+def _forget_cached_routing(app: Any) -> None:
+    """Celery caches its router and queues on first use; make them read the new config."""
+    amqp = app.__dict__.get("amqp")
+    if amqp is None:
+        return
+    amqp._rtable = None
+    for name in ("router", "queues"):
+        amqp.__dict__.pop(name, None)
 
 
 def _merge_routes(existing: Any, ours: dict[str, dict[str, str]]) -> Any:

@@ -40,6 +40,8 @@ from .retry import DEFAULT_POLICY, Decision, RetryPolicy, coerce_policy
 
 FIRST_FAILED_HEADER = "celery_hygiene_first_failed_at"
 FIRST_STARTED_HEADER = "celery_hygiene_first_started_at"
+# Set on the exception Celery raises from a body's own self.retry() once max_retries is reached.
+_CAP_REACHED = "_celery_hygiene_retry_cap_reached"
 # The claim attempt a scheduled retry was released at: only that message resumes the claim.
 RETRY_TOKEN_HEADER = "celery_hygiene_retry_token"
 # When a message first found the database unreachable at claim time (epoch seconds).
@@ -123,13 +125,20 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         return float(conf.get("DEFAULT_LEASE_SECONDS"))
 
     def retry(self, *args: Any, **kwargs: Any) -> Any:
-        """``self.retry()`` from a body: the retry message carries the claim's retry token."""
+        """``self.retry()`` from a body: the retry message carries the claim's retry token, and
+        past ``max_retries`` the exception Celery raises is marked "exhausted" (not "gave up")."""
         ticket = getattr(self.request, "hygiene_ticket", None)
         if ticket is not None:
             headers = dict(kwargs.get("headers") or {})
             headers[RETRY_TOKEN_HEADER] = ticket.attempts
             kwargs["headers"] = headers
-        return super().retry(*args, **kwargs)
+        try:
+            return super().retry(*args, **kwargs)
+        except Retry:
+            raise
+        except Exception as exc:
+            setattr(exc, _CAP_REACHED, True)
+            raise
 
     def _worker_name(self) -> str:
         return self.request.hostname or socket.gethostname()
@@ -500,6 +509,8 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             if not self._is_atomic():
                 return  # the body ran and the claim says so; nothing to retry or replay
             decision = Decision(retry=False, reason=DeadLetterReason.GAVE_UP)
+        elif getattr(exc, _CAP_REACHED, False):
+            decision = Decision(retry=False, reason=DeadLetterReason.EXHAUSTED)
         else:
             decision = self.hygiene_policy().decide(
                 attempt=attempt, exc=exc, elapsed=self._elapsed()

@@ -1,0 +1,1 @@
+"""A package found only through ``autodiscover_tasks(packages=[...], related_name="jobs")``."""
