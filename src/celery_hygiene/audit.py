@@ -20,6 +20,7 @@ celery_hygiene.E022    ``configure_queues(app)`` was called but the declaration 
 celery_hygiene.W022    a ``CELERY_HYGIENE_QUEUES`` task pattern matches no registered task
 celery_hygiene.W030    a slow queue's worker prefetches more than one message per process
 celery_hygiene.W040    Redis ``visibility_timeout`` shorter than a retry countdown or time limit
+celery_hygiene.W041    Redis: a killed worker's messages come back only after more than 10 min
 celery_hygiene.W050    ``CONN_MAX_AGE = None``: every worker process keeps connections forever
 celery_hygiene.W051    idempotent tasks, but Celery reconnects to the database around every task
 =====================  ========================================================================
@@ -386,6 +387,41 @@ def check_visibility_timeout(scope: Scope) -> Messages:
     ]
 
 
+# A killed worker's message that takes longer than this to come back is worth a warning.
+SLOW_RECOVERY_SECONDS = 600.0
+
+
+def check_redis_recovery(scope: Scope) -> Messages:
+    """How long a killed worker's work stays away on Redis, from the settings that decide it."""
+    from . import conf
+
+    app = scope.app
+    url = str(app.conf.broker_url or "")
+    if not url.startswith(("redis://", "rediss://", "sentinel://", "redis+socket://")):
+        return []
+    options = app.conf.broker_transport_options or {}
+    timeout = float(options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
+    kombu_scan = float(options.get("unacked_restore_interval", 10)) * float(
+        options.get("unacked_restore_throttle", 10)
+    )
+    scan = min(float(conf.get("REDIS_RESTORE_SECONDS")), kombu_scan)
+    lease = float(conf.get("DEFAULT_LEASE_SECONDS"))
+    recovery = max(timeout + scan, lease)
+    if recovery <= SLOW_RECOVERY_SECONDS:
+        return []
+    return [
+        checks.Warning(
+            f"On Redis, a message whose worker was killed comes back after visibility_timeout "
+            f"({timeout:g}s) plus the next restore scan (every {scan:g}s): about {recovery:g}s "
+            "after the kill. Until then the work waits.",
+            hint="Lower CELERY_BROKER_TRANSPORT_OPTIONS['visibility_timeout'] (keep it above your "
+            "longest retry countdown, ETA and plain-task run, see W040); celery_hygiene's "
+            "workers scan every CELERY_HYGIENE['REDIS_RESTORE_SECONDS']. See docs/brokers.md.",
+            id="celery_hygiene.W041",
+        )
+    ]
+
+
 def check_conn_max_age(scope: Scope | None = None) -> Messages:
     return [
         checks.Warning(
@@ -457,6 +493,7 @@ RULES: list[Callable[[Scope], Messages]] = [
     check_patterns_match,
     check_slow_prefetch,
     check_visibility_timeout,
+    check_redis_recovery,
 ]
 
 
