@@ -432,6 +432,7 @@ def mark_dead_for_owner(
     owner_task_id: str,
     error: str,
     attempts: int | None = None,
+    worker: str | None = None,
     using: str | None = None,
 ) -> int:
     """Close a claim from outside the task (the worker's main process after a hard kill).
@@ -450,6 +451,8 @@ def mark_dead_for_owner(
     )
     if attempts is not None:
         rows = rows.filter(attempts=attempts)
+    if worker:  # a copy with the same task id may have taken the claim over on another worker
+        rows = rows.filter(owner_worker=worker)
     claim = rows.select_for_update().only("pk", "attempts").first()
     if claim is None:
         return 0

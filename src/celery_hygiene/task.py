@@ -23,7 +23,7 @@ from django.utils import timezone
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
-from . import claims, conf, deadletters, publishing, redeliveries, signals
+from . import claims, conf, deadletters, publishing, redeliveries, signals, upkeep
 from .claims import ClaimKey, ClaimResult, Outcome, Ticket
 from .dbretry import DB_ERRORS, with_db_retries
 from .events import log_event
@@ -703,7 +703,8 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         failed.kwargs = dict(kwargs or {})
         if request is None:
             failed.queue = failed.routing_key = _default_queue(self)
-        close = _owner_closer(key, task_id, repr(exc)) if key is not None else None
+        worker = upkeep.hostname()  # this main process's node name, as its pool writes it
+        close = _owner_closer(key, task_id, repr(exc), worker) if key is not None else None
         try:
             dead_letter = deadletters.store(failed, also=close)
         except deadletters.ClaimMovedOn as moved:
@@ -804,12 +805,12 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         )
 
 
-def _owner_closer(key: ClaimKey, task_id: str, error: str) -> Any:
+def _owner_closer(key: ClaimKey, task_id: str, error: str, worker: str | None) -> Any:
     """For the main process: mark this task id's claim dead, or refuse if it moved on."""
 
     def close() -> dict[str, Any] | None:
         attempts = claims.mark_dead_for_owner(
-            key.entity, key.operation, owner_task_id=task_id, error=error
+            key.entity, key.operation, owner_task_id=task_id, error=error, worker=worker
         )
         if attempts:
             return {"attempts": attempts}
