@@ -185,9 +185,10 @@ def test_a_deferred_copy_does_not_inherit_the_originals_expiry(worker_factory, q
     first_worker = worker_factory(queue_name, concurrency=1)
     tasks.early_ack.apply_async(("expiry-1", 30.0), queue=queue_name)
     wait_until(lambda: Attempt.objects.filter(key="expiry-1").exists(), timeout=30)
-    worker_factory(queue_name, concurrency=2)
+    second_worker = worker_factory(queue_name, concurrency=2)
     duplicate = tasks.early_ack.apply_async(("expiry-1", 30.0), queue=queue_name, expires=3)
-    time.sleep(1.0)
+    # Kill only once the duplicate has been deferred: its copy is then the only message left.
+    wait_until(lambda: "task_claim_busy" in first_worker.log() + second_worker.log(), timeout=30)
     first_worker.kill()
     assert duplicate.get(timeout=60) == "done:expiry-1"
     assert SideEffect.objects.filter(entity="expiry-1", kind="early_ack").count() == 1
