@@ -112,8 +112,16 @@ def separate_rooms() -> None:
     command("taskhygiene", "report")
 
 
+def singleton() -> None:
+    step("6. @singleton_task: three beat ticks while one run is in flight, one run")
+    values = [r.get(timeout=30) for r in [tasks.refresh_rates.delay(1.5) for _ in range(3)]]
+    print(f"  results: {values}")
+    check(values.count("rates refreshed") == 1, "one tick ran, the others were skipped")
+    check(tasks.refresh_rates.delay(0.1).get(timeout=30) == "rates refreshed", "next tick runs")
+
+
 def audit() -> None:
-    step("6. Hygiene audit of this configuration")
+    step("7. Hygiene audit of this configuration")
     try:
         command("taskhygiene", "check")
     except SystemExit as exit_:
@@ -125,5 +133,6 @@ if __name__ == "__main__":
     dead_letter = retries_then_dead_letter()
     replay(dead_letter)
     separate_rooms()
+    singleton()
     audit()
     print("\nAll steps passed. Open the admin: python example_worker/manage.py runserver")

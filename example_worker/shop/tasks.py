@@ -4,7 +4,7 @@ import time
 
 from tenacity import wait_exponential_jitter
 
-from celery_hygiene import RetryPolicy, hygienic_task, idempotent_task
+from celery_hygiene import RetryPolicy, hygienic_task, idempotent_task, singleton_task
 
 from .models import Charge, PartnerCall, Receipt
 
@@ -49,3 +49,10 @@ def build_report(seconds: float) -> str:
     """Slow work lives on the slow queue; the watchdog flags runs over expected_duration."""
     time.sleep(seconds)
     return f"report built in {seconds}s"
+
+
+# A periodic (beat) task: never two runs at once; a tick that finds one running is skipped.
+@singleton_task(name="shop.refresh_rates", acks_late=True)
+def refresh_rates(seconds: float) -> str:
+    time.sleep(seconds)
+    return "rates refreshed"
