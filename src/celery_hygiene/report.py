@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.db.models import Count, Max, Min, Q, QuerySet
@@ -59,13 +60,25 @@ def _run_totals(since: dt.datetime | None) -> dict[str, _Totals]:
     if since is not None:
         stats = stats.filter(window_start__gt=since - dt.timedelta(hours=1))
     totals: dict[str, _Totals] = {}
-    for row in stats.only("task_name", "runs", "max_seconds", "histogram").iterator():
+    for row in _in_batches(stats.only("task_name", "runs", "max_seconds", "histogram")):
         total = totals.setdefault(row.task_name, _Totals(histogram=Counter()))
         total.runs += row.runs
         total.maximum = max(total.maximum or 0.0, row.max_seconds)
         assert total.histogram is not None
         total.histogram.update({int(index): count for index, count in row.histogram.items()})
     return totals
+
+
+def _in_batches(rows: QuerySet[TaskRunStats], size: int = 2000) -> Iterator[TaskRunStats]:
+    """Keyset pages by primary key instead of ``.iterator()``: a server-side cursor would break
+    behind PgBouncer in transaction mode, and the whole table need not sit in memory."""
+    last = 0
+    while True:
+        page = list(rows.filter(pk__gt=last).order_by("pk")[:size])
+        yield from page
+        if len(page) < size:
+            return
+        last = page[-1].pk
 
 
 def _flag_counts(since: dt.datetime | None) -> dict[str, int]:
