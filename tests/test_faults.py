@@ -182,13 +182,17 @@ def test_a_deferred_copy_does_not_inherit_the_originals_expiry(worker_factory, q
     dies (acks early: its message is gone). The copy must still take over and do the work."""
     from tests.testapp import tasks
 
+    other_queue = f"{queue_name}-b"
     first_worker = worker_factory(queue_name, concurrency=1)
     tasks.early_ack.apply_async(("expiry-1", 30.0), queue=queue_name)
     wait_until(lambda: Attempt.objects.filter(key="expiry-1").exists(), timeout=30)
-    second_worker = worker_factory(queue_name, concurrency=2)
-    duplicate = tasks.early_ack.apply_async(("expiry-1", 30.0), queue=queue_name, expires=3)
-    # Kill only once the duplicate has been deferred: its copy is then the only message left.
-    wait_until(lambda: "task_claim_busy" in first_worker.log() + second_worker.log(), timeout=30)
+    second_worker = worker_factory(other_queue, concurrency=2)  # its own queue: no race
+    duplicate = tasks.early_ack.apply_async(("expiry-1", 30.0), queue=other_queue, expires=3)
+    second_worker.wait_for_log("task_claim_busy")  # deferred: its copy is the only message
     first_worker.kill()
     assert duplicate.get(timeout=60) == "done:expiry-1"
     assert SideEffect.objects.filter(entity="expiry-1", kind="early_ack").count() == 1
+    from tests.celery_app import app
+    from tests.conftest import delete_queue
+
+    delete_queue(app, other_queue)

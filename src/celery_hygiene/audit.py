@@ -20,7 +20,8 @@ celery_hygiene.E022    ``configure_queues(app)`` was called but the declaration 
 celery_hygiene.W022    a ``CELERY_HYGIENE_QUEUES`` task pattern matches no registered task
 celery_hygiene.W030    a slow queue's worker prefetches more than one message per process
 celery_hygiene.W040    Redis ``visibility_timeout`` shorter than a retry countdown or time limit
-celery_hygiene.W041    Redis: a killed worker's messages come back only after more than 10 min
+celery_hygiene.W041    Redis: a killed worker's messages come back only after more than 10 min,
+                       and the visibility timeout is over twice what the tasks need
 celery_hygiene.W050    ``CONN_MAX_AGE = None``: every worker process keeps connections forever
 celery_hygiene.W051    idempotent tasks, but Celery reconnects to the database around every task
 =====================  ========================================================================
@@ -407,7 +408,11 @@ def check_redis_recovery(scope: Scope) -> Messages:
     scan = min(float(conf.get("REDIS_RESTORE_SECONDS")), kombu_scan)
     lease = float(conf.get("DEFAULT_LEASE_SECONDS"))
     recovery = max(timeout + scan, lease)
-    if recovery <= SLOW_RECOVERY_SECONDS:
+    waits = _longest_waits(scope)
+    # W040 wants the timeout above the longest wait; only a timeout far above what the tasks
+    # need is worth lowering.
+    needed = 2 * waits[0][0] if waits else 0.0
+    if recovery <= max(SLOW_RECOVERY_SECONDS, needed):
         return []
     return [
         checks.Warning(

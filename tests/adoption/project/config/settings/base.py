@@ -30,7 +30,9 @@ DATABASES = {
 
 # Celery, read with namespace="CELERY" (config/celery.py).
 CELERY_BROKER_URL = os.environ.get("ADOPT_BROKER_URL", "redis://127.0.0.1:6379/12")
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Above every retry countdown and task run here, and short enough that a killed worker's
+# messages come back within minutes (audit W040/W041, docs/brokers.md).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_DB_REUSE_MAX = 100
