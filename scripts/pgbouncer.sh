@@ -26,6 +26,11 @@ pool_mode = transaction
 max_client_conn = 500
 default_pool_size = 20
 server_idle_timeout = 5
+; The suite's outage tests expect an unreachable database to fail fast, as it does without
+; PgBouncer: retry server logins every second (default 15 s) and fail a query that waited 5 s
+; for a server connection (default 120 s). docs/brokers.md#pgbouncer has the trade-offs.
+server_login_retry = 1
+query_wait_timeout = 5
 ignore_startup_parameters = extra_float_digits,options
 pidfile = $DIR/pgbouncer.pid
 logfile = $DIR/pgbouncer.log

@@ -171,7 +171,7 @@ def test_completion_rides_out_a_database_outage_longer_than_a_few_seconds(
     connection.close()
     claim = TaskClaim.objects.get(entity="outage-1")
     assert claim.status == ClaimStatus.SUCCEEDED
-    assert "claim_complete_retry" in worker.log()
+    # Retried by the library, or (behind PgBouncer) queued by PgBouncer until the server is back.
     assert "claim_complete_failed" not in worker.log()
     f.outage_before_completion.apply_async(("outage-1", 0.1), queue=queue_name).get(timeout=30)
     assert SideEffect.objects.filter(entity="outage-1", kind="before-outage").count() == 1
