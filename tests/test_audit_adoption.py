@@ -11,7 +11,7 @@ from django.test import override_settings
 
 from celery_hygiene import HygieneTask, hygienic_task, idempotent_task
 from celery_hygiene.audit import audit
-from celery_hygiene.checks import _import_task_modules
+from celery_hygiene.task_modules import import_task_modules
 from celery_hygiene.routing import configure_queues
 
 
@@ -123,7 +123,7 @@ def test_the_audit_sees_tasks_of_lazy_autodiscovery_with_a_related_name() -> Non
     app = Celery("adopt-autodiscover", set_as_current=False)
     app.autodiscover_tasks(packages=["tests.autodiscovered"], related_name="jobs")
     sys.modules.pop("tests.autodiscovered.jobs", None)
-    _import_task_modules(app)
+    import_task_modules(app)
     assert "tests.autodiscovered.jobs" in sys.modules
     assert "autodisc.nightly_export" in app.tasks
 

@@ -364,12 +364,17 @@ def _longest_countdown(task: Any) -> float | None:
     return float(task.default_retry_delay) if task.default_retry_delay else None
 
 
+def _redis_options(app: Any) -> dict[str, Any] | None:
+    """The broker transport options when the broker is Redis, else None."""
+    from .redis_recovery import uses_redis
+
+    return dict(app.conf.broker_transport_options or {}) if uses_redis(app) else None
+
+
 def check_visibility_timeout(scope: Scope) -> Messages:
-    app = scope.app
-    url = str(app.conf.broker_url or "")
-    if not url.startswith(("redis://", "rediss://", "sentinel://", "redis+socket://")):
+    options = _redis_options(scope.app)
+    if options is None:
         return []
-    options = app.conf.broker_transport_options or {}
     timeout = float(options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
     too_long = [(seconds, what) for seconds, what in _longest_waits(scope) if seconds > timeout]
     if not too_long:
@@ -396,11 +401,9 @@ def check_redis_recovery(scope: Scope) -> Messages:
     """How long a killed worker's work stays away on Redis, from the settings that decide it."""
     from . import conf
 
-    app = scope.app
-    url = str(app.conf.broker_url or "")
-    if not url.startswith(("redis://", "rediss://", "sentinel://", "redis+socket://")):
+    options = _redis_options(scope.app)
+    if options is None:
         return []
-    options = app.conf.broker_transport_options or {}
     timeout = float(options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
     kombu_scan = float(options.get("unacked_restore_interval", 10)) * float(
         options.get("unacked_restore_throttle", 10)

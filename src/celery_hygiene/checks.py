@@ -9,12 +9,12 @@ to every run.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from django.core import checks
 
 from . import conf
+from .task_modules import import_task_modules
 
 
 @checks.register("celery_hygiene")
@@ -72,7 +72,7 @@ def load_celery_app() -> tuple[Any, checks.CheckMessage | None]:
 
     try:
         app = celery_app()
-        _import_task_modules(app)
+        import_task_modules(app)
     except Exception as exc:  # noqa: BLE001 - reported as a check error, with the cause
         return None, checks.Error(
             f"Could not load the Celery app or its task modules: {exc!r}.",
@@ -81,50 +81,3 @@ def load_celery_app() -> tuple[Any, checks.CheckMessage | None]:
             id="celery_hygiene.E002",
         )
     return app, None
-
-
-def _import_task_modules(app: Any) -> None:
-    """Import what ``autodiscover_tasks()`` and ``imports`` would: the audit must see every task.
-
-    Not ``app.loader.import_default_modules()``: in a worker, Celery's Django fixup runs the
-    system checks from inside that very call, so calling it from a check recurses.
-    """
-    import importlib
-    import importlib.util
-
-    from django.apps import apps
-
-    for module in app.loader.default_modules:
-        app.loader.import_task_module(module)
-    _run_pending_autodiscovery(app)
-    for config in apps.get_app_configs():
-        name = f"{config.name}.tasks"
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:  # the app is a module, not a package
-            found = False
-        if found:
-            importlib.import_module(name)
-
-
-def _run_pending_autodiscovery(app: Any) -> None:
-    """Run the app's lazy ``autodiscover_tasks(packages=..., related_name=...)`` calls now.
-
-    Celery defers them to its ``import_modules`` signal, which only a worker (or
-    ``import_default_modules``) sends. Sending it here would also run Celery's Django fixup,
-    which runs the system checks again; so call just the autodiscovery receivers, as
-    ``autodiscover_tasks(force=True)`` would.
-    """
-    from celery import signals
-    from vine import promise
-
-    receivers: list[Any] = signals.import_modules._live_receivers(app)  # type: ignore[attr-defined]
-    for receiver in receivers:
-        target = receiver() if isinstance(receiver, weakref.ReferenceType) else receiver
-        if not isinstance(target, promise):
-            continue
-        fun: Any = target.fun
-        if getattr(fun, "__self__", None) is app and getattr(fun, "__name__", "") == (
-            "_autodiscover_tasks"
-        ):
-            fun(*(target.args or ()), **(target.kwargs or {}))

@@ -23,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import enum
-import importlib
-import importlib.util
 import logging
 import time
 import uuid
@@ -32,8 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery, signals
-from django.apps import apps
+from celery import Celery
 from django.db import router, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -44,6 +41,7 @@ from .deadletters import REPLAY_OF_HEADER, format_utc, message_arguments
 from .events import log_event
 from .models import ClaimStatus, DeadLetter, DeadLetterStatus, TaskClaim
 from .selection import Selection
+from .task_modules import import_task_modules
 
 
 class Outcome(enum.Enum):
@@ -100,22 +98,7 @@ def load_task_modules(app: Celery) -> None:
     """
     if id(app) in _loaded_apps:
         return
-    for module in app.loader.default_modules:
-        app.loader.import_task_module(module)
-    # autodiscover_tasks() connects a promise of app._autodiscover_tasks(packages, name) to this
-    # signal; run just those (sending the signal would also run the Django fixup's checks).
-    live_receivers = getattr(signals.import_modules, "_live_receivers", None)
-    for receiver in live_receivers(app) if live_receivers else ():
-        if getattr(receiver, "fun", None) == getattr(app, "_autodiscover_tasks", None):
-            receiver()
-    for config in apps.get_app_configs():
-        name = f"{config.name}.tasks"
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:  # the app is a module, not a package
-            found = False
-        if found:
-            importlib.import_module(name)
+    import_task_modules(app)
     _loaded_apps.add(id(app))
 
 
