@@ -11,8 +11,8 @@ from django.test import override_settings
 
 from celery_hygiene import HygieneTask, hygienic_task, idempotent_task
 from celery_hygiene.audit import audit
-from celery_hygiene.task_modules import import_task_modules
 from celery_hygiene.routing import configure_queues
+from celery_hygiene.task_modules import import_task_modules
 
 
 def make_app(**conf: Any) -> Celery:
