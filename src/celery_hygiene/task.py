@@ -285,13 +285,10 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         tries = int(_header(self.request, "celery_hygiene_claim_tries") or 0) + 1
         countdown = min(float(conf.get("CLAIM_RETRY_MAX_DELAY")), 0.5 * 2**tries)
         countdown += random.uniform(0, countdown / 2)
-        log_event(
+        self._log_claim(
             logging.WARNING,
             "task_claim_unavailable",
-            task=self.name,
-            id=self.request.id,
-            entity=key.entity,
-            operation=key.operation,
+            key,
             waited=round(waited, 1),
             retry_in=round(countdown, 2),
             error=repr(error),
@@ -345,13 +342,10 @@ class HygieneTask(_TaskBase[_P, _R_co]):
     def _not_finished(self, ticket: Ticket, reason: NotFinished) -> None:
         """The body ended on purpose without success: free the key for the next message."""
         with_db_retries(lambda: claims.forget(ticket), event="claim_release_retry")
-        log_event(
+        self._log_claim(
             logging.INFO,
             "task_not_finished",
-            task=self.name,
-            id=self.request.id,
-            entity=ticket.key.entity,
-            operation=ticket.key.operation,
+            ticket.key,
             detail=str(reason) or None,
         )
         return None
@@ -372,6 +366,18 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         if claim.outcome is Outcome.SUCCEEDED:
             return _load_result(existing.result_json)
         return None
+
+    def _log_claim(self, level: int, event: str, key: ClaimKey, **fields: Any) -> None:
+        """One log line about this message and its claim key."""
+        log_event(
+            level,
+            event,
+            task=self.name,
+            id=self.request.id,
+            entity=key.entity,
+            operation=key.operation,
+            **fields,
+        )
 
     def _singleton_busy(self, key: ClaimKey) -> None:
         self._announce(
@@ -435,13 +441,10 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         """
         countdown = min(float(conf.get("DEFER_MAX_SECONDS")), wait_seconds)
         countdown = max(0.5, countdown) + random.uniform(0, 0.5)
-        log_event(
+        self._log_claim(
             logging.INFO,
             "task_claim_busy",
-            task=self.name,
-            id=self.request.id,
-            entity=key.entity,
-            operation=key.operation,
+            key,
             retry_in=round(countdown, 2),
         )
         self._follow_up(countdown, dict(self.request.headers or {}), reason="defer")
@@ -463,24 +466,18 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         except Exception as exc:
             # The body ran and its result is returned; only the record of it is missing. The
             # claim keeps its lease, so a duplicate can at worst run the body again after it.
-            log_event(
+            self._log_claim(
                 logging.ERROR,
                 "claim_complete_failed",
-                task=self.name,
-                id=self.request.id,
-                entity=ticket.key.entity,
-                operation=ticket.key.operation,
+                ticket.key,
                 error=repr(exc),
             )
             return
         if not completed:
-            log_event(
+            self._log_claim(
                 logging.WARNING,
                 "task_claim_lost",
-                task=self.name,
-                id=self.request.id,
-                entity=ticket.key.entity,
-                operation=ticket.key.operation,
+                ticket.key,
                 detail="lease expired and was taken over before completion",
             )
 
