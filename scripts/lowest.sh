@@ -13,6 +13,8 @@ if [ ! -x "$VENV/bin/uv" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check uv
 fi
 "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --resolution lowest-direct -e ".[test]"
+# The admin browser test's driver is a dev tool, not a declared dependency: the pinned one.
+"$VENV/bin/uv" pip install -q --python "$VENV/bin/python" "$(grep -E '^playwright==' requirements-dev.txt)"
 "$VENV/bin/uv" pip list --python "$VENV/bin/python" 2>/dev/null \
   | grep -iE '^(django|celery|kombu|tenacity|psycopg|psycopg-binary|pytest|pytest-django|pytest-celery|redis) ' \
   | sed 's/^/lowest: /'
