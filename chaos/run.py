@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ TASK_NAMES = {"plain": "chaos.plain_effect", "atomic": "chaos.atomic_effect"}
 TERMINAL = ("succeeded", "dead")
 RABBIT_VHOST = "chaos"
 QUEUE = "chaos"
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class HarnessError(RuntimeError):
@@ -53,10 +56,14 @@ def log(msg: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run(cmd: list[str], *, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], *, check: bool = True, timeout: float = 120, **kw
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     if check and proc.returncode != 0:
-        raise HarnessError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        raise HarnessError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+        )
     return proc
 
 
@@ -113,24 +120,42 @@ class PrivatePostgres:
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)], check=False).returncode == 0:
+            if (
+                run(
+                    ["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)], check=False
+                ).returncode
+                == 0
+            ):
                 return
             time.sleep(0.3)
         raise HarnessError(f"PostgreSQL on port {self.port} not ready after {timeout}s")
 
     def crash_restart(self) -> None:
         run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "restart", "-m", "immediate"],
+            [
+                "pg_ctlcluster",
+                "--skip-systemctl-redirect",
+                self.version,
+                self.name,
+                "restart",
+                "-m",
+                "immediate",
+            ],
             timeout=120,
         )
 
     def stop(self) -> None:
-        run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "stop"], check=False)
+        run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "stop"],
+            check=False,
+        )
 
     def recreate_database(self, name: str) -> None:
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
 
@@ -140,7 +165,9 @@ class PrivateRabbit:
 
     def __init__(self, vhost: str) -> None:
         self.vhost = vhost
-        self.ctl = need("rabbitmqctl", "install rabbitmq-server (apt-get install -y rabbitmq-server)")
+        self.ctl = need(
+            "rabbitmqctl", "install rabbitmq-server (apt-get install -y rabbitmq-server)"
+        )
         if self.vhost in ("/", ""):
             raise HarnessError("refusing to cut the default vhost '/'")
 
@@ -158,7 +185,9 @@ class PrivateRabbit:
         run([self.ctl, "-q", "close_all_connections", "--vhost", self.vhost, "chaos"])
 
     def queue_depth(self) -> int | None:
-        proc = run([self.ctl, "-q", "list_queues", "-p", self.vhost, "name", "messages"], check=False)
+        proc = run(
+            [self.ctl, "-q", "list_queues", "-p", self.vhost, "name", "messages"], check=False
+        )
         for line in proc.stdout.splitlines():
             cols = line.split()
             if len(cols) == 2 and cols[0] == QUEUE and cols[1].isdigit():
@@ -191,10 +220,23 @@ class PrivateRedis:
             raise HarnessError(
                 f"something already listens on Redis port {self.port}; stop it or pass --redis-port"
             )
-        run([
-            self.server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--daemonize", "yes", "--pidfile", str(self.pidfile),
-        ])
+        run(
+            [
+                self.server,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(self.pidfile),
+            ]
+        )
         self.started = True
         deadline = time.monotonic() + 20
         while not self._ping():
@@ -207,7 +249,9 @@ class PrivateRedis:
 
     def queue_depth(self) -> int | None:
         out = run([self.cli, "-p", str(self.port), "LLEN", QUEUE], check=False).stdout.strip()
-        unacked = run([self.cli, "-p", str(self.port), "HLEN", "unacked"], check=False).stdout.strip()
+        unacked = run(
+            [self.cli, "-p", str(self.port), "HLEN", "unacked"], check=False
+        ).stdout.strip()
         try:
             return int(out) + int(unacked)
         except ValueError:
@@ -236,10 +280,14 @@ class PrivatePgBouncer:
         if os.path.exists(self.binary):
             return
         if not shutil.which("apt-get"):
-            raise HarnessError("--pgbouncer needs pgbouncer, and apt-get is not available to install it")
+            raise HarnessError(
+                "--pgbouncer needs pgbouncer, and apt-get is not available to install it"
+            )
         log("installing pgbouncer (apt-get install -y pgbouncer)")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        proc = run(["apt-get", "install", "-y", "-qq", "pgbouncer"], check=False, env=env, timeout=600)
+        proc = run(
+            ["apt-get", "install", "-y", "-qq", "pgbouncer"], check=False, env=env, timeout=600
+        )
         if proc.returncode != 0:
             run(["apt-get", "update", "-qq"], env=env, timeout=600)
             run(["apt-get", "install", "-y", "-qq", "pgbouncer"], env=env, timeout=600)
@@ -272,7 +320,10 @@ class PrivatePgBouncer:
         self.started = True
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.listen_port), 1):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.listen_port), 1),
+            ):
                 return
             time.sleep(0.1)
         raise HarnessError(f"pgbouncer did not listen on {self.listen_port}")
@@ -290,18 +341,39 @@ class PrivatePgBouncer:
 class Worker:
     """One ``celery -A chaos.celery_app worker`` in its own session (so killpg takes all of it)."""
 
-    def __init__(self, n: int, run_id: str, concurrency: int, logdir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, n: int, run_id: str, concurrency: int, logdir: Path, env: dict[str, str]
+    ) -> None:
         self.name = f"chaos-{run_id}-w{n}@localhost"
         self.logfile = logdir / f"worker-{n}.log"
         self.started_at = time.time()
         self.command = [
-            sys.executable, "-m", "celery", "-A", "chaos.celery_app", "worker",
-            "-Q", QUEUE, "-c", str(concurrency), "-P", "prefork", "-n", self.name,
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "chaos.celery_app",
+            "worker",
+            "-Q",
+            QUEUE,
+            "-c",
+            str(concurrency),
+            "-P",
+            "prefork",
+            "-n",
+            self.name,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel=INFO",
         ]
         with self.logfile.open("ab") as out:
             self.process = subprocess.Popen(
-                self.command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                self.command,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
 
@@ -347,14 +419,23 @@ class Timeline:
     worker_starts: list[dict] = field(default_factory=list)
     publish_errors: int = 0
     published: int = 0
+    sent: dict[tuple[str, str], list[dict]] = field(default_factory=lambda: defaultdict(list))
     notes: list[str] = field(default_factory=list)
 
 
 class Pool:
     """The set of live workers; kills and replacements go through here (thread-safe)."""
 
-    def __init__(self, args, run_id: str, logdir: Path, env: dict[str, str], timeline: Timeline) -> None:
-        self.args, self.run_id, self.logdir, self.env, self.timeline = args, run_id, logdir, env, timeline
+    def __init__(
+        self, args, run_id: str, logdir: Path, env: dict[str, str], timeline: Timeline
+    ) -> None:
+        self.args, self.run_id, self.logdir, self.env, self.timeline = (
+            args,
+            run_id,
+            logdir,
+            env,
+            timeline,
+        )
         self.lock = threading.Lock()
         self.live: list[Worker] = []
         self.dead: list[Worker] = []
@@ -365,7 +446,9 @@ class Pool:
             self.count += 1
             worker = Worker(self.count, self.run_id, self.args.concurrency, self.logdir, self.env)
             self.live.append(worker)
-        self.timeline.worker_starts.append({"t": worker.started_at, "pid": worker.pid, "name": worker.name})
+        self.timeline.worker_starts.append(
+            {"t": worker.started_at, "pid": worker.pid, "name": worker.name}
+        )
         return worker
 
     def wait_ready(self, workers: list[Worker], timeout: float = 90) -> None:
@@ -373,7 +456,9 @@ class Pool:
         for worker in workers:
             while not worker.ready():
                 if not worker.alive():
-                    raise HarnessError(f"worker exited early; see {worker.logfile}:\n{worker.logfile.read_text()[-3000:]}")
+                    raise HarnessError(
+                        f"worker exited early; see {worker.logfile}:\n{worker.logfile.read_text()[-3000:]}"
+                    )
                 if time.monotonic() > deadline:
                     raise HarnessError(f"worker not ready after {timeout}s; see {worker.logfile}")
                 time.sleep(0.2)
@@ -388,7 +473,9 @@ class Pool:
         when = time.time()
         victim.kill()
         self.dead.append(victim)
-        self.timeline.kills.append({"t": when, "pgid": victim.pid, "name": victim.name, "ready": victim.ready()})
+        self.timeline.kills.append(
+            {"t": when, "pgid": victim.pid, "name": victim.name, "ready": victim.ready()}
+        )
 
     def replenish(self) -> None:
         with self.lock:
@@ -425,22 +512,65 @@ class Pool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--broker", choices=("rabbitmq", "redis"), default="rabbitmq")
-    p.add_argument("--keys", type=int, default=2000, help="keys per mode (each key runs once as plain and once as atomic)")
-    p.add_argument("--duplicates", type=float, default=0.3, help="share of keys sent a second time (per mode)")
-    p.add_argument("--delayed-share", type=float, default=0.5, help="share of duplicates sent later in the run, not right away")
-    p.add_argument("--workers", type=int, default=2, help="worker processes (each prefork -c CONCURRENCY)")
+    p.add_argument(
+        "--keys",
+        type=int,
+        default=2000,
+        help="keys per mode (each key runs once as plain and once as atomic)",
+    )
+    p.add_argument(
+        "--duplicates", type=float, default=0.3, help="share of keys sent a second time (per mode)"
+    )
+    p.add_argument(
+        "--delayed-share",
+        type=float,
+        default=0.5,
+        help="share of duplicates sent later in the run, not right away",
+    )
+    p.add_argument(
+        "--workers", type=int, default=2, help="worker processes (each prefork -c CONCURRENCY)"
+    )
     p.add_argument("--concurrency", type=int, default=2)
-    p.add_argument("--kill-every", type=float, default=3.0, help="seconds between SIGKILLs of a random worker (0: no kills)")
-    p.add_argument("--chaos-seconds", type=float, default=150.0, help="length of the fault phase (kills stop earlier if all work is done and every scheduled fault has happened)")
-    p.add_argument("--pg-restart-at", type=float, default=20.0, help="seconds into the run (negative: never)")
-    p.add_argument("--broker-cut-at", type=float, default=40.0, help="seconds into the run (negative: never)")
-    p.add_argument("--drain-timeout", type=float, default=None, help="seconds to wait for every key to reach a terminal claim after the faults (default 240 RabbitMQ, 300 Redis)")
+    p.add_argument(
+        "--kill-every",
+        type=float,
+        default=3.0,
+        help="seconds between SIGKILLs of a random worker (0: no kills)",
+    )
+    p.add_argument(
+        "--chaos-seconds",
+        type=float,
+        default=150.0,
+        help="length of the fault phase (kills stop earlier if all work is done and every scheduled fault has happened)",
+    )
+    p.add_argument(
+        "--pg-restart-at", type=float, default=20.0, help="seconds into the run (negative: never)"
+    )
+    p.add_argument(
+        "--broker-cut-at", type=float, default=40.0, help="seconds into the run (negative: never)"
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for every key to reach a terminal claim after the faults (default 240 RabbitMQ, 300 Redis)",
+    )
     p.add_argument("--lease-seconds", type=float, default=10.0)
     p.add_argument("--body-ms", default="50-300", help="body sleep range, ms")
-    p.add_argument("--pgbouncer", action="store_true", help="workers reach PostgreSQL through a private PgBouncer (transaction mode)")
-    p.add_argument("--smoke", action="store_true", help="small and short: 200 keys, faults at 10 s / 20 s, ~1-2 min")
+    p.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="workers reach PostgreSQL through a private PgBouncer (transaction mode)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="small and short: 200 keys, faults at 10 s / 20 s, ~1-2 min",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--pg-version", default=None, help="default: the newest under /etc/postgresql")
     p.add_argument("--pg-cluster", default="faults")
@@ -448,8 +578,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pgbouncer-port", type=int, default=6441)
     p.add_argument("--redis-port", type=int, default=6391)
     p.add_argument("--db-name", default="chaos")
-    p.add_argument("--stop-pg", action="store_true", help="stop the private cluster at the end (default: leave it running)")
-    p.add_argument("--output", default=None, help="JSON report path (default chaos/results/<run>.json)")
+    p.add_argument(
+        "--stop-pg",
+        action="store_true",
+        help="stop the private cluster at the end (default: leave it running)",
+    )
+    p.add_argument(
+        "--output", default=None, help="JSON report path (default chaos/results/<run>.json)"
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.keys = 200 if args.keys == 2000 else args.keys
@@ -459,7 +595,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.drain_timeout is None:
         args.drain_timeout = 300.0 if args.broker == "redis" else 240.0
     if args.pg_version is None:
-        versions = sorted(os.listdir("/etc/postgresql"), key=lambda v: [int(x) for x in v.split(".") if x.isdigit()]) if os.path.isdir("/etc/postgresql") else []
+        versions = (
+            sorted(
+                os.listdir("/etc/postgresql"),
+                key=lambda v: [int(x) for x in v.split(".") if x.isdigit()],
+            )
+            if os.path.isdir("/etc/postgresql")
+            else []
+        )
         args.pg_version = versions[-1] if versions else "15"
     return args
 
@@ -502,12 +645,29 @@ def terminal_counts(keys_per_mode: int) -> dict[str, int]:
     return {mode: by_op.get(op, 0) for mode, op in OPERATIONS.items()}
 
 
-def publish(task, key: str, timeline: Timeline, stop: threading.Event) -> None:
-    """Publish one message, retrying through a broker cut until the broker takes it."""
+def safe_counts(keys_per_mode: int) -> dict[str, int] | None:
+    """Terminal claims per mode, or None while the database is unreachable (reconnects later)."""
+    from django.db import connection
+
+    try:
+        return terminal_counts(keys_per_mode)
+    except Exception:  # noqa: BLE001 - e.g. during the PostgreSQL restart
+        connection.close()
+        return None
+
+
+def publish(task, mode: str, key: str, timeline: Timeline, stop: threading.Event) -> None:
+    """Publish one message, retrying through a broker cut until the broker takes it.
+
+    The task id is chosen here, so a retried publish that did reach the broker only makes a
+    same-id copy, and the report can trace every message of a lost key through the worker logs.
+    """
+    task_id = str(uuid.uuid4())
     while not stop.is_set():
         try:
-            task.apply_async(args=[key], queue=QUEUE, retry=True)
+            task.apply_async(args=[key], queue=QUEUE, retry=True, task_id=task_id)
             timeline.published += 1
+            timeline.sent[(mode, key)].append({"id": task_id, "t": time.time()})
             return
         except Exception as exc:  # noqa: BLE001 - any publish failure is retried
             timeline.publish_errors += 1
@@ -531,9 +691,15 @@ def main(argv: list[str] | None = None) -> int:
 
     pg = PrivatePostgres(args.pg_version, args.pg_cluster, args.pg_port)
     broker: PrivateRabbit | PrivateRedis = (
-        PrivateRabbit(RABBIT_VHOST) if args.broker == "rabbitmq" else PrivateRedis(args.redis_port, workdir)
+        PrivateRabbit(RABBIT_VHOST)
+        if args.broker == "rabbitmq"
+        else PrivateRedis(args.redis_port, workdir)
     )
-    bouncer = PrivatePgBouncer(args.pgbouncer_port, args.pg_port, args.db_name) if args.pgbouncer else None
+    bouncer = (
+        PrivatePgBouncer(args.pgbouncer_port, args.pg_port, args.db_name)
+        if args.pgbouncer
+        else None
+    )
     pool: Pool | None = None
     timeline = Timeline()
     stop_publishing = threading.Event()
@@ -555,7 +721,9 @@ def main(argv: list[str] | None = None) -> int:
             "CHAOS_LEASE_SECONDS": str(args.lease_seconds),
             "CHAOS_BODY_MIN_MS": lo,
             "CHAOS_BODY_MAX_MS": hi,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])),
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+            ),
         }
         setup_django(env)  # the harness itself talks to PostgreSQL directly, never via PgBouncer
         from django.core.management import call_command
@@ -565,16 +733,18 @@ def main(argv: list[str] | None = None) -> int:
         if bouncer is not None:
             worker_env.update(CHAOS_DB_PORT=str(args.pgbouncer_port), CHAOS_PGBOUNCER="1")
 
-        from chaos.celery_app import app  # noqa: F401 - configures the publisher
         from chaos.app import tasks
+        from chaos.celery_app import app  # noqa: F401 - configures the publisher
 
         task_for = {"plain": tasks.plain_effect, "atomic": tasks.atomic_effect}
 
         pool = Pool(args, run_id, logdir, worker_env, timeline)
         first = [pool.start_one() for _ in range(args.workers)]
         pool.wait_ready(first)
-        log(f"{args.workers} workers ready (prefork -c {args.concurrency}), broker {args.broker}"
-            + (", via pgbouncer" if bouncer else ""))
+        log(
+            f"{args.workers} workers ready (prefork -c {args.concurrency}), broker {args.broker}"
+            + (", via pgbouncer" if bouncer else "")
+        )
 
         # The plan: every key once per mode, a share of keys twice (now or later in the run).
         keys = [f"k{i:06d}" for i in range(args.keys)]
@@ -591,8 +761,14 @@ def main(argv: list[str] | None = None) -> int:
                     immediate.append((mode, key))
         random.shuffle(immediate)
         delayed.sort()
-        planned = {"messages": len(immediate) + len(delayed), "duplicates": len(immediate) + len(delayed) - 2 * len(keys), "delayed_duplicates": len(delayed)}
-        log(f"publishing {planned['messages']} messages ({planned['duplicates']} duplicates, {len(delayed)} of them delayed)")
+        planned = {
+            "messages": len(immediate) + len(delayed),
+            "duplicates": len(immediate) + len(delayed) - 2 * len(keys),
+            "delayed_duplicates": len(delayed),
+        }
+        log(
+            f"publishing {planned['messages']} messages ({planned['duplicates']} duplicates, {len(delayed)} of them delayed)"
+        )
 
         timeline.t0 = time.time()
 
@@ -600,11 +776,11 @@ def main(argv: list[str] | None = None) -> int:
             for mode, key in immediate:
                 if stop_publishing.is_set():
                     return
-                publish(task_for[mode], key, timeline, stop_publishing)
+                publish(task_for[mode], mode, key, timeline, stop_publishing)
             for at, mode, key in delayed:
                 while not stop_publishing.is_set() and time.time() < timeline.t0 + at:
                     time.sleep(0.05)
-                publish(task_for[mode], key, timeline, stop_publishing)
+                publish(task_for[mode], mode, key, timeline, stop_publishing)
 
         publisher = threading.Thread(target=publisher_loop, name="publisher", daemon=True)
         publisher.start()
@@ -638,7 +814,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report["targets"]["met"] else 1
 
 
-def run_faults(args, pg: PrivatePostgres, broker, pool: Pool, timeline: Timeline, publisher: threading.Thread) -> dict:
+def run_faults(
+    args, pg: PrivatePostgres, broker, pool: Pool, timeline: Timeline, publisher: threading.Thread
+) -> dict:
     """The fault phase: periodic SIGKILLs with replacements, one PG restart, one broker cut."""
     t0 = timeline.t0
     pending = []
@@ -673,7 +851,6 @@ def run_faults(args, pg: PrivatePostgres, broker, pool: Pool, timeline: Timeline
     actions = {"pg_restart": pg_restart, "broker_cut": broker_cut}
     next_kill = t0 + args.kill_every if args.kill_every > 0 else float("inf")
     last_report = t0
-    all_done_since = None
     while True:
         now = time.time()
         elapsed = now - t0
@@ -690,25 +867,24 @@ def run_faults(args, pg: PrivatePostgres, broker, pool: Pool, timeline: Timeline
             pool.replenish()
         if now - last_report >= 10:
             last_report = now
-            counts = None
-            if not any(t.is_alive() for t in threads):
-                with contextlib.suppress(Exception):
-                    counts = terminal_counts(args.keys)
-            log(f"t={elapsed:5.0f}s kills={len(timeline.kills)} published={timeline.published} terminal={counts}")
+            counts = safe_counts(args.keys) if not any(t.is_alive() for t in threads) else None
+            log(
+                f"t={elapsed:5.0f}s kills={len(timeline.kills)} published={timeline.published} terminal={counts}"
+            )
         if elapsed >= args.chaos_seconds:
             break
         if not pending and not any(t.is_alive() for t in threads) and not publisher.is_alive():
             # All faults happened and everything is published: stop early once all work is done.
-            with contextlib.suppress(Exception):
-                counts = terminal_counts(args.keys)
-                if all(v >= args.keys for v in counts.values()):
-                    all_done_since = all_done_since or now
-                    break
+            counts = safe_counts(args.keys)
+            if counts is not None and all(v >= args.keys for v in counts.values()):
+                break
         time.sleep(0.1)
     for thread in threads:
         thread.join(timeout=120)
     if pending:
-        timeline.notes.append(f"faults not reached within --chaos-seconds: {[n for _, n in pending]}")
+        timeline.notes.append(
+            f"faults not reached within --chaos-seconds: {[n for _, n in pending]}"
+        )
     log(f"fault phase over after {time.time() - t0:.0f}s: {len(timeline.kills)} kills")
     return {"chaos_seconds": time.time() - t0, "skipped": [n for _, n in pending]}
 
@@ -739,8 +915,16 @@ def drain(args, pool: Pool, timeline: Timeline, broker, publisher: threading.Thr
     time.sleep(3.0)
     depth = broker.queue_depth()
     done = sum(counts.values()) >= args.keys * len(MODES)
-    log(f"drain {'complete' if done else 'TIMED OUT'} after {time.time() - start:.0f}s: terminal={counts}, queue depth={depth}, rotations={rotations}")
-    return {"seconds": time.time() - start, "complete": done, "terminal": counts, "queue_depth": depth, "rotations": rotations}
+    log(
+        f"drain {'complete' if done else 'TIMED OUT'} after {time.time() - start:.0f}s: terminal={counts}, queue depth={depth}, rotations={rotations}"
+    )
+    return {
+        "seconds": time.time() - start,
+        "complete": done,
+        "terminal": counts,
+        "queue_depth": depth,
+        "rotations": rotations,
+    }
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -750,16 +934,41 @@ def epoch(value: dt.datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
 
-def build_report(args, run_id, seed, timeline: Timeline, planned, faults, drained, pool: Pool) -> dict:
+def build_report(
+    args, run_id, seed, timeline: Timeline, planned, faults, drained, pool: Pool
+) -> dict:
     from celery_hygiene.models import DeadLetter, TaskClaim
     from chaos.app.models import SideEffect
 
     def fetch():
-        effects = list(SideEffect.objects.order_by("created_at", "id").values(
-            "key", "mode", "task_id", "worker_pid", "worker_pgid", "worker", "created_at", "returns_at"))
-        claims = list(TaskClaim.objects.filter(operation__in=OPERATIONS.values()).values(
-            "entity", "operation", "status", "attempts", "completed_at", "last_error"))
-        letters = list(DeadLetter.objects.values("entity", "operation", "task_name", "reason", "exception_type", "exception_message", "attempts"))
+        effects = list(
+            SideEffect.objects.order_by("created_at", "id").values(
+                "key",
+                "mode",
+                "task_id",
+                "worker_pid",
+                "worker_pgid",
+                "worker",
+                "created_at",
+                "returns_at",
+            )
+        )
+        claims = list(
+            TaskClaim.objects.filter(operation__in=OPERATIONS.values()).values(
+                "entity", "operation", "status", "attempts", "completed_at", "last_error"
+            )
+        )
+        letters = list(
+            DeadLetter.objects.values(
+                "entity",
+                "operation",
+                "task_name",
+                "reason",
+                "exception_type",
+                "exception_message",
+                "attempts",
+            )
+        )
         return effects, claims, letters
 
     effects, claims, letters = db_call(fetch)
@@ -783,6 +992,7 @@ def build_report(args, run_id, seed, timeline: Timeline, planned, faults, draine
     doubles_detail: list[dict] = []
     for mode in MODES:
         stats = defaultdict(int)
+        lists: dict[str, list[str]] = defaultdict(list)
         for key in keys:
             runs = per_key.get((mode, key), [])
             claim = claim_of.get((mode, key))
@@ -792,8 +1002,11 @@ def build_report(args, run_id, seed, timeline: Timeline, planned, faults, draine
                 stats["dead_lettered"] += 1
                 if n:
                     stats["dead_lettered_with_effect"] += 1
+            if dead:
+                lists["dead_lettered"].append(key)
             if n == 0 and not dead:
                 stats["lost"] += 1
+                lists["lost"].append(key)
             elif n == 1:
                 stats["ran_once"] += 1
             elif n >= 2:
@@ -803,34 +1016,57 @@ def build_report(args, run_id, seed, timeline: Timeline, planned, faults, draine
                 stats["no_claim_row"] += 1
             elif claim["status"] not in TERMINAL:
                 stats["claim_not_terminal"] += 1
+                lists["claim_not_terminal"].append(f"{key}:{claim['status']}:{claim['attempts']}")
             if n >= 2:
                 detail = explain_double(mode, key, runs, claim, kills, timeline, rel)
                 doubles_detail.append(detail)
                 stats["doubles_explained" if detail["explained"] else "doubles_unexplained"] += 1
         stats["keys"] = len(keys)
         stats["effect_rows"] = sum(len(per_key.get((mode, k), [])) for k in keys)
-        modes[mode] = {k: stats.get(k, 0) for k in (
-            "keys", "ran_once", "ran_twice_plus", "extra_runs", "lost", "dead_lettered",
-            "dead_lettered_with_effect", "doubles_explained", "doubles_unexplained",
-            "claim_not_terminal", "no_claim_row", "effect_rows")}
+        modes[mode] = {
+            k: stats.get(k, 0)
+            for k in (
+                "keys",
+                "ran_once",
+                "ran_twice_plus",
+                "extra_runs",
+                "lost",
+                "dead_lettered",
+                "dead_lettered_with_effect",
+                "doubles_explained",
+                "doubles_unexplained",
+                "claim_not_terminal",
+                "no_claim_row",
+                "effect_rows",
+            )
+        }
         reasons = defaultdict(int)
         for key in keys:
             for d in dl_of.get((mode, key), []):
                 reasons[f"{d['reason']}:{d['exception_type']}"] += 1
         modes[mode]["dead_letter_reasons"] = dict(reasons)
+        modes[mode]["keys_by_problem"] = {k: v[:200] for k, v in lists.items()}
 
     misses = []
     if modes["atomic"]["ran_twice_plus"]:
-        misses.append(f"atomic mode: {modes['atomic']['ran_twice_plus']} keys ran twice or more (target 0)")
+        misses.append(
+            f"atomic mode: {modes['atomic']['ran_twice_plus']} keys ran twice or more (target 0)"
+        )
     for mode in MODES:
         if modes[mode]["lost"]:
             misses.append(f"{mode} mode: {modes[mode]['lost']} keys lost (target 0)")
         if modes[mode]["dead_lettered"]:
-            misses.append(f"{mode} mode: {modes[mode]['dead_lettered']} keys dead-lettered (target 0)")
+            misses.append(
+                f"{mode} mode: {modes[mode]['dead_lettered']} keys dead-lettered (target 0)"
+            )
     if modes["plain"]["doubles_unexplained"]:
-        misses.append(f"plain mode: {modes['plain']['doubles_unexplained']} doubles not explained by a kill between effect and completion (target 0)")
+        misses.append(
+            f"plain mode: {modes['plain']['doubles_unexplained']} doubles not explained by a kill between effect and completion (target 0)"
+        )
     if not drained["complete"]:
-        misses.append("drain timed out: some keys never reached a terminal claim (counted as lost only if no effect and no dead letter)")
+        misses.append(
+            "drain timed out: some keys never reached a terminal claim (counted as lost only if no effect and no dead letter)"
+        )
     if faults["skipped"]:
         misses.append(f"faults not injected (run ended first): {faults['skipped']}")
 
@@ -846,8 +1082,22 @@ def build_report(args, run_id, seed, timeline: Timeline, planned, faults, draine
             "kills": len(timeline.kills),
             "kills_of_ready_workers": sum(1 for k in kills if k["ready"]),
             "worker_starts": len(timeline.worker_starts),
-            "pg_restarts": [{"at": rel(p["t"]), "back_at": rel(p["end"]), **({"error": p["error"]} if "error" in p else {})} for p in timeline.pg_restarts],
-            "broker_cuts": [{"at": rel(b["t"]), "done_at": rel(b["end"]), **({"error": b["error"]} if "error" in b else {})} for b in timeline.broker_cuts],
+            "pg_restarts": [
+                {
+                    "at": rel(p["t"]),
+                    "back_at": rel(p["end"]),
+                    **({"error": p["error"]} if "error" in p else {}),
+                }
+                for p in timeline.pg_restarts
+            ],
+            "broker_cuts": [
+                {
+                    "at": rel(b["t"]),
+                    "done_at": rel(b["end"]),
+                    **({"error": b["error"]} if "error" in b else {}),
+                }
+                for b in timeline.broker_cuts
+            ],
             "fault_phase_seconds": round(faults["chaos_seconds"], 1),
             "kill_times": [rel(k["t"]) for k in kills],
         },
@@ -855,8 +1105,49 @@ def build_report(args, run_id, seed, timeline: Timeline, planned, faults, draine
         "modes": modes,
         "doubles": doubles_detail,
         "targets": {"met": not misses, "misses": misses},
+        "traces": trace_problem_keys(modes, timeline, pool, rel),
         "notes": timeline.notes,
     }
+
+
+def trace_problem_keys(modes: dict, timeline: Timeline, pool: Pool, rel) -> list[dict]:
+    """For lost / unfinished / dead-lettered keys: every message sent, and what the workers logged.
+
+    "never received" means no worker logged the message: it was lost between the broker and the
+    workers (e.g. a Redis BRPOP answered on a connection the broker cut), not by the library.
+    """
+    wanted: dict[str, tuple[str, str]] = {}
+    for mode in MODES:
+        problems = modes[mode]["keys_by_problem"]
+        keys = problems.get("lost", []) + problems.get("dead_lettered", [])
+        keys += [k.split(":")[0] for k in problems.get("claim_not_terminal", [])]
+        for key in keys[:50]:
+            for sent in timeline.sent.get((mode, key), []):
+                wanted[sent["id"]] = (mode, key)
+    if not wanted:
+        return []
+    lines: dict[str, list[str]] = defaultdict(list)
+    for worker in pool.dead + pool.live:
+        with contextlib.suppress(OSError):
+            for line in worker.logfile.read_text(errors="replace").splitlines():
+                for task_id in set(UUID_RE.findall(line)) & wanted.keys():
+                    lines[task_id].append(f"{worker.name}: {line[:300]}")
+    traces = []
+    for task_id, (mode, key) in wanted.items():
+        sent_at = next(s["t"] for s in timeline.sent[(mode, key)] if s["id"] == task_id)
+        seen = lines.get(task_id, [])
+        traces.append(
+            {
+                "mode": mode,
+                "key": key,
+                "task_id": task_id,
+                "published_at": rel(sent_at),
+                "received": sum(" received" in line for line in seen),
+                "verdict": "never received by a worker" if not seen else "received",
+                "log": seen[-12:],
+            }
+        )
+    return traces
 
 
 def explain_double(mode, key, runs, claim, kills, timeline: Timeline, rel) -> dict:
@@ -883,19 +1174,21 @@ def explain_double(mode, key, runs, claim, kills, timeline: Timeline, rel) -> di
             where = "mid-body" if own[0]["t"] < returns else "after body, before completion"
         pg = [p for p in timeline.pg_restarts if p["t"] <= end and p["end"] >= start]
         cuts = [b for b in timeline.broker_cuts if start <= b["t"] <= end]
-        gaps.append({
-            "effect_at": rel(start),
-            "body_returns_at": rel(returns),
-            "next_effect_at": rel(end),
-            "worker": run_["worker"],
-            "worker_pgid": run_["worker_pgid"],
-            "kills_of_that_worker": len(own),
-            "kill_at": rel(own[0]["t"]) if own else None,
-            "kill_fell": where,
-            "kills_of_any_worker": len(any_),
-            "pg_restart_in_window": bool(pg),
-            "broker_cut_in_window": bool(cuts),
-        })
+        gaps.append(
+            {
+                "effect_at": rel(start),
+                "body_returns_at": rel(returns),
+                "next_effect_at": rel(end),
+                "worker": run_["worker"],
+                "worker_pgid": run_["worker_pgid"],
+                "kills_of_that_worker": len(own),
+                "kill_at": rel(own[0]["t"]) if own else None,
+                "kill_fell": where,
+                "kills_of_any_worker": len(any_),
+                "pg_restart_in_window": bool(pg),
+                "broker_cut_in_window": bool(cuts),
+            }
+        )
         if not own:
             explained = False
     return {
@@ -915,9 +1208,17 @@ def versions() -> dict:
     import kombu
     import psycopg
 
-    out = {"python": sys.version.split()[0], "django": django.get_version(), "celery": celery.__version__, "kombu": kombu.__version__, "psycopg": psycopg.__version__}
+    out = {
+        "python": sys.version.split()[0],
+        "django": django.get_version(),
+        "celery": celery.__version__,
+        "kombu": kombu.__version__,
+        "psycopg": psycopg.__version__,
+    }
     with contextlib.suppress(Exception):
-        out["celery_hygiene_commit"] = run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"]).stdout.strip()
+        out["celery_hygiene_commit"] = run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"]
+        ).stdout.strip()
     return out
 
 
@@ -947,7 +1248,11 @@ def render_markdown(report: dict) -> str:
         )
     doubles = report["doubles"]
     if doubles:
-        lines += ["", "Doubles (per extra run: kills of the worker that wrote the effect / of any worker, between the effect and the next run):", ""]
+        lines += [
+            "",
+            "Doubles (per extra run: kills of the worker that wrote the effect / of any worker, between the effect and the next run):",
+            "",
+        ]
         for d in doubles[:40]:
             parts = []
             for g in d["gaps"]:
@@ -961,12 +1266,21 @@ def render_markdown(report: dict) -> str:
                     + (f" ({g['kill_fell']} at {g['kill_at']} s)" if g["kill_fell"] else "")
                     + (f" [{', '.join(extra)}]" if extra else "")
                 )
-            lines.append(f"- {d['mode']} {d['key']} x{d['runs']} ({'explained' if d['explained'] else 'UNEXPLAINED'}): " + "; ".join(parts))
+            lines.append(
+                f"- {d['mode']} {d['key']} x{d['runs']} ({'explained' if d['explained'] else 'UNEXPLAINED'}): "
+                + "; ".join(parts)
+            )
         if len(doubles) > 40:
             lines.append(f"- ... {len(doubles) - 40} more in the JSON report")
     for mode in MODES:
         if report["modes"][mode]["dead_letter_reasons"]:
             lines.append(f"\n{mode} dead letters: {report['modes'][mode]['dead_letter_reasons']}")
+    for t in report.get("traces", [])[:20]:
+        lines.append(
+            f"\ntrace {t['mode']} {t['key']} message {t['task_id']} (published at "
+            f"{t['published_at']} s): {t['verdict']}, received {t['received']} time(s)"
+        )
+        lines += [f"    {line}" for line in t["log"][-4:]]
     lines += ["", "Targets: " + ("all met" if report["targets"]["met"] else "MISSED")]
     lines += [f"- {m}" for m in report["targets"]["misses"]]
     return "\n".join(lines) + "\n"
