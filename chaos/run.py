@@ -649,11 +649,12 @@ def safe_counts(keys_per_mode: int) -> dict[str, int] | None:
     """Terminal claims per mode, or None while the database is unreachable (reconnects later)."""
     from django.db import connection
 
-    try:
-        return terminal_counts(keys_per_mode)
-    except Exception:  # noqa: BLE001 - e.g. during the PostgreSQL restart
-        connection.close()
-        return None
+    for _ in range(2):  # the first query after a restart fails on the old connection
+        try:
+            return terminal_counts(keys_per_mode)
+        except Exception:  # noqa: BLE001 - e.g. during the PostgreSQL restart
+            connection.close()
+    return None
 
 
 def publish(task, mode: str, key: str, timeline: Timeline, stop: threading.Event) -> None:
