@@ -88,6 +88,7 @@ class PrivatePostgres:
         need("pg_createcluster", hint)
         need("pg_ctlcluster", hint)
         need("pg_lsclusters", hint)
+        need("pg_isready", "install postgresql-client")
 
     def status(self) -> str | None:
         out = run(["pg_lsclusters", "--no-header"]).stdout
@@ -218,7 +219,8 @@ class PrivateRedis:
     def reset(self) -> None:
         if self._ping():
             raise HarnessError(
-                f"something already listens on Redis port {self.port}; stop it or pass --redis-port"
+                f"something already listens on Redis port {self.port} (a leftover of a killed "
+                f"run? `redis-cli -p {self.port} shutdown nosave`), or pass --redis-port"
             )
         run(
             [
@@ -1046,6 +1048,12 @@ def build_report(
             for d in dl_of.get((mode, key), []):
                 reasons[f"{d['reason']}:{d['exception_type']}"] += 1
         modes[mode]["dead_letter_reasons"] = dict(reasons)
+        # Dead letters of this mode's task that name no key of the run (e.g. no entity at all).
+        modes[mode]["dead_letters_total"] = sum(
+            1
+            for d in letters
+            if d["operation"] == OPERATIONS[mode] or d["task_name"] == TASK_NAMES[mode]
+        )
         modes[mode]["keys_by_problem"] = {k: v[:200] for k, v in lists.items()}
 
     misses = []
@@ -1056,6 +1064,9 @@ def build_report(
     for mode in MODES:
         if modes[mode]["lost"]:
             misses.append(f"{mode} mode: {modes[mode]['lost']} keys lost (target 0)")
+        stray = modes[mode]["dead_letters_total"] - sum(len(dl_of.get((mode, k), [])) for k in keys)
+        if stray:
+            misses.append(f"{mode} mode: {stray} dead letters that name no key of this run")
         if modes[mode]["dead_lettered"]:
             misses.append(
                 f"{mode} mode: {modes[mode]['dead_lettered']} keys dead-lettered (target 0)"
