@@ -40,11 +40,17 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "chaos" / "results"
 MODES = ("plain", "atomic")
+CONTROL = "control"  # --control: the same body without a claim, to show the counting sees doubles
 OPERATIONS = {"plain": "chaos-plain", "atomic": "chaos-atomic"}
 TASK_NAMES = {"plain": "chaos.plain_effect", "atomic": "chaos.atomic_effect"}
 TERMINAL = ("succeeded", "dead")
 RABBIT_VHOST = "chaos"
 QUEUE = "chaos"
+# A line Celery logs when an execution of a task ends (success, failure, retry, ignore, reject).
+END_RE = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [A-Z]+/[^\]]+\] "
+    r"Task chaos\.\w+\[([0-9a-f-]{36})\] (?!received$)"
+)
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -53,7 +59,8 @@ class HarnessError(RuntimeError):
 
 
 def log(msg: str) -> None:
-    print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    sys.stdout.write(f"[chaos {time.strftime('%H:%M:%S')}] {msg}\n")  # one write: threads log too
+    sys.stdout.flush()
 
 
 def run(
@@ -573,6 +580,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="small and short: 200 keys, faults at 10 s / 20 s, ~1-2 min",
     )
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="also run the body as a plain Celery task without a claim (reported, no target): "
+        "shows that the counting sees doubles and that duplicates are not 'explained' by kills",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--pg-version", default=None, help="default: the newest under /etc/postgresql")
     p.add_argument("--pg-cluster", default="faults")
@@ -607,6 +620,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
         args.pg_version = versions[-1] if versions else "15"
     return args
+
+
+def active_modes(args: argparse.Namespace) -> tuple[str, ...]:
+    return (*MODES, CONTROL) if args.control else MODES
 
 
 def setup_django(env: dict[str, str]) -> None:
@@ -739,7 +756,11 @@ def main(argv: list[str] | None = None) -> int:
         from chaos.app import tasks
         from chaos.celery_app import app  # noqa: F401 - configures the publisher
 
-        task_for = {"plain": tasks.plain_effect, "atomic": tasks.atomic_effect}
+        task_for = {
+            "plain": tasks.plain_effect,
+            "atomic": tasks.atomic_effect,
+            CONTROL: tasks.control_effect,
+        }
 
         pool = Pool(args, run_id, logdir, worker_env, timeline)
         first = [pool.start_one() for _ in range(args.workers)]
@@ -754,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
         immediate: list[tuple[str, str]] = []
         delayed: list[tuple[float, str, str]] = []
         dup_horizon = max(5.0, 0.8 * args.chaos_seconds)
-        for mode in MODES:
+        for mode in active_modes(args):
             for key in keys:
                 immediate.append((mode, key))
             for key in random.sample(keys, int(round(args.duplicates * len(keys)))):
@@ -766,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         delayed.sort()
         planned = {
             "messages": len(immediate) + len(delayed),
-            "duplicates": len(immediate) + len(delayed) - 2 * len(keys),
+            "duplicates": len(immediate) + len(delayed) - len(active_modes(args)) * len(keys),
             "delayed_duplicates": len(delayed),
         }
         log(
@@ -905,7 +926,9 @@ def drain(args, pool: Pool, timeline: Timeline, broker, publisher: threading.Thr
         if total != last_total:
             last_total, last_progress = total, time.time()
         if total >= args.keys * len(MODES) and not publisher.is_alive():
-            break
+            # The control has no claim to wait for: wait for its messages to leave the queue.
+            if not args.control or broker.queue_depth() == 0:
+                break
         if time.time() - last_progress > 30:
             # Stuck: a fresh worker makes kombu's Redis transport restore unacked messages, and
             # costs nothing on RabbitMQ. Counted in the report.
@@ -991,9 +1014,10 @@ def build_report(
         dl_of[(mode, d["entity"])].append(d)
 
     keys = [f"k{i:06d}" for i in range(args.keys)]
+    ends = execution_ends(pool)
     modes: dict[str, dict] = {}
     doubles_detail: list[dict] = []
-    for mode in MODES:
+    for mode in active_modes(args):
         stats = defaultdict(int)
         lists: dict[str, list[str]] = defaultdict(list)
         for key in keys:
@@ -1015,13 +1039,15 @@ def build_report(
             elif n >= 2:
                 stats["ran_twice_plus"] += 1
                 stats["extra_runs"] += n - 1
-            if claim is None:
+            if mode == CONTROL:
+                pass  # no claim, by design
+            elif claim is None:
                 stats["no_claim_row"] += 1
             elif claim["status"] not in TERMINAL:
                 stats["claim_not_terminal"] += 1
                 lists["claim_not_terminal"].append(f"{key}:{claim['status']}:{claim['attempts']}")
             if n >= 2:
-                detail = explain_double(mode, key, runs, claim, kills, timeline, rel)
+                detail = explain_double(mode, key, runs, claim, kills, timeline, rel, ends)
                 doubles_detail.append(detail)
                 stats["doubles_explained" if detail["explained"] else "doubles_unexplained"] += 1
         stats["keys"] = len(keys)
@@ -1052,7 +1078,7 @@ def build_report(
         modes[mode]["dead_letters_total"] = sum(
             1
             for d in letters
-            if d["operation"] == OPERATIONS[mode] or d["task_name"] == TASK_NAMES[mode]
+            if d["operation"] == OPERATIONS.get(mode) or d["task_name"] == TASK_NAMES.get(mode)
         )
         modes[mode]["keys_by_problem"] = {k: v[:200] for k, v in lists.items()}
 
@@ -1129,7 +1155,7 @@ def trace_problem_keys(modes: dict, timeline: Timeline, pool: Pool, rel) -> list
     workers (e.g. a Redis BRPOP answered on a connection the broker cut), not by the library.
     """
     wanted: dict[str, tuple[str, str]] = {}
-    for mode in MODES:
+    for mode in MODES:  # not the control: it loses work by design
         problems = modes[mode]["keys_by_problem"]
         keys = problems.get("lost", []) + problems.get("dead_lettered", [])
         keys += [k.split(":")[0] for k in problems.get("claim_not_terminal", [])]
@@ -1162,13 +1188,30 @@ def trace_problem_keys(modes: dict, timeline: Timeline, pool: Pool, rel) -> list
     return traces
 
 
-def explain_double(mode, key, runs, claim, kills, timeline: Timeline, rel) -> dict:
+def execution_ends(pool: Pool) -> dict[int, dict[str, list[float]]]:
+    """Per worker process group, per task id: when Celery logged the end of an execution."""
+    ends: dict[int, dict[str, list[float]]] = {}
+    for worker in pool.dead + pool.live:
+        per_id: dict[str, list[float]] = defaultdict(list)
+        with contextlib.suppress(OSError):
+            for line in worker.logfile.read_text(errors="replace").splitlines():
+                match = END_RE.match(line)
+                if match:
+                    stamp = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+                    per_id[match.group(2)].append(stamp.timestamp())  # local time, like Celery
+        ends[worker.pid] = per_id
+    return ends
+
+
+def explain_double(mode, key, runs, claim, kills, timeline: Timeline, rel, ends) -> dict:
     """Which kills could have caused each extra run of this key.
 
-    Run i's effect is followed by run i+1 only if run i never completed its claim. A kill
+    Run i's effect is followed by run i+1 only if run i never recorded its completion. A kill
     "explains" that if it SIGKILLed the worker that wrote run i's effect (same process group)
-    after the effect and before run i+1 started. The kills of any worker in that window are
-    reported too, to show how crowded the window was.
+    after the effect, before run i+1 started, and while run i was still executing: that
+    worker's log shows no end of run i's task (Celery's "succeeded" / "raised" / "retry" line)
+    after the effect. The kills of any worker in that window are reported too, to show how
+    crowded the window was.
     """
     completed = epoch(claim["completed_at"]) if claim else None
     gaps = []
@@ -1178,7 +1221,19 @@ def explain_double(mode, key, runs, claim, kills, timeline: Timeline, rel) -> di
         end = epoch(runs[i + 1]["created_at"]) if i + 1 < len(runs) else completed
         if i + 1 == len(runs):
             break
-        own = [k for k in kills if k["pgid"] == run_["worker_pgid"] and start <= k["t"] <= end]
+        finished = [
+            t
+            for t in ends.get(run_["worker_pgid"], {}).get(run_["task_id"], [])
+            if t >= start - 0.002  # log stamps are truncated to the millisecond
+        ]
+        finished_at = min(finished) if finished else None
+        own = [
+            k
+            for k in kills
+            if k["pgid"] == run_["worker_pgid"]
+            and start <= k["t"] <= end
+            and (finished_at is None or k["t"] < finished_at)
+        ]
         any_ = [k for k in kills if start <= k["t"] <= end]
         returns = epoch(run_["returns_at"])
         where = None
@@ -1193,6 +1248,7 @@ def explain_double(mode, key, runs, claim, kills, timeline: Timeline, rel) -> di
                 "next_effect_at": rel(end),
                 "worker": run_["worker"],
                 "worker_pgid": run_["worker_pgid"],
+                "run_ended_at": rel(finished_at),
                 "kills_of_that_worker": len(own),
                 "kill_at": rel(own[0]["t"]) if own else None,
                 "kill_fell": where,
@@ -1241,7 +1297,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"## celery-hygiene fault-injection run {report['run_id']}",
         "",
-        f"broker **{a['broker']}**{' via PgBouncer' if a['pgbouncer'] else ''}, {a['keys']} keys x 2 modes, "
+        f"broker **{a['broker']}**{' via PgBouncer' if a['pgbouncer'] else ''}, {a['keys']} keys x {len(report['modes'])} modes, "
         f"{report['planned']['duplicates']} duplicates ({report['planned']['delayed_duplicates']} delayed), "
         f"{a['workers']} workers x -c {a['concurrency']}, lease {a['lease_seconds']} s, seed {report['seed']}",
         f"faults: {f['kills']} SIGKILLs ({f['kills_of_ready_workers']} of ready workers) in {f['fault_phase_seconds']} s, "
@@ -1252,7 +1308,7 @@ def render_markdown(report: dict) -> str:
         "| mode | keys | ran once | ran twice+ | explained by a kill | unexplained | lost | dead-lettered | claim not terminal |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for mode in MODES:
+    for mode in report["modes"]:
         m = report["modes"][mode]
         lines.append(
             f"| {mode} | {m['keys']} | {m['ran_once']} | {m['ran_twice_plus']} | {m['doubles_explained']} | "
@@ -1262,10 +1318,12 @@ def render_markdown(report: dict) -> str:
     if doubles:
         lines += [
             "",
-            "Doubles (per extra run: kills of the worker that wrote the effect / of any worker, between the effect and the next run):",
+            "Doubles. Per extra run, between the earlier effect and the next run: kills of the "
+            "worker that wrote the effect while that run was still executing / kills of any worker:",
             "",
         ]
-        for d in doubles[:40]:
+        shown = [d for d in doubles if d["mode"] != CONTROL]
+        for d in shown[:40]:
             parts = []
             for g in d["gaps"]:
                 extra = []
@@ -1276,14 +1334,15 @@ def render_markdown(report: dict) -> str:
                 parts.append(
                     f"effect {g['effect_at']} s -> next {g['next_effect_at']} s: {g['kills_of_that_worker']}/{g['kills_of_any_worker']} kills"
                     + (f" ({g['kill_fell']} at {g['kill_at']} s)" if g["kill_fell"] else "")
+                    + (f" (that run ended at {g['run_ended_at']} s)" if g["run_ended_at"] else "")
                     + (f" [{', '.join(extra)}]" if extra else "")
                 )
             lines.append(
                 f"- {d['mode']} {d['key']} x{d['runs']} ({'explained' if d['explained'] else 'UNEXPLAINED'}): "
                 + "; ".join(parts)
             )
-        if len(doubles) > 40:
-            lines.append(f"- ... {len(doubles) - 40} more in the JSON report")
+        if len(shown) > 40:
+            lines.append(f"- ... {len(shown) - 40} more in the JSON report")
     for mode in MODES:
         if report["modes"][mode]["dead_letter_reasons"]:
             lines.append(f"\n{mode} dead letters: {report['modes'][mode]['dead_letter_reasons']}")

@@ -14,7 +14,7 @@ class SideEffect(models.Model):
     """
 
     key = models.CharField(max_length=64, db_index=True)
-    mode = models.CharField(max_length=8)  # "plain" or "atomic"
+    mode = models.CharField(max_length=8)  # "plain", "atomic" or "control"
     task_id = models.CharField(max_length=64)
     worker_pid = models.IntegerField()  # the prefork child
     worker_pgid = models.IntegerField()  # the worker's main process (the harness kills groups)

@@ -10,6 +10,7 @@ import os
 import random
 import time
 
+from celery import shared_task
 from django.utils import timezone
 
 from celery_hygiene import RetryPolicy, idempotent_task
@@ -57,3 +58,9 @@ def plain_effect(self, key: str) -> str:
 @idempotent_task(operation="chaos-atomic", atomic=True, name="chaos.atomic_effect", **OPTIONS)
 def atomic_effect(self, key: str) -> str:
     return _body(self, key, "atomic")
+
+
+@shared_task(name="chaos.control_effect", acks_late=True, reject_on_worker_lost=True, bind=True)
+def control_effect(self, key: str) -> str:
+    """The control (``run.py --control``): the same body with no claim and no retry policy."""
+    return _body(self, key, "control")
