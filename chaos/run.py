@@ -1315,14 +1315,14 @@ def render_markdown(report: dict) -> str:
             f"{m['doubles_unexplained']} | {m['lost']} | {m['dead_lettered']} | {m['claim_not_terminal'] + m['no_claim_row']} |"
         )
     doubles = report["doubles"]
-    if doubles:
+    shown = [d for d in doubles if d["mode"] != CONTROL]
+    if shown:
         lines += [
             "",
             "Doubles. Per extra run, between the earlier effect and the next run: kills of the "
             "worker that wrote the effect while that run was still executing / kills of any worker:",
             "",
         ]
-        shown = [d for d in doubles if d["mode"] != CONTROL]
         for d in shown[:40]:
             parts = []
             for g in d["gaps"]:
