@@ -520,6 +520,14 @@ class Pool:
 # -- the run ------------------------------------------------------------------------------------
 
 
+def times(value: str) -> list[float]:
+    """'20' or '20,70' -> [20.0, 70.0]; 'never', '' or a negative number -> []."""
+    if value.strip().lower() in ("", "never", "none"):
+        return []
+    out = [float(v) for v in value.split(",") if v.strip()]
+    return sorted(v for v in out if v >= 0)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -557,10 +565,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="length of the fault phase (kills stop earlier if all work is done and every scheduled fault has happened)",
     )
     p.add_argument(
-        "--pg-restart-at", type=float, default=20.0, help="seconds into the run (negative: never)"
+        "--pg-restart-at",
+        type=times,
+        default=[20.0],
+        help="seconds into the run, comma-separated for several (e.g. 20,70); 'never' or -1: none",
     )
     p.add_argument(
-        "--broker-cut-at", type=float, default=40.0, help="seconds into the run (negative: never)"
+        "--broker-cut-at",
+        type=times,
+        default=[40.0],
+        help="seconds into the run, comma-separated for several; 'never' or -1: none",
     )
     p.add_argument(
         "--drain-timeout",
@@ -605,8 +619,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.keys = 200 if args.keys == 2000 else args.keys
         args.chaos_seconds = min(args.chaos_seconds, 45.0)
-        args.pg_restart_at = 10.0 if args.pg_restart_at == 20.0 else args.pg_restart_at
-        args.broker_cut_at = 20.0 if args.broker_cut_at == 40.0 else args.broker_cut_at
+        args.pg_restart_at = [10.0] if args.pg_restart_at == [20.0] else args.pg_restart_at
+        args.broker_cut_at = [20.0] if args.broker_cut_at == [40.0] else args.broker_cut_at
     if args.drain_timeout is None:
         args.drain_timeout = 300.0 if args.broker == "redis" else 240.0
     if args.pg_version is None:
@@ -844,10 +858,8 @@ def run_faults(
     """The fault phase: periodic SIGKILLs with replacements, one PG restart, one broker cut."""
     t0 = timeline.t0
     pending = []
-    if args.pg_restart_at >= 0:
-        pending.append((args.pg_restart_at, "pg_restart"))
-    if args.broker_cut_at >= 0:
-        pending.append((args.broker_cut_at, "broker_cut"))
+    pending += [(at, "pg_restart") for at in args.pg_restart_at]
+    pending += [(at, "broker_cut") for at in args.broker_cut_at]
     pending.sort()
     threads: list[threading.Thread] = []
 
