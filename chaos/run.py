@@ -642,6 +642,10 @@ def active_modes(args: argparse.Namespace) -> tuple[str, ...]:
 
 def setup_django(env: dict[str, str]) -> None:
     os.environ.update(env)
+    # `python chaos/run.py` puts chaos/ first on sys.path: its `app` and `settings` must only
+    # be importable as chaos.app and chaos.settings.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     sys.path.insert(0, str(REPO_ROOT))
     os.environ["DJANGO_SETTINGS_MODULE"] = "chaos.settings"
     import django
