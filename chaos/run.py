@@ -1160,6 +1160,7 @@ def build_report(
         "doubles": doubles_detail,
         "targets": {"met": not misses, "misses": misses},
         "traces": trace_problem_keys(modes, timeline, pool, rel),
+        "worker_log_counts": worker_log_counts(pool),
         "notes": timeline.notes,
     }
 
@@ -1202,6 +1203,33 @@ def trace_problem_keys(modes: dict, timeline: Timeline, pool: Pool, rel) -> list
             }
         )
     return traces
+
+
+LOG_MARKERS = (
+    "task_retry_scheduled",
+    "task_claim_busy",
+    "task_duplicate",
+    "task_claim_lost",
+    "claim_complete_retry",
+    "claim_complete_failed",
+    "claim_release_failed",
+    "task_dead_lettered",
+    "OperationalError",
+    "Connection to broker lost",
+    "Couldn't ack",
+    "WorkerLostError",
+)
+
+
+def worker_log_counts(pool: Pool) -> dict[str, int]:
+    """How often the workers logged each marker: shows that the faults reached them."""
+    counts = dict.fromkeys(LOG_MARKERS, 0)
+    for worker in pool.dead + pool.live:
+        with contextlib.suppress(OSError):
+            text = worker.logfile.read_text(errors="replace")
+            for marker in LOG_MARKERS:
+                counts[marker] += text.count(marker)
+    return counts
 
 
 def execution_ends(pool: Pool) -> dict[int, dict[str, list[float]]]:
@@ -1368,6 +1396,8 @@ def render_markdown(report: dict) -> str:
             f"{t['published_at']} s): {t['verdict']}, received {t['received']} time(s)"
         )
         lines += [f"    {line}" for line in t["log"][-4:]]
+    seen = {k: v for k, v in report.get("worker_log_counts", {}).items() if v}
+    lines += ["", f"worker logs: {seen}"]
     lines += ["", "Targets: " + ("all met" if report["targets"]["met"] else "MISSED")]
     lines += [f"- {m}" for m in report["targets"]["misses"]]
     return "\n".join(lines) + "\n"
