@@ -429,6 +429,7 @@ class Timeline:
     publish_errors: int = 0
     published: int = 0
     sent: dict[tuple[str, str], list[dict]] = field(default_factory=lambda: defaultdict(list))
+    order: list[str] = field(default_factory=list)  # task ids in publish order
     notes: list[str] = field(default_factory=list)
 
 
@@ -706,6 +707,7 @@ def publish(task, mode: str, key: str, timeline: Timeline, stop: threading.Event
             task.apply_async(args=[key], queue=QUEUE, retry=True, task_id=task_id)
             timeline.published += 1
             timeline.sent[(mode, key)].append({"id": task_id, "t": time.time()})
+            timeline.order.append(task_id)
             return
         except Exception as exc:  # noqa: BLE001 - any publish failure is retried
             timeline.publish_errors += 1
@@ -1181,12 +1183,26 @@ def trace_problem_keys(modes: dict, timeline: Timeline, pool: Pool, rel) -> list
                 wanted[sent["id"]] = (mode, key)
     if not wanted:
         return []
+    # The messages published just before and after each problem message: when they reached a
+    # worker brackets when the problem message left the queue.
+    position = {task_id: i for i, task_id in enumerate(timeline.order)}
+    neighbours: dict[str, list[str]] = {}
+    for task_id in wanted:
+        i = position.get(task_id)
+        if i is not None:
+            neighbours[task_id] = timeline.order[max(0, i - NEIGHBOURS) : i + NEIGHBOURS + 1]
+    scan = set(wanted) | {n for group in neighbours.values() for n in group}
     lines: dict[str, list[str]] = defaultdict(list)
+    received_at: dict[str, list[float]] = defaultdict(list)
     for worker in pool.dead + pool.live:
         with contextlib.suppress(OSError):
             for line in worker.logfile.read_text(errors="replace").splitlines():
-                for task_id in set(UUID_RE.findall(line)) & wanted.keys():
-                    lines[task_id].append(f"{worker.name}: {line[:300]}")
+                for task_id in set(UUID_RE.findall(line)) & scan:
+                    if task_id in wanted:
+                        lines[task_id].append(f"{worker.name}: {line[:300]}")
+                    if line.endswith("] received") and line.startswith("["):
+                        stamp = dt.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+                        received_at[task_id].append(stamp.timestamp())
     traces = []
     for task_id, (mode, key) in wanted.items():
         sent_at = next(s["t"] for s in timeline.sent[(mode, key)] if s["id"] == task_id)
@@ -1200,9 +1216,31 @@ def trace_problem_keys(modes: dict, timeline: Timeline, pool: Pool, rel) -> list
                 "received": sum(" received" in line for line in seen),
                 "verdict": "never received by a worker" if not seen else "received",
                 "log": seen[-12:],
+                **consumed_window(task_id, neighbours.get(task_id, []), received_at, timeline, rel),
             }
         )
     return traces
+
+
+NEIGHBOURS = 4
+
+
+def consumed_window(task_id, group, received_at, timeline: Timeline, rel) -> dict:
+    """When the neighbours of a message (in publish order) first reached a worker, and which
+    faults fell in that window: where a message that no worker ever logged was probably lost."""
+    if task_id not in group:
+        return {}
+    i = group.index(task_id)
+    before = [min(received_at[t]) for t in group[:i] if received_at.get(t)]
+    after = [min(received_at[t]) for t in group[i + 1 :] if received_at.get(t)]
+    if not before or not after:
+        return {}
+    start, end = min(before) - 1.0, max(after) + 1.0  # log stamps vs kill stamps: 1 s slack
+    return {
+        "neighbours_received_between": [rel(min(before)), rel(max(after))],
+        "kills_in_that_window": [rel(k["t"]) for k in timeline.kills if start <= k["t"] <= end],
+        "broker_cut_in_that_window": any(start <= b["t"] <= end for b in timeline.broker_cuts),
+    }
 
 
 LOG_MARKERS = (
@@ -1395,6 +1433,12 @@ def render_markdown(report: dict) -> str:
             f"\ntrace {t['mode']} {t['key']} message {t['task_id']} (published at "
             f"{t['published_at']} s): {t['verdict']}, received {t['received']} time(s)"
         )
+        if "neighbours_received_between" in t:
+            lines.append(
+                f"    neighbours in publish order reached workers between "
+                f"{t['neighbours_received_between']} s; kills then: {t['kills_in_that_window']}"
+                + ("; broker cut then" if t["broker_cut_in_that_window"] else "")
+            )
         lines += [f"    {line}" for line in t["log"][-4:]]
     seen = {k: v for k, v in report.get("worker_log_counts", {}).items() if v}
     lines += ["", f"worker logs: {seen}"]
