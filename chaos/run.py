@@ -1126,6 +1126,17 @@ def build_report(
     if faults["skipped"]:
         misses.append(f"faults not injected (run ended first): {faults['skipped']}")
 
+    traces = trace_problem_keys(modes, timeline, pool, rel)
+    for mode in MODES:
+        # A lost key none of whose messages any worker logged: lost between broker and worker.
+        unseen = {
+            t["key"] for t in traces if t["mode"] == mode and t["verdict"].startswith("never")
+        }
+        seen = {
+            t["key"] for t in traces if t["mode"] == mode and not t["verdict"].startswith("never")
+        }
+        lost = set(modes[mode]["keys_by_problem"].get("lost", []))
+        modes[mode]["lost_never_received"] = len((lost & unseen) - seen)
     return {
         "run_id": run_id,
         "seed": seed,
@@ -1161,7 +1172,7 @@ def build_report(
         "modes": modes,
         "doubles": doubles_detail,
         "targets": {"met": not misses, "misses": misses},
-        "traces": trace_problem_keys(modes, timeline, pool, rel),
+        "traces": traces,
         "worker_log_counts": worker_log_counts(pool),
         "notes": timeline.notes,
     }
@@ -1372,6 +1383,11 @@ def versions() -> dict:
     return out
 
 
+def lost_cell(m: dict) -> str:
+    unseen = m.get("lost_never_received", 0)
+    return f"{m['lost']} ({unseen} never reached a worker)" if unseen else str(m["lost"])
+
+
 def render_markdown(report: dict) -> str:
     a = report["args"]
     f = report["faults"]
@@ -1394,7 +1410,7 @@ def render_markdown(report: dict) -> str:
         m = report["modes"][mode]
         lines.append(
             f"| {mode} | {m['keys']} | {m['ran_once']} | {m['ran_twice_plus']} | {m['doubles_explained']} | "
-            f"{m['doubles_unexplained']} | {m['lost']} | {m['dead_lettered']} | {m['claim_not_terminal'] + m['no_claim_row']} |"
+            f"{m['doubles_unexplained']} | {lost_cell(m)} | {m['dead_lettered']} | {m['claim_not_terminal'] + m['no_claim_row']} |"
         )
     doubles = report["doubles"]
     shown = [d for d in doubles if d["mode"] != CONTROL]
