@@ -308,7 +308,8 @@ class PrivatePgBouncer:
         ini = self.dir / "pgbouncer.ini"
         ini.write_text(
             "[databases]\n"
-            f"{self.dbname} = host=127.0.0.1 port={self.pg_port} dbname={self.dbname} user=postgres\n"
+            f"{self.dbname} = host=127.0.0.1 port={self.pg_port} dbname={self.dbname} "
+            "user=postgres\n"
             "[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {self.listen_port}\n"
             f"auth_type = trust\nauth_file = {self.dir / 'userlist.txt'}\n"
@@ -467,7 +468,8 @@ class Pool:
             while not worker.ready():
                 if not worker.alive():
                     raise HarnessError(
-                        f"worker exited early; see {worker.logfile}:\n{worker.logfile.read_text()[-3000:]}"
+                        f"worker exited early; see {worker.logfile}:\n"
+                        + worker.logfile.read_text()[-3000:]
                     )
                 if time.monotonic() > deadline:
                     raise HarnessError(f"worker not ready after {timeout}s; see {worker.logfile}")
@@ -563,7 +565,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--chaos-seconds",
         type=float,
         default=150.0,
-        help="length of the fault phase (kills stop earlier if all work is done and every scheduled fault has happened)",
+        help="length of the fault phase (kills stop earlier once all work is done and every "
+        "scheduled fault has happened)",
     )
     p.add_argument(
         "--pg-restart-at",
@@ -581,7 +584,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--drain-timeout",
         type=float,
         default=None,
-        help="seconds to wait for every key to reach a terminal claim after the faults (default 240 RabbitMQ, 300 Redis)",
+        help="seconds to wait for every key to reach a terminal claim after the faults "
+        "(default 240 RabbitMQ, 300 Redis)",
     )
     p.add_argument("--lease-seconds", type=float, default=10.0)
     p.add_argument("--body-ms", default="50-300", help="body sleep range, ms")
@@ -811,7 +815,8 @@ def main(argv: list[str] | None = None) -> int:
             "delayed_duplicates": len(delayed),
         }
         log(
-            f"publishing {planned['messages']} messages ({planned['duplicates']} duplicates, {len(delayed)} of them delayed)"
+            f"publishing {planned['messages']} messages ({planned['duplicates']} duplicates, "
+            f"{len(delayed)} of them delayed)"
         )
 
         timeline.t0 = time.time()
@@ -911,7 +916,8 @@ def run_faults(
             last_report = now
             counts = safe_counts(args.keys) if not any(t.is_alive() for t in threads) else None
             log(
-                f"t={elapsed:5.0f}s kills={len(timeline.kills)} published={timeline.published} terminal={counts}"
+                f"t={elapsed:5.0f}s kills={len(timeline.kills)} "
+                f"published={timeline.published} terminal={counts}"
             )
         if elapsed >= args.chaos_seconds:
             break
@@ -943,10 +949,10 @@ def drain(args, pool: Pool, timeline: Timeline, broker, publisher: threading.Thr
         total = sum(counts.values())
         if total != last_total:
             last_total, last_progress = total, time.time()
-        if total >= args.keys * len(MODES) and not publisher.is_alive():
-            # The control has no claim to wait for: wait for its messages to leave the queue.
-            if not args.control or broker.queue_depth() == 0:
-                break
+        # The control has no claim to wait for: with it, wait for the queue to empty too.
+        finished = total >= args.keys * len(MODES) and not publisher.is_alive()
+        if finished and (not args.control or broker.queue_depth() == 0):
+            break
         if time.time() - last_progress > 30:
             # Stuck: a fresh worker makes kombu's Redis transport restore unacked messages, and
             # costs nothing on RabbitMQ. Counted in the report.
@@ -960,7 +966,8 @@ def drain(args, pool: Pool, timeline: Timeline, broker, publisher: threading.Thr
     depth = broker.queue_depth()
     done = sum(counts.values()) >= args.keys * len(MODES)
     log(
-        f"drain {'complete' if done else 'TIMED OUT'} after {time.time() - start:.0f}s: terminal={counts}, queue depth={depth}, rotations={rotations}"
+        f"drain {'complete' if done else 'TIMED OUT'} after {time.time() - start:.0f}s: "
+        f"terminal={counts}, queue depth={depth}, rotations={rotations}"
     )
     return {
         "seconds": time.time() - start,
@@ -1117,11 +1124,13 @@ def build_report(
             )
     if modes["plain"]["doubles_unexplained"]:
         misses.append(
-            f"plain mode: {modes['plain']['doubles_unexplained']} doubles not explained by a kill between effect and completion (target 0)"
+            f"plain mode: {modes['plain']['doubles_unexplained']} doubles not explained by a "
+            "kill between effect and completion (target 0)"
         )
     if not drained["complete"]:
         misses.append(
-            "drain timed out: some keys never reached a terminal claim (counted as lost only if no effect and no dead letter)"
+            "drain timed out: some keys never reached a terminal claim (counted as lost only "
+            "if no effect and no dead letter)"
         )
     if faults["skipped"]:
         misses.append(f"faults not injected (run ended first): {faults['skipped']}")
@@ -1389,36 +1398,44 @@ def lost_cell(m: dict) -> str:
 
 
 def render_markdown(report: dict) -> str:
-    a = report["args"]
-    f = report["faults"]
+    a, f, plan, drain_ = report["args"], report["faults"], report["planned"], report["drain"]
+    via = " via PgBouncer" if a["pgbouncer"] else ""
+    restarts = [p["at"] for p in f["pg_restarts"]]
+    cuts = [b["at"] for b in f["broker_cuts"]]
+    drained = "complete" if drain_["complete"] else "TIMED OUT"
     lines = [
         "",
         f"## celery-hygiene fault-injection run {report['run_id']}",
         "",
-        f"broker **{a['broker']}**{' via PgBouncer' if a['pgbouncer'] else ''}, {a['keys']} keys x {len(report['modes'])} modes, "
-        f"{report['planned']['duplicates']} duplicates ({report['planned']['delayed_duplicates']} delayed), "
-        f"{a['workers']} workers x -c {a['concurrency']}, lease {a['lease_seconds']} s, seed {report['seed']}",
-        f"faults: {f['kills']} SIGKILLs ({f['kills_of_ready_workers']} of ready workers) in {f['fault_phase_seconds']} s, "
-        f"PostgreSQL restarts at {[p['at'] for p in f['pg_restarts']]} s, broker cuts at {[b['at'] for b in f['broker_cuts']]} s; "
-        f"drain {report['drain']['seconds']} s ({'complete' if report['drain']['complete'] else 'TIMED OUT'}, {report['drain']['rotations']} worker rotations); "
-        f"publish retries {report['publish_errors']}",
+        f"broker **{a['broker']}**{via}, {a['keys']} keys x {len(report['modes'])} modes, "
+        f"{plan['duplicates']} duplicates ({plan['delayed_duplicates']} delayed), "
+        f"{a['workers']} workers x -c {a['concurrency']}, lease {a['lease_seconds']} s, "
+        f"seed {report['seed']}",
+        f"faults: {f['kills']} SIGKILLs ({f['kills_of_ready_workers']} of ready workers) in "
+        f"{f['fault_phase_seconds']} s, PostgreSQL restarts at {restarts} s, broker cuts at "
+        f"{cuts} s; drain {drain_['seconds']} s ({drained}, {drain_['rotations']} worker "
+        f"rotations); publish retries {report['publish_errors']}",
         "",
-        "| mode | keys | ran once | ran twice+ | explained by a kill | unexplained | lost | dead-lettered | claim not terminal |",
+        "| mode | keys | ran once | ran twice+ | explained by a kill | unexplained | lost "
+        "| dead-lettered | claim not terminal |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for mode in report["modes"]:
         m = report["modes"][mode]
+        unfinished = m["claim_not_terminal"] + m["no_claim_row"]
         lines.append(
-            f"| {mode} | {m['keys']} | {m['ran_once']} | {m['ran_twice_plus']} | {m['doubles_explained']} | "
-            f"{m['doubles_unexplained']} | {lost_cell(m)} | {m['dead_lettered']} | {m['claim_not_terminal'] + m['no_claim_row']} |"
+            f"| {mode} | {m['keys']} | {m['ran_once']} | {m['ran_twice_plus']} | "
+            f"{m['doubles_explained']} | {m['doubles_unexplained']} | {lost_cell(m)} | "
+            f"{m['dead_lettered']} | {unfinished} |"
         )
     doubles = report["doubles"]
     shown = [d for d in doubles if d["mode"] != CONTROL]
     if shown:
         lines += [
             "",
-            "Doubles. Per extra run, between the earlier effect and the next run: kills of the "
-            "worker that wrote the effect while that run was still executing / kills of any worker:",
+            "Doubles. Per extra run, between the earlier effect and the next run: kills of "
+            "the worker that wrote the effect while that run was still executing / kills of "
+            "any worker:",
             "",
         ]
         for d in shown[:40]:
@@ -1430,14 +1447,15 @@ def render_markdown(report: dict) -> str:
                 if g["broker_cut_in_window"]:
                     extra.append("broker cut")
                 parts.append(
-                    f"effect {g['effect_at']} s -> next {g['next_effect_at']} s: {g['kills_of_that_worker']}/{g['kills_of_any_worker']} kills"
+                    f"effect {g['effect_at']} s -> next {g['next_effect_at']} s: "
+                    f"{g['kills_of_that_worker']}/{g['kills_of_any_worker']} kills"
                     + (f" ({g['kill_fell']} at {g['kill_at']} s)" if g["kill_fell"] else "")
                     + (f" (that run ended at {g['run_ended_at']} s)" if g["run_ended_at"] else "")
                     + (f" [{', '.join(extra)}]" if extra else "")
                 )
             lines.append(
-                f"- {d['mode']} {d['key']} x{d['runs']} ({'explained' if d['explained'] else 'UNEXPLAINED'}): "
-                + "; ".join(parts)
+                f"- {d['mode']} {d['key']} x{d['runs']} "
+                f"({'explained' if d['explained'] else 'UNEXPLAINED'}): " + "; ".join(parts)
             )
         if len(shown) > 40:
             lines.append(f"- ... {len(shown) - 40} more in the JSON report")
