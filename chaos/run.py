@@ -202,6 +202,12 @@ class PrivateRabbit:
                 return int(cols[1])
         return None
 
+    def state(self) -> dict:
+        return {"messages": self.queue_depth()}
+
+    def ids_present(self) -> set[str] | None:
+        return None  # RabbitMQ cannot be read without consuming; see queue_depth
+
     def close(self) -> None:
         pass  # the vhost stays (empty after a drained run); the next run recreates it
 
@@ -265,6 +271,26 @@ class PrivateRedis:
             return int(out) + int(unacked)
         except ValueError:
             return None
+
+    def state(self) -> dict:
+        """What kombu keeps in Redis: ready messages, unacknowledged ones, the restore mutex."""
+
+        def ask(*cmd: str) -> str:
+            return run([self.cli, "-p", str(self.port), *cmd], check=False).stdout.strip()
+
+        return {
+            "ready": ask("LLEN", QUEUE),
+            "unacked": ask("HLEN", "unacked"),
+            "unacked_mutex_ttl": ask("TTL", "unacked_mutex"),
+        }
+
+    def ids_present(self) -> set[str]:
+        """Task ids of every message still in Redis: ready in the list, or unacknowledged."""
+        found: set[str] = set()
+        for cmd in (["LRANGE", QUEUE, "0", "-1"], ["HVALS", "unacked"]):
+            out = run([self.cli, "-p", str(self.port), *cmd], check=False).stdout
+            found.update(UUID_RE.findall(out))
+        return found
 
     def close(self) -> None:
         if not self.started:
@@ -431,6 +457,7 @@ class Timeline:
     published: int = 0
     sent: dict[tuple[str, str], list[dict]] = field(default_factory=lambda: defaultdict(list))
     order: list[str] = field(default_factory=list)  # task ids in publish order
+    in_broker: set[str] | None = None  # ids still in the broker at the end (Redis only)
     notes: list[str] = field(default_factory=list)
 
 
@@ -839,6 +866,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_publishing.set()
         log("stopping workers")
         pool.stop_all()
+        timeline.in_broker = broker.ids_present()
         report = build_report(args, run_id, seed, timeline, planned, faults, drained, pool)
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
@@ -956,7 +984,10 @@ def drain(args, pool: Pool, timeline: Timeline, broker, publisher: threading.Thr
         if time.time() - last_progress > 30:
             # Stuck: a fresh worker makes kombu's Redis transport restore unacked messages, and
             # costs nothing on RabbitMQ. Counted in the report.
-            log(f"drain: no progress for 30 s at {counts}; rotating a worker")
+            log(
+                f"drain: no progress for 30 s at {counts}, broker {broker.state()}; "
+                "rotating a worker"
+            )
             pool.rotate()
             rotations += 1
             last_progress = time.time()
@@ -964,6 +995,7 @@ def drain(args, pool: Pool, timeline: Timeline, broker, publisher: threading.Thr
     # Let late duplicates (deferred messages with a countdown) find the finished claims.
     time.sleep(3.0)
     depth = broker.queue_depth()
+    state = broker.state()
     done = sum(counts.values()) >= args.keys * len(MODES)
     log(
         f"drain {'complete' if done else 'TIMED OUT'} after {time.time() - start:.0f}s: "
@@ -975,6 +1007,7 @@ def drain(args, pool: Pool, timeline: Timeline, broker, publisher: threading.Thr
         "terminal": counts,
         "queue_depth": depth,
         "rotations": rotations,
+        "broker_state": state,
     }
 
 
@@ -1139,11 +1172,13 @@ def build_report(
     for mode in MODES:
         # A lost key none of whose messages any worker logged: lost between broker and worker.
         unseen = {
-            t["key"] for t in traces if t["mode"] == mode and t["verdict"].startswith("never")
+            t["key"]
+            for t in traces
+            if t["mode"] == mode
+            and t["verdict"].startswith("never")
+            and not t["verdict"].endswith("still in the broker")
         }
-        seen = {
-            t["key"] for t in traces if t["mode"] == mode and not t["verdict"].startswith("never")
-        }
+        seen = {t["key"] for t in traces if t["mode"] == mode and t["verdict"] == "received"}
         lost = set(modes[mode]["keys_by_problem"].get("lost", []))
         modes[mode]["lost_never_received"] = len((lost & unseen) - seen)
     return {
@@ -1234,7 +1269,7 @@ def trace_problem_keys(modes: dict, timeline: Timeline, pool: Pool, rel) -> list
                 "task_id": task_id,
                 "published_at": rel(sent_at),
                 "received": sum(" received" in line for line in seen),
-                "verdict": "never received by a worker" if not seen else "received",
+                "verdict": verdict(task_id, seen, timeline),
                 "log": seen[-12:],
                 **consumed_window(task_id, neighbours.get(task_id, []), received_at, timeline, rel),
             }
@@ -1243,6 +1278,16 @@ def trace_problem_keys(modes: dict, timeline: Timeline, pool: Pool, rel) -> list
 
 
 NEIGHBOURS = 4
+
+
+def verdict(task_id: str, seen: list[str], timeline: Timeline) -> str:
+    if seen:
+        return "received"
+    if timeline.in_broker is None:
+        return "never received by a worker"
+    if task_id in timeline.in_broker:
+        return "never received by a worker, still in the broker"
+    return "never received by a worker, gone from the broker"
 
 
 def consumed_window(task_id, group, received_at, timeline: Timeline, rel) -> dict:

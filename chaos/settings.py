@@ -55,11 +55,14 @@ CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 if BROKER_URL.startswith("redis"):
     # A SIGKILLed worker's unacked message comes back after visibility_timeout, at the next
-    # restore scan: every 5 s here (kombu's default is interval 10 s x throttle 10).
+    # restore scan: every 5 s here (kombu's default is interval 10 s x throttle 10). A worker
+    # killed during a scan leaves the scan's mutex behind until it expires (kombu's default
+    # 300 s, during which nothing is restored): 30 s here.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": 20,
         "unacked_restore_interval": 5,
         "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 30,
     }
 else:
     # A publish the broker did not take fails loudly instead of vanishing.
