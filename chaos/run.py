@@ -1171,13 +1171,7 @@ def build_report(
     traces = trace_problem_keys(modes, timeline, pool, rel)
     for mode in MODES:
         # A lost key none of whose messages any worker logged: lost between broker and worker.
-        unseen = {
-            t["key"]
-            for t in traces
-            if t["mode"] == mode
-            and t["verdict"].startswith("never")
-            and not t["verdict"].endswith("still in the broker")
-        }
+        unseen = {t["key"] for t in traces if t["mode"] == mode and reached_nobody(t["verdict"])}
         seen = {t["key"] for t in traces if t["mode"] == mode and t["verdict"] == "received"}
         lost = set(modes[mode]["keys_by_problem"].get("lost", []))
         modes[mode]["lost_never_received"] = len((lost & unseen) - seen)
@@ -1269,7 +1263,7 @@ def trace_problem_keys(modes: dict, timeline: Timeline, pool: Pool, rel) -> list
                 "task_id": task_id,
                 "published_at": rel(sent_at),
                 "received": sum(" received" in line for line in seen),
-                "verdict": verdict(task_id, seen, timeline),
+                "verdict": verdict(task_id, seen, timeline, rel),
                 "log": seen[-12:],
                 **consumed_window(task_id, neighbours.get(task_id, []), received_at, timeline, rel),
             }
@@ -1280,14 +1274,44 @@ def trace_problem_keys(modes: dict, timeline: Timeline, pool: Pool, rel) -> list
 NEIGHBOURS = 4
 
 
-def verdict(task_id: str, seen: list[str], timeline: Timeline) -> str:
-    if seen:
-        return "received"
-    if timeline.in_broker is None:
-        return "never received by a worker"
-    if task_id in timeline.in_broker:
-        return "never received by a worker, still in the broker"
-    return "never received by a worker, gone from the broker"
+STAMP_RE = re.compile(r": \[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
+
+
+def verdict(task_id: str, seen: list[str], timeline: Timeline, rel) -> str:
+    """Where the last message with this task id went: a worker, the broker, or nowhere.
+
+    A retry or a deferral re-publishes the message under the same id; when the last thing any
+    worker logged for the id is such a re-publish, it is the new message that went missing.
+    """
+    where = ""
+    if timeline.in_broker is not None:
+        where = (
+            ", still in the broker" if task_id in timeline.in_broker else ", gone from the broker"
+        )
+    if not seen:
+        return "never received by a worker" + where
+    stamped = []
+    for line in seen:
+        match = STAMP_RE.search(line)
+        if match:
+            stamp = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            stamped.append((stamp, line))
+    received = [t for t, line in stamped if line.endswith("] received")]
+    republished = [
+        t for t, line in stamped if "retry: Retry in" in line or "task_claim_busy" in line
+    ]
+    if republished and (not received or max(republished) > max(received)):
+        return (
+            f"received; re-published (retry or deferral) at {rel(max(republished))} s, "
+            "and no worker received the new message" + where
+        )
+    return "received"
+
+
+def reached_nobody(text: str) -> bool:
+    return ("never received" in text or "no worker received" in text) and not text.endswith(
+        "still in the broker"
+    )
 
 
 def consumed_window(task_id, group, received_at, timeline: Timeline, rel) -> dict:
