@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: example test test-django6 test-redis test-pgbouncer test-lowest services bootstrap lint bench bench-env bench-smoke
+.PHONY: example test test-django6 test-redis test-pgbouncer test-lowest services bootstrap lint bench bench-env bench-smoke chaos chaos-smoke
 
 services:
 	bash scripts/services.sh
@@ -64,3 +64,12 @@ bench: services bench-env
 ## Tiny sizes (< 60 s); CI runs it after the tests so the benchmark cannot rot.
 bench-smoke: services bench-env
 	$(BENCH_VENV)/bin/python benchmarks/run.py --smoke $(BENCH_ARGS)
+
+## Fault-injection suite (docs/development.md): SIGKILLs, a PostgreSQL restart, a broker cut.
+## Not part of `make test`. CHAOS_ARGS="--broker redis --pgbouncer ..." (see chaos/run.py --help).
+chaos: services bootstrap
+	$(PY) chaos/run.py $(CHAOS_ARGS)
+
+## The short version (~2 min): 200 keys, faults at 10 s and 20 s.
+chaos-smoke: services bootstrap
+	$(PY) chaos/run.py --smoke $(CHAOS_ARGS)

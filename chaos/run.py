@@ -1,0 +1,1554 @@
+"""Fault-injection suite for celery-hygiene claims (``make chaos``, ``make chaos-smoke``).
+
+Publishes thousands of ``chaos.plain_effect`` / ``chaos.atomic_effect`` tasks (every key once per
+mode, a share of them twice), SIGKILLs whole worker process groups every few seconds, restarts a
+private PostgreSQL cluster with ``-m immediate``, closes every broker connection once, then
+drains and counts per key from the ``SideEffect`` table: ran once / ran twice+ / lost /
+dead-lettered, per mode, and whether each plain-mode double is explained by a kill that fell
+between the body's effect and the claim's completion.
+
+Everything it cuts is its own: PostgreSQL cluster ``15/faults`` on port 5440, RabbitMQ vhost
+``chaos`` (or a Redis on port 6391), PgBouncer on 6441. Never the shared services.
+
+    python chaos/run.py --smoke                       # ~1-2 min, RabbitMQ
+    python chaos/run.py --broker redis --keys 1000    # medium run on Redis
+    python chaos/run.py --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "chaos" / "results"
+MODES = ("plain", "atomic")
+CONTROL = "control"  # --control: the same body without a claim, to show the counting sees doubles
+OPERATIONS = {"plain": "chaos-plain", "atomic": "chaos-atomic"}
+TASK_NAMES = {"plain": "chaos.plain_effect", "atomic": "chaos.atomic_effect"}
+TERMINAL = ("succeeded", "dead")
+RABBIT_VHOST = "chaos"
+QUEUE = "chaos"
+# A line Celery logs when an execution of a task ends (success, failure, retry, ignore, reject).
+END_RE = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [A-Z]+/[^\]]+\] "
+    r"Task chaos\.\w+\[([0-9a-f-]{36})\] (?!received$)"
+)
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+class HarnessError(RuntimeError):
+    """A precondition of the harness itself failed (not a finding about the library)."""
+
+
+def log(msg: str) -> None:
+    sys.stdout.write(f"[chaos {time.strftime('%H:%M:%S')}] {msg}\n")  # one write: threads log too
+    sys.stdout.flush()
+
+
+def run(
+    cmd: list[str], *, check: bool = True, timeout: float = 120, **kw
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise HarnessError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+        )
+    return proc
+
+
+def need(binary: str, hint: str) -> str:
+    path = shutil.which(binary) or next(
+        (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.path.exists(p)), None
+    )
+    if path is None:
+        raise HarnessError(f"`{binary}` not found: {hint}")
+    return path
+
+
+# -- the services it owns -----------------------------------------------------------------------
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the harness's own (Debian postgresql-common), created if missing."""
+
+    def __init__(self, version: str, name: str, port: int) -> None:
+        self.version, self.name, self.port = version, name, port
+        hint = "install Debian's postgresql-common and a server (apt-get install -y postgresql)"
+        need("pg_createcluster", hint)
+        need("pg_ctlcluster", hint)
+        need("pg_lsclusters", hint)
+        need("pg_isready", "install postgresql-client")
+
+    def status(self) -> str | None:
+        out = run(["pg_lsclusters", "--no-header"]).stdout
+        for line in out.splitlines():
+            cols = line.split()
+            if len(cols) >= 4 and cols[0] == self.version and cols[1] == self.name:
+                if cols[2] != str(self.port):
+                    raise HarnessError(
+                        f"cluster {self.version}/{self.name} exists on port {cols[2]}, not "
+                        f"{self.port}; pass --pg-port {cols[2]} or --pg-cluster another-name"
+                    )
+                return cols[3]
+        return None
+
+    def ensure_running(self) -> None:
+        if self.status() is None:
+            log(f"creating PostgreSQL cluster {self.version}/{self.name} on port {self.port}")
+            run(["pg_createcluster", self.version, self.name, "--port", str(self.port)])
+            hba = Path(f"/etc/postgresql/{self.version}/{self.name}/pg_hba.conf")
+            hba.write_text(
+                "# celery-hygiene chaos harness: a throwaway local cluster\n"
+                "local all all trust\n"
+                "host all all 127.0.0.1/32 trust\n"
+                "host all all ::1/128 trust\n"
+            )
+        if self.status() != "online":
+            run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "start"])
+        self.wait_ready(60)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (
+                run(
+                    ["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)], check=False
+                ).returncode
+                == 0
+            ):
+                return
+            time.sleep(0.3)
+        raise HarnessError(f"PostgreSQL on port {self.port} not ready after {timeout}s")
+
+    def crash_restart(self) -> None:
+        run(
+            [
+                "pg_ctlcluster",
+                "--skip-systemctl-redirect",
+                self.version,
+                self.name,
+                "restart",
+                "-m",
+                "immediate",
+            ],
+            timeout=120,
+        )
+
+    def stop(self) -> None:
+        run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "stop"],
+            check=False,
+        )
+
+    def recreate_database(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+class PrivateRabbit:
+    """A vhost of the harness's own on the local RabbitMQ; cutting it touches no other vhost."""
+
+    def __init__(self, vhost: str) -> None:
+        self.vhost = vhost
+        self.ctl = need(
+            "rabbitmqctl", "install rabbitmq-server (apt-get install -y rabbitmq-server)"
+        )
+        if self.vhost in ("/", ""):
+            raise HarnessError("refusing to cut the default vhost '/'")
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}"
+
+    def reset(self) -> None:
+        # A fresh vhost per run: no message of an earlier run can be counted in this one.
+        run([self.ctl, "-q", "delete_vhost", self.vhost], check=False)
+        run([self.ctl, "-q", "add_vhost", self.vhost])
+        run([self.ctl, "-q", "set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*"])
+
+    def cut(self) -> None:
+        run([self.ctl, "-q", "close_all_connections", "--vhost", self.vhost, "chaos"])
+
+    def queue_depth(self) -> int | None:
+        proc = run(
+            [self.ctl, "-q", "list_queues", "-p", self.vhost, "name", "messages"], check=False
+        )
+        for line in proc.stdout.splitlines():
+            cols = line.split()
+            if len(cols) == 2 and cols[0] == QUEUE and cols[1].isdigit():
+                return int(cols[1])
+        return None
+
+    def state(self) -> dict:
+        return {"messages": self.queue_depth()}
+
+    def ids_present(self) -> set[str] | None:
+        return None  # RabbitMQ cannot be read without consuming; see queue_depth
+
+    def close(self) -> None:
+        pass  # the vhost stays (empty after a drained run); the next run recreates it
+
+
+class PrivateRedis:
+    """A redis-server of the harness's own; ``CLIENT KILL TYPE normal`` cuts only its clients."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port = port
+        self.server = need("redis-server", "install redis-server (apt-get install -y redis-server)")
+        self.cli = need("redis-cli", "install redis-tools (apt-get install -y redis-tools)")
+        self.pidfile = workdir / f"redis-{port}.pid"
+        self.started = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _ping(self) -> bool:
+        return run([self.cli, "-p", str(self.port), "ping"], check=False).stdout.strip() == "PONG"
+
+    def reset(self) -> None:
+        if self._ping():
+            raise HarnessError(
+                f"something already listens on Redis port {self.port} (a leftover of a killed "
+                f"run? `redis-cli -p {self.port} shutdown nosave`), or pass --redis-port"
+            )
+        run(
+            [
+                self.server,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(self.pidfile),
+            ]
+        )
+        self.started = True
+        deadline = time.monotonic() + 20
+        while not self._ping():
+            if time.monotonic() > deadline:
+                raise HarnessError(f"private redis on {self.port} did not answer")
+            time.sleep(0.1)
+
+    def cut(self) -> None:
+        run([self.cli, "-p", str(self.port), "CLIENT", "KILL", "TYPE", "normal"])
+
+    def queue_depth(self) -> int | None:
+        out = run([self.cli, "-p", str(self.port), "LLEN", QUEUE], check=False).stdout.strip()
+        unacked = run(
+            [self.cli, "-p", str(self.port), "HLEN", "unacked"], check=False
+        ).stdout.strip()
+        try:
+            return int(out) + int(unacked)
+        except ValueError:
+            return None
+
+    def state(self) -> dict:
+        """What kombu keeps in Redis: ready messages, unacknowledged ones, the restore mutex."""
+
+        def ask(*cmd: str) -> str:
+            return run([self.cli, "-p", str(self.port), *cmd], check=False).stdout.strip()
+
+        return {
+            "ready": ask("LLEN", QUEUE),
+            "unacked": ask("HLEN", "unacked"),
+            "unacked_mutex_ttl": ask("TTL", "unacked_mutex"),
+        }
+
+    def ids_present(self) -> set[str]:
+        """Task ids of every message still in Redis: ready in the list, or unacknowledged."""
+        found: set[str] = set()
+        for cmd in (["LRANGE", QUEUE, "0", "-1"], ["HVALS", "unacked"]):
+            out = run([self.cli, "-p", str(self.port), *cmd], check=False).stdout
+            found.update(UUID_RE.findall(out))
+        return found
+
+    def close(self) -> None:
+        if not self.started:
+            return
+        run([self.cli, "-p", str(self.port), "shutdown", "nosave"], check=False)
+        with contextlib.suppress(Exception):
+            pid = int(self.pidfile.read_text())
+            os.kill(pid, signal.SIGKILL)
+
+
+class PrivatePgBouncer:
+    """PgBouncer in transaction mode in front of the private cluster, as its own process."""
+
+    def __init__(self, listen_port: int, pg_port: int, dbname: str) -> None:
+        self.listen_port, self.pg_port, self.dbname = listen_port, pg_port, dbname
+        self.binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        self.dir = Path(tempfile.mkdtemp(prefix="chaos-pgbouncer-"))
+        self.pidfile = self.dir / "pgbouncer.pid"
+        self.started = False
+
+    def install(self) -> None:
+        if os.path.exists(self.binary):
+            return
+        if not shutil.which("apt-get"):
+            raise HarnessError(
+                "--pgbouncer needs pgbouncer, and apt-get is not available to install it"
+            )
+        log("installing pgbouncer (apt-get install -y pgbouncer)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        proc = run(
+            ["apt-get", "install", "-y", "-qq", "pgbouncer"], check=False, env=env, timeout=600
+        )
+        if proc.returncode != 0:
+            run(["apt-get", "update", "-qq"], env=env, timeout=600)
+            run(["apt-get", "install", "-y", "-qq", "pgbouncer"], env=env, timeout=600)
+        self.binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+
+    def start(self) -> None:
+        self.install()
+        (self.dir / "userlist.txt").write_text('"postgres" ""\n')
+        ini = self.dir / "pgbouncer.ini"
+        ini.write_text(
+            "[databases]\n"
+            f"{self.dbname} = host=127.0.0.1 port={self.pg_port} dbname={self.dbname} "
+            "user=postgres\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.listen_port}\n"
+            f"auth_type = trust\nauth_file = {self.dir / 'userlist.txt'}\n"
+            "pool_mode = transaction\nmax_client_conn = 500\ndefault_pool_size = 20\n"
+            # The default of 15 s turns a 3 s PostgreSQL restart into ~15 s of refused logins.
+            "server_login_retry = 2\n"
+            "ignore_startup_parameters = extra_float_digits,options\n"
+            f"pidfile = {self.pidfile}\nlogfile = {self.dir / 'pgbouncer.log'}\n"
+            f"unix_socket_dir = {self.dir}\n"
+        )
+        shutil.chown(self.dir, "postgres")
+        for path in self.dir.iterdir():
+            shutil.chown(path, "postgres")
+        cmd = [self.binary, "-d", str(ini)]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        run(cmd)
+        self.started = True
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.listen_port), 1),
+            ):
+                return
+            time.sleep(0.1)
+        raise HarnessError(f"pgbouncer did not listen on {self.listen_port}")
+
+    def close(self) -> None:
+        if not self.started:
+            return
+        with contextlib.suppress(Exception):
+            os.kill(int(self.pidfile.read_text()), signal.SIGTERM)
+
+
+# -- workers ------------------------------------------------------------------------------------
+
+
+class Worker:
+    """One ``celery -A chaos.celery_app worker`` in its own session (so killpg takes all of it)."""
+
+    def __init__(
+        self, n: int, run_id: str, concurrency: int, logdir: Path, env: dict[str, str]
+    ) -> None:
+        self.name = f"chaos-{run_id}-w{n}@localhost"
+        self.logfile = logdir / f"worker-{n}.log"
+        self.started_at = time.time()
+        self.command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "chaos.celery_app",
+            "worker",
+            "-Q",
+            QUEUE,
+            "-c",
+            str(concurrency),
+            "-P",
+            "prefork",
+            "-n",
+            self.name,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel=INFO",
+        ]
+        with self.logfile.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def ready(self) -> bool:
+        with contextlib.suppress(OSError):
+            return " ready." in self.logfile.read_text(errors="replace")
+        return False
+
+    def kill(self) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Warm shutdown of the main process; the whole group is killed if it takes too long."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout)
+        # Pool children left behind by a killed main process, if any.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+
+
+@dataclass
+class Timeline:
+    t0: float = 0.0
+    kills: list[dict] = field(default_factory=list)
+    pg_restarts: list[dict] = field(default_factory=list)
+    broker_cuts: list[dict] = field(default_factory=list)
+    worker_starts: list[dict] = field(default_factory=list)
+    publish_errors: int = 0
+    published: int = 0
+    sent: dict[tuple[str, str], list[dict]] = field(default_factory=lambda: defaultdict(list))
+    order: list[str] = field(default_factory=list)  # task ids in publish order
+    in_broker: set[str] | None = None  # ids still in the broker at the end (Redis only)
+    notes: list[str] = field(default_factory=list)
+
+
+class Pool:
+    """The set of live workers; kills and replacements go through here (thread-safe)."""
+
+    def __init__(
+        self, args, run_id: str, logdir: Path, env: dict[str, str], timeline: Timeline
+    ) -> None:
+        self.args, self.run_id, self.logdir, self.env, self.timeline = (
+            args,
+            run_id,
+            logdir,
+            env,
+            timeline,
+        )
+        self.lock = threading.Lock()
+        self.live: list[Worker] = []
+        self.dead: list[Worker] = []
+        self.count = 0
+
+    def start_one(self) -> Worker:
+        with self.lock:
+            self.count += 1
+            worker = Worker(self.count, self.run_id, self.args.concurrency, self.logdir, self.env)
+            self.live.append(worker)
+        self.timeline.worker_starts.append(
+            {"t": worker.started_at, "pid": worker.pid, "name": worker.name}
+        )
+        return worker
+
+    def wait_ready(self, workers: list[Worker], timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            while not worker.ready():
+                if not worker.alive():
+                    raise HarnessError(
+                        f"worker exited early; see {worker.logfile}:\n"
+                        + worker.logfile.read_text()[-3000:]
+                    )
+                if time.monotonic() > deadline:
+                    raise HarnessError(f"worker not ready after {timeout}s; see {worker.logfile}")
+                time.sleep(0.2)
+
+    def kill_random(self) -> None:
+        with self.lock:
+            candidates = [w for w in self.live if w.alive()]
+            if not candidates:
+                return
+            victim = random.choice(candidates)
+            self.live.remove(victim)
+        when = time.time()
+        victim.kill()
+        self.dead.append(victim)
+        self.timeline.kills.append(
+            {"t": when, "pgid": victim.pid, "name": victim.name, "ready": victim.ready()}
+        )
+
+    def replenish(self) -> None:
+        with self.lock:
+            self.live = [w for w in self.live if w.alive() or self.dead.append(w)]
+            missing = self.args.workers - len(self.live)
+        for _ in range(missing):
+            self.start_one()
+
+    def rotate(self) -> None:
+        """Start a fresh worker and warm-stop the oldest: nudges kombu's Redis restore."""
+        fresh = self.start_one()
+        with contextlib.suppress(HarnessError):
+            self.wait_ready([fresh], timeout=60)
+        with self.lock:
+            oldest = self.live.pop(0) if len(self.live) > self.args.workers else None
+        if oldest is not None:
+            oldest.stop(timeout=15)
+            self.dead.append(oldest)
+
+    def stop_all(self) -> None:
+        with self.lock:
+            workers, self.live = self.live, []
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                if worker.alive():
+                    os.kill(worker.pid, signal.SIGTERM)
+        for worker in workers:
+            worker.stop(timeout=20)
+        for worker in self.dead:
+            worker.stop(timeout=1)
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def times(value: str) -> list[float]:
+    """'20' or '20,70' -> [20.0, 70.0]; 'never', '' or a negative number -> []."""
+    if value.strip().lower() in ("", "never", "none"):
+        return []
+    out = [float(v) for v in value.split(",") if v.strip()]
+    return sorted(v for v in out if v >= 0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--broker", choices=("rabbitmq", "redis"), default="rabbitmq")
+    p.add_argument(
+        "--keys",
+        type=int,
+        default=2000,
+        help="keys per mode (each key runs once as plain and once as atomic)",
+    )
+    p.add_argument(
+        "--duplicates", type=float, default=0.3, help="share of keys sent a second time (per mode)"
+    )
+    p.add_argument(
+        "--delayed-share",
+        type=float,
+        default=0.5,
+        help="share of duplicates sent later in the run, not right away",
+    )
+    p.add_argument(
+        "--workers", type=int, default=2, help="worker processes (each prefork -c CONCURRENCY)"
+    )
+    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument(
+        "--kill-every",
+        type=float,
+        default=3.0,
+        help="seconds between SIGKILLs of a random worker (0: no kills)",
+    )
+    p.add_argument(
+        "--chaos-seconds",
+        type=float,
+        default=150.0,
+        help="length of the fault phase (kills stop earlier once all work is done and every "
+        "scheduled fault has happened)",
+    )
+    p.add_argument(
+        "--pg-restart-at",
+        type=times,
+        default=[20.0],
+        help="seconds into the run, comma-separated for several (e.g. 20,70); 'never' or -1: none",
+    )
+    p.add_argument(
+        "--broker-cut-at",
+        type=times,
+        default=[40.0],
+        help="seconds into the run, comma-separated for several; 'never' or -1: none",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for every key to reach a terminal claim after the faults "
+        "(default 240 RabbitMQ, 300 Redis)",
+    )
+    p.add_argument("--lease-seconds", type=float, default=10.0)
+    p.add_argument("--body-ms", default="50-300", help="body sleep range, ms")
+    p.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="workers reach PostgreSQL through a private PgBouncer (transaction mode)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="small and short: 200 keys, faults at 10 s / 20 s, ~1-2 min",
+    )
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="also run the body as a plain Celery task without a claim (reported, no target): "
+        "shows that the counting sees doubles and that duplicates are not 'explained' by kills",
+    )
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--pg-version", default=None, help="default: the newest under /etc/postgresql")
+    p.add_argument("--pg-cluster", default="faults")
+    p.add_argument("--pg-port", type=int, default=5440)
+    p.add_argument("--pgbouncer-port", type=int, default=6441)
+    p.add_argument("--redis-port", type=int, default=6391)
+    p.add_argument("--db-name", default="chaos")
+    p.add_argument(
+        "--stop-pg",
+        action="store_true",
+        help="stop the private cluster at the end (default: leave it running)",
+    )
+    p.add_argument(
+        "--output", default=None, help="JSON report path (default chaos/results/<run>.json)"
+    )
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.keys = 200 if args.keys == 2000 else args.keys
+        args.chaos_seconds = min(args.chaos_seconds, 45.0)
+        args.pg_restart_at = [10.0] if args.pg_restart_at == [20.0] else args.pg_restart_at
+        args.broker_cut_at = [20.0] if args.broker_cut_at == [40.0] else args.broker_cut_at
+    if args.drain_timeout is None:
+        args.drain_timeout = 300.0 if args.broker == "redis" else 240.0
+    if args.pg_version is None:
+        versions = (
+            sorted(
+                os.listdir("/etc/postgresql"),
+                key=lambda v: [int(x) for x in v.split(".") if x.isdigit()],
+            )
+            if os.path.isdir("/etc/postgresql")
+            else []
+        )
+        args.pg_version = versions[-1] if versions else "15"
+    return args
+
+
+def active_modes(args: argparse.Namespace) -> tuple[str, ...]:
+    return (*MODES, CONTROL) if args.control else MODES
+
+
+def setup_django(env: dict[str, str]) -> None:
+    os.environ.update(env)
+    # `python chaos/run.py` puts chaos/ first on sys.path: its `app` and `settings` must only
+    # be importable as chaos.app and chaos.settings.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    sys.path.insert(0, str(REPO_ROOT))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "chaos.settings"
+    import django
+
+    django.setup()
+
+
+def db_call(fn, *, tries: int = 60, pause: float = 1.0):
+    """Run a harness query, reconnecting through the PostgreSQL restart."""
+    from django.db import Error, connection
+
+    for attempt in range(tries):
+        try:
+            return fn()
+        except Error:
+            connection.close()
+            if attempt == tries - 1:
+                raise
+            time.sleep(pause)
+    return None
+
+
+def terminal_counts(keys_per_mode: int) -> dict[str, int]:
+    from django.db.models import Count
+
+    from celery_hygiene.models import TaskClaim
+
+    rows = (
+        TaskClaim.objects.filter(operation__in=OPERATIONS.values(), status__in=TERMINAL)
+        .values("operation")
+        .annotate(n=Count("id"))
+    )
+    by_op = {r["operation"]: r["n"] for r in rows}
+    return {mode: by_op.get(op, 0) for mode, op in OPERATIONS.items()}
+
+
+def safe_counts(keys_per_mode: int) -> dict[str, int] | None:
+    """Terminal claims per mode, or None while the database is unreachable (reconnects later)."""
+    from django.db import connection
+
+    for _ in range(2):  # the first query after a restart fails on the old connection
+        try:
+            return terminal_counts(keys_per_mode)
+        except Exception:  # noqa: BLE001 - e.g. during the PostgreSQL restart
+            connection.close()
+    return None
+
+
+def publish(task, mode: str, key: str, timeline: Timeline, stop: threading.Event) -> None:
+    """Publish one message, retrying through a broker cut until the broker takes it.
+
+    The task id is chosen here, so a retried publish that did reach the broker only makes a
+    same-id copy, and the report can trace every message of a lost key through the worker logs.
+    """
+    task_id = str(uuid.uuid4())
+    while not stop.is_set():
+        try:
+            task.apply_async(args=[key], queue=QUEUE, retry=True, task_id=task_id)
+            timeline.published += 1
+            timeline.sent[(mode, key)].append({"id": task_id, "t": time.time()})
+            timeline.order.append(task_id)
+            return
+        except Exception as exc:  # noqa: BLE001 - any publish failure is retried
+            timeline.publish_errors += 1
+            if timeline.publish_errors <= 5:
+                log(f"publish of {task.name}({key}) failed, retrying: {exc!r}")
+            time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    random.seed(seed)
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{args.broker}"
+    workdir = Path(tempfile.mkdtemp(prefix=f"chaos-{run_id}-"))
+    logdir = workdir / "logs"
+    logdir.mkdir()
+    log(f"run {run_id}, seed {seed}, logs in {logdir}")
+
+    # SIGTERM (e.g. from make or CI) takes the same clean-up path as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+    pg = PrivatePostgres(args.pg_version, args.pg_cluster, args.pg_port)
+    broker: PrivateRabbit | PrivateRedis = (
+        PrivateRabbit(RABBIT_VHOST)
+        if args.broker == "rabbitmq"
+        else PrivateRedis(args.redis_port, workdir)
+    )
+    bouncer = (
+        PrivatePgBouncer(args.pgbouncer_port, args.pg_port, args.db_name)
+        if args.pgbouncer
+        else None
+    )
+    pool: Pool | None = None
+    timeline = Timeline()
+    stop_publishing = threading.Event()
+    publisher: threading.Thread | None = None
+    report: dict | None = None
+    try:
+        pg.ensure_running()
+        pg.recreate_database(args.db_name)
+        broker.reset()
+        if bouncer is not None:
+            bouncer.start()
+        lo, hi = (args.body_ms.split("-") + [args.body_ms])[:2]
+        env = {
+            "CHAOS_DB_HOST": "127.0.0.1",
+            "CHAOS_DB_PORT": str(args.pg_port),
+            "CHAOS_DB_NAME": args.db_name,
+            "CHAOS_BROKER_URL": broker.url,
+            "CHAOS_QUEUE": QUEUE,
+            "CHAOS_LEASE_SECONDS": str(args.lease_seconds),
+            "CHAOS_BODY_MIN_MS": lo,
+            "CHAOS_BODY_MAX_MS": hi,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+            ),
+        }
+        setup_django(env)  # the harness itself talks to PostgreSQL directly, never via PgBouncer
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        worker_env = {**os.environ, **env, "DJANGO_SETTINGS_MODULE": "chaos.settings"}
+        if bouncer is not None:
+            worker_env.update(CHAOS_DB_PORT=str(args.pgbouncer_port), CHAOS_PGBOUNCER="1")
+
+        from chaos.app import tasks
+        from chaos.celery_app import app  # noqa: F401 - configures the publisher
+
+        task_for = {
+            "plain": tasks.plain_effect,
+            "atomic": tasks.atomic_effect,
+            CONTROL: tasks.control_effect,
+        }
+
+        pool = Pool(args, run_id, logdir, worker_env, timeline)
+        first = [pool.start_one() for _ in range(args.workers)]
+        pool.wait_ready(first)
+        log(
+            f"{args.workers} workers ready (prefork -c {args.concurrency}), broker {args.broker}"
+            + (", via pgbouncer" if bouncer else "")
+        )
+
+        # The plan: every key once per mode, a share of keys twice (now or later in the run).
+        keys = [f"k{i:06d}" for i in range(args.keys)]
+        immediate: list[tuple[str, str]] = []
+        delayed: list[tuple[float, str, str]] = []
+        dup_horizon = max(5.0, 0.8 * args.chaos_seconds)
+        for mode in active_modes(args):
+            for key in keys:
+                immediate.append((mode, key))
+            for key in random.sample(keys, int(round(args.duplicates * len(keys)))):
+                if random.random() < args.delayed_share:
+                    delayed.append((random.uniform(1.0, dup_horizon), mode, key))
+                else:
+                    immediate.append((mode, key))
+        random.shuffle(immediate)
+        delayed.sort()
+        planned = {
+            "messages": len(immediate) + len(delayed),
+            "duplicates": len(immediate) + len(delayed) - len(active_modes(args)) * len(keys),
+            "delayed_duplicates": len(delayed),
+        }
+        log(
+            f"publishing {planned['messages']} messages ({planned['duplicates']} duplicates, "
+            f"{len(delayed)} of them delayed)"
+        )
+
+        timeline.t0 = time.time()
+
+        def publisher_loop() -> None:
+            for mode, key in immediate:
+                if stop_publishing.is_set():
+                    return
+                publish(task_for[mode], mode, key, timeline, stop_publishing)
+            for at, mode, key in delayed:
+                while not stop_publishing.is_set() and time.time() < timeline.t0 + at:
+                    time.sleep(0.05)
+                publish(task_for[mode], mode, key, timeline, stop_publishing)
+
+        publisher = threading.Thread(target=publisher_loop, name="publisher", daemon=True)
+        publisher.start()
+
+        faults = run_faults(args, pg, broker, pool, timeline, publisher)
+        drained = drain(args, pool, timeline, broker, publisher)
+        stop_publishing.set()
+        log("stopping workers")
+        pool.stop_all()
+        timeline.in_broker = broker.ids_present()
+        report = build_report(args, run_id, seed, timeline, planned, faults, drained, pool)
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        return 130
+    except HarnessError as exc:
+        log(f"harness error: {exc}")
+        return 2
+    finally:
+        stop_publishing.set()
+        if pool is not None:
+            pool.stop_all()
+        if bouncer is not None:
+            bouncer.close()
+        broker.close()
+        if args.stop_pg:
+            pg.stop()
+    out = Path(args.output) if args.output else RESULTS_DIR / f"{run_id}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print(render_markdown(report))
+    log(f"report written to {out}; worker logs in {logdir}")
+    return 0 if report["targets"]["met"] else 1
+
+
+def run_faults(
+    args, pg: PrivatePostgres, broker, pool: Pool, timeline: Timeline, publisher: threading.Thread
+) -> dict:
+    """The fault phase: periodic SIGKILLs with replacements, one PG restart, one broker cut."""
+    t0 = timeline.t0
+    pending = []
+    pending += [(at, "pg_restart") for at in args.pg_restart_at]
+    pending += [(at, "broker_cut") for at in args.broker_cut_at]
+    pending.sort()
+    threads: list[threading.Thread] = []
+
+    def pg_restart() -> None:
+        start = time.time()
+        log("fault: PostgreSQL restart -m immediate")
+        try:
+            pg.crash_restart()
+            pg.wait_ready(60)
+            timeline.pg_restarts.append({"t": start, "end": time.time()})
+        except Exception as exc:  # noqa: BLE001
+            timeline.pg_restarts.append({"t": start, "end": time.time(), "error": repr(exc)})
+            log(f"PostgreSQL restart failed: {exc!r}")
+
+    def broker_cut() -> None:
+        start = time.time()
+        log(f"fault: closing every connection to the {args.broker} broker")
+        try:
+            broker.cut()
+            timeline.broker_cuts.append({"t": start, "end": time.time()})
+        except Exception as exc:  # noqa: BLE001
+            timeline.broker_cuts.append({"t": start, "end": time.time(), "error": repr(exc)})
+            log(f"broker cut failed: {exc!r}")
+
+    actions = {"pg_restart": pg_restart, "broker_cut": broker_cut}
+    next_kill = t0 + args.kill_every if args.kill_every > 0 else float("inf")
+    last_report = t0
+    while True:
+        now = time.time()
+        elapsed = now - t0
+        while pending and elapsed >= pending[0][0]:
+            _, name = pending.pop(0)
+            thread = threading.Thread(target=actions[name], name=name, daemon=True)
+            thread.start()
+            threads.append(thread)
+        if now >= next_kill:
+            pool.kill_random()
+            pool.replenish()
+            next_kill = now + args.kill_every
+        else:
+            pool.replenish()
+        if now - last_report >= 10:
+            last_report = now
+            counts = safe_counts(args.keys) if not any(t.is_alive() for t in threads) else None
+            log(
+                f"t={elapsed:5.0f}s kills={len(timeline.kills)} "
+                f"published={timeline.published} terminal={counts}"
+            )
+        if elapsed >= args.chaos_seconds:
+            break
+        if not pending and not any(t.is_alive() for t in threads) and not publisher.is_alive():
+            # All faults happened and everything is published: stop early once all work is done.
+            counts = safe_counts(args.keys)
+            if counts is not None and all(v >= args.keys for v in counts.values()):
+                break
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join(timeout=120)
+    if pending:
+        timeline.notes.append(
+            f"faults not reached within --chaos-seconds: {[n for _, n in pending]}"
+        )
+    log(f"fault phase over after {time.time() - t0:.0f}s: {len(timeline.kills)} kills")
+    return {"chaos_seconds": time.time() - t0, "skipped": [n for _, n in pending]}
+
+
+def drain(args, pool: Pool, timeline: Timeline, broker, publisher: threading.Thread) -> dict:
+    """No more kills: wait until every key has a terminal claim (or the drain timeout)."""
+    start = time.time()
+    deadline = start + args.drain_timeout
+    pool.replenish()
+    last_progress, last_total, rotations = start, -1, 0
+    counts: dict[str, int] = {}
+    while time.time() < deadline:
+        counts = db_call(lambda: terminal_counts(args.keys)) or {}
+        total = sum(counts.values())
+        if total != last_total:
+            last_total, last_progress = total, time.time()
+        # The control has no claim to wait for: with it, wait for the queue to empty too.
+        finished = total >= args.keys * len(MODES) and not publisher.is_alive()
+        if finished and (not args.control or broker.queue_depth() == 0):
+            break
+        if time.time() - last_progress > 30:
+            # Stuck: a fresh worker makes kombu's Redis transport restore unacked messages, and
+            # costs nothing on RabbitMQ. Counted in the report.
+            log(
+                f"drain: no progress for 30 s at {counts}, broker {broker.state()}; "
+                "rotating a worker"
+            )
+            pool.rotate()
+            rotations += 1
+            last_progress = time.time()
+        time.sleep(1.0)
+    # Let late duplicates (deferred messages with a countdown) find the finished claims.
+    time.sleep(3.0)
+    depth = broker.queue_depth()
+    state = broker.state()
+    done = sum(counts.values()) >= args.keys * len(MODES)
+    log(
+        f"drain {'complete' if done else 'TIMED OUT'} after {time.time() - start:.0f}s: "
+        f"terminal={counts}, queue depth={depth}, rotations={rotations}"
+    )
+    return {
+        "seconds": time.time() - start,
+        "complete": done,
+        "terminal": counts,
+        "queue_depth": depth,
+        "rotations": rotations,
+        "broker_state": state,
+    }
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def epoch(value: dt.datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def build_report(
+    args, run_id, seed, timeline: Timeline, planned, faults, drained, pool: Pool
+) -> dict:
+    from celery_hygiene.models import DeadLetter, TaskClaim
+    from chaos.app.models import SideEffect
+
+    def fetch():
+        effects = list(
+            SideEffect.objects.order_by("created_at", "id").values(
+                "key",
+                "mode",
+                "task_id",
+                "worker_pid",
+                "worker_pgid",
+                "worker",
+                "created_at",
+                "returns_at",
+            )
+        )
+        claims = list(
+            TaskClaim.objects.filter(operation__in=OPERATIONS.values()).values(
+                "entity", "operation", "status", "attempts", "completed_at", "last_error"
+            )
+        )
+        letters = list(
+            DeadLetter.objects.values(
+                "entity",
+                "operation",
+                "task_name",
+                "reason",
+                "exception_type",
+                "exception_message",
+                "attempts",
+            )
+        )
+        return effects, claims, letters
+
+    effects, claims, letters = db_call(fetch)
+    t0 = timeline.t0
+    rel = lambda t: None if t is None else round(t - t0, 3)  # noqa: E731
+    kills = timeline.kills
+    op_mode = {op: mode for mode, op in OPERATIONS.items()}
+    name_mode = {name: mode for mode, name in TASK_NAMES.items()}
+
+    per_key: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for e in effects:
+        per_key[(e["mode"], e["key"])].append(e)
+    claim_of = {(op_mode[c["operation"]], c["entity"]): c for c in claims}
+    dl_of: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for d in letters:
+        mode = op_mode.get(d["operation"]) or name_mode.get(d["task_name"], "?")
+        dl_of[(mode, d["entity"])].append(d)
+
+    keys = [f"k{i:06d}" for i in range(args.keys)]
+    ends = execution_ends(pool)
+    modes: dict[str, dict] = {}
+    doubles_detail: list[dict] = []
+    for mode in active_modes(args):
+        stats = defaultdict(int)
+        lists: dict[str, list[str]] = defaultdict(list)
+        for key in keys:
+            runs = per_key.get((mode, key), [])
+            claim = claim_of.get((mode, key))
+            dead = dl_of.get((mode, key), [])
+            n = len(runs)
+            if dead:
+                stats["dead_lettered"] += 1
+                if n:
+                    stats["dead_lettered_with_effect"] += 1
+            if dead:
+                lists["dead_lettered"].append(key)
+            if n == 0 and not dead:
+                stats["lost"] += 1
+                lists["lost"].append(key)
+            elif n == 1:
+                stats["ran_once"] += 1
+            elif n >= 2:
+                stats["ran_twice_plus"] += 1
+                stats["extra_runs"] += n - 1
+            if mode == CONTROL:
+                pass  # no claim, by design
+            elif claim is None:
+                stats["no_claim_row"] += 1
+            elif claim["status"] not in TERMINAL:
+                stats["claim_not_terminal"] += 1
+                lists["claim_not_terminal"].append(f"{key}:{claim['status']}:{claim['attempts']}")
+            if n >= 2:
+                detail = explain_double(mode, key, runs, claim, kills, timeline, rel, ends)
+                doubles_detail.append(detail)
+                stats["doubles_explained" if detail["explained"] else "doubles_unexplained"] += 1
+        stats["keys"] = len(keys)
+        stats["effect_rows"] = sum(len(per_key.get((mode, k), [])) for k in keys)
+        modes[mode] = {
+            k: stats.get(k, 0)
+            for k in (
+                "keys",
+                "ran_once",
+                "ran_twice_plus",
+                "extra_runs",
+                "lost",
+                "dead_lettered",
+                "dead_lettered_with_effect",
+                "doubles_explained",
+                "doubles_unexplained",
+                "claim_not_terminal",
+                "no_claim_row",
+                "effect_rows",
+            )
+        }
+        reasons = defaultdict(int)
+        for key in keys:
+            for d in dl_of.get((mode, key), []):
+                reasons[f"{d['reason']}:{d['exception_type']}"] += 1
+        modes[mode]["dead_letter_reasons"] = dict(reasons)
+        # Dead letters of this mode's task that name no key of the run (e.g. no entity at all).
+        modes[mode]["dead_letters_total"] = sum(
+            1
+            for d in letters
+            if d["operation"] == OPERATIONS.get(mode) or d["task_name"] == TASK_NAMES.get(mode)
+        )
+        modes[mode]["keys_by_problem"] = {k: v[:200] for k, v in lists.items()}
+
+    misses = []
+    if modes["atomic"]["ran_twice_plus"]:
+        misses.append(
+            f"atomic mode: {modes['atomic']['ran_twice_plus']} keys ran twice or more (target 0)"
+        )
+    for mode in MODES:
+        if modes[mode]["lost"]:
+            misses.append(f"{mode} mode: {modes[mode]['lost']} keys lost (target 0)")
+        stray = modes[mode]["dead_letters_total"] - sum(len(dl_of.get((mode, k), [])) for k in keys)
+        if stray:
+            misses.append(f"{mode} mode: {stray} dead letters that name no key of this run")
+        if modes[mode]["dead_lettered"]:
+            misses.append(
+                f"{mode} mode: {modes[mode]['dead_lettered']} keys dead-lettered (target 0)"
+            )
+    if modes["plain"]["doubles_unexplained"]:
+        misses.append(
+            f"plain mode: {modes['plain']['doubles_unexplained']} doubles not explained by a "
+            "kill between effect and completion (target 0)"
+        )
+    if not drained["complete"]:
+        misses.append(
+            "drain timed out: some keys never reached a terminal claim (counted as lost only "
+            "if no effect and no dead letter)"
+        )
+    if faults["skipped"]:
+        misses.append(f"faults not injected (run ended first): {faults['skipped']}")
+
+    traces = trace_problem_keys(modes, timeline, pool, rel)
+    for mode in MODES:
+        # A lost key none of whose messages any worker logged: lost between broker and worker.
+        unseen = {t["key"] for t in traces if t["mode"] == mode and reached_nobody(t["verdict"])}
+        seen = {t["key"] for t in traces if t["mode"] == mode and t["verdict"] == "received"}
+        lost = set(modes[mode]["keys_by_problem"].get("lost", []))
+        modes[mode]["lost_never_received"] = len((lost & unseen) - seen)
+    return {
+        "run_id": run_id,
+        "seed": seed,
+        "args": vars(args),
+        "versions": versions(),
+        "planned": planned,
+        "published": timeline.published,
+        "publish_errors": timeline.publish_errors,
+        "faults": {
+            "kills": len(timeline.kills),
+            "kills_of_ready_workers": sum(1 for k in kills if k["ready"]),
+            "worker_starts": len(timeline.worker_starts),
+            "pg_restarts": [
+                {
+                    "at": rel(p["t"]),
+                    "back_at": rel(p["end"]),
+                    **({"error": p["error"]} if "error" in p else {}),
+                }
+                for p in timeline.pg_restarts
+            ],
+            "broker_cuts": [
+                {
+                    "at": rel(b["t"]),
+                    "done_at": rel(b["end"]),
+                    **({"error": b["error"]} if "error" in b else {}),
+                }
+                for b in timeline.broker_cuts
+            ],
+            "fault_phase_seconds": round(faults["chaos_seconds"], 1),
+            "kill_times": [rel(k["t"]) for k in kills],
+        },
+        "drain": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in drained.items()},
+        "modes": modes,
+        "doubles": doubles_detail,
+        "targets": {"met": not misses, "misses": misses},
+        "traces": traces,
+        "worker_log_counts": worker_log_counts(pool),
+        "notes": timeline.notes,
+    }
+
+
+def trace_problem_keys(modes: dict, timeline: Timeline, pool: Pool, rel) -> list[dict]:
+    """For lost / unfinished / dead-lettered keys: every message sent, and what the workers logged.
+
+    "never received" means no worker logged the message: it was lost between the broker and the
+    workers (e.g. a Redis BRPOP answered on a connection the broker cut), not by the library.
+    """
+    wanted: dict[str, tuple[str, str]] = {}
+    for mode in MODES:  # not the control: it loses work by design
+        problems = modes[mode]["keys_by_problem"]
+        keys = problems.get("lost", []) + problems.get("dead_lettered", [])
+        keys += [k.split(":")[0] for k in problems.get("claim_not_terminal", [])]
+        for key in keys[:50]:
+            for sent in timeline.sent.get((mode, key), []):
+                wanted[sent["id"]] = (mode, key)
+    if not wanted:
+        return []
+    # The messages published just before and after each problem message: when they reached a
+    # worker brackets when the problem message left the queue.
+    position = {task_id: i for i, task_id in enumerate(timeline.order)}
+    neighbours: dict[str, list[str]] = {}
+    for task_id in wanted:
+        i = position.get(task_id)
+        if i is not None:
+            neighbours[task_id] = timeline.order[max(0, i - NEIGHBOURS) : i + NEIGHBOURS + 1]
+    scan = set(wanted) | {n for group in neighbours.values() for n in group}
+    lines: dict[str, list[str]] = defaultdict(list)
+    received_at: dict[str, list[float]] = defaultdict(list)
+    for worker in pool.dead + pool.live:
+        with contextlib.suppress(OSError):
+            for line in worker.logfile.read_text(errors="replace").splitlines():
+                for task_id in set(UUID_RE.findall(line)) & scan:
+                    if task_id in wanted:
+                        lines[task_id].append(f"{worker.name}: {line[:300]}")
+                    if line.endswith("] received") and line.startswith("["):
+                        stamp = dt.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+                        received_at[task_id].append(stamp.timestamp())
+    traces = []
+    for task_id, (mode, key) in wanted.items():
+        sent_at = next(s["t"] for s in timeline.sent[(mode, key)] if s["id"] == task_id)
+        seen = lines.get(task_id, [])
+        traces.append(
+            {
+                "mode": mode,
+                "key": key,
+                "task_id": task_id,
+                "published_at": rel(sent_at),
+                "received": sum(" received" in line for line in seen),
+                "verdict": verdict(task_id, seen, timeline, rel),
+                "log": seen[-12:],
+                **consumed_window(task_id, neighbours.get(task_id, []), received_at, timeline, rel),
+            }
+        )
+    return traces
+
+
+NEIGHBOURS = 4
+
+
+STAMP_RE = re.compile(r": \[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
+
+
+def verdict(task_id: str, seen: list[str], timeline: Timeline, rel) -> str:
+    """Where the last message with this task id went: a worker, the broker, or nowhere.
+
+    A retry or a deferral re-publishes the message under the same id; when the last thing any
+    worker logged for the id is such a re-publish, it is the new message that went missing.
+    """
+    where = ""
+    if timeline.in_broker is not None:
+        where = (
+            ", still in the broker" if task_id in timeline.in_broker else ", gone from the broker"
+        )
+    if not seen:
+        return "never received by a worker" + where
+    stamped = []
+    for line in seen:
+        match = STAMP_RE.search(line)
+        if match:
+            stamp = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            stamped.append((stamp, line))
+    received = [t for t, line in stamped if line.endswith("] received")]
+    republished = [
+        t for t, line in stamped if "retry: Retry in" in line or "task_claim_busy" in line
+    ]
+    if republished and (not received or max(republished) > max(received)):
+        return (
+            f"received; re-published (retry or deferral) at {rel(max(republished))} s, "
+            "and no worker received the new message" + where
+        )
+    return "received"
+
+
+def reached_nobody(text: str) -> bool:
+    return ("never received" in text or "no worker received" in text) and not text.endswith(
+        "still in the broker"
+    )
+
+
+def consumed_window(task_id, group, received_at, timeline: Timeline, rel) -> dict:
+    """When the neighbours of a message (in publish order) first reached a worker, and which
+    faults fell in that window: where a message that no worker ever logged was probably lost."""
+    if task_id not in group:
+        return {}
+    i = group.index(task_id)
+    before = [min(received_at[t]) for t in group[:i] if received_at.get(t)]
+    after = [min(received_at[t]) for t in group[i + 1 :] if received_at.get(t)]
+    if not before or not after:
+        return {}
+    start, end = min(before) - 1.0, max(after) + 1.0  # log stamps vs kill stamps: 1 s slack
+    return {
+        "neighbours_received_between": [rel(min(before)), rel(max(after))],
+        "kills_in_that_window": [rel(k["t"]) for k in timeline.kills if start <= k["t"] <= end],
+        "broker_cut_in_that_window": any(start <= b["t"] <= end for b in timeline.broker_cuts),
+    }
+
+
+LOG_MARKERS = (
+    "task_retry_scheduled",
+    "task_claim_busy",
+    "task_duplicate",
+    "task_claim_lost",
+    "claim_complete_retry",
+    "claim_complete_failed",
+    "claim_release_failed",
+    "task_dead_lettered",
+    "OperationalError",
+    "Connection to broker lost",
+    "Couldn't ack",
+    "WorkerLostError",
+)
+
+
+def worker_log_counts(pool: Pool) -> dict[str, int]:
+    """How often the workers logged each marker: shows that the faults reached them."""
+    counts = dict.fromkeys(LOG_MARKERS, 0)
+    for worker in pool.dead + pool.live:
+        with contextlib.suppress(OSError):
+            text = worker.logfile.read_text(errors="replace")
+            for marker in LOG_MARKERS:
+                counts[marker] += text.count(marker)
+    return counts
+
+
+def execution_ends(pool: Pool) -> dict[int, dict[str, list[float]]]:
+    """Per worker process group, per task id: when Celery logged the end of an execution."""
+    ends: dict[int, dict[str, list[float]]] = {}
+    for worker in pool.dead + pool.live:
+        per_id: dict[str, list[float]] = defaultdict(list)
+        with contextlib.suppress(OSError):
+            for line in worker.logfile.read_text(errors="replace").splitlines():
+                match = END_RE.match(line)
+                if match:
+                    stamp = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+                    per_id[match.group(2)].append(stamp.timestamp())  # local time, like Celery
+        ends[worker.pid] = per_id
+    return ends
+
+
+def explain_double(mode, key, runs, claim, kills, timeline: Timeline, rel, ends) -> dict:
+    """Which kills could have caused each extra run of this key.
+
+    Run i's effect is followed by run i+1 only if run i never recorded its completion. A kill
+    "explains" that if it SIGKILLed the worker that wrote run i's effect (same process group)
+    after the effect, before run i+1 started, and while run i was still executing: that
+    worker's log shows no end of run i's task (Celery's "succeeded" / "raised" / "retry" line)
+    after the effect. The kills of any worker in that window are reported too, to show how
+    crowded the window was.
+    """
+    completed = epoch(claim["completed_at"]) if claim else None
+    gaps = []
+    explained = True
+    for i, run_ in enumerate(runs):
+        start = epoch(run_["created_at"])
+        end = epoch(runs[i + 1]["created_at"]) if i + 1 < len(runs) else completed
+        if i + 1 == len(runs):
+            break
+        finished = [
+            t
+            for t in ends.get(run_["worker_pgid"], {}).get(run_["task_id"], [])
+            if t >= start - 0.002  # log stamps are truncated to the millisecond
+        ]
+        finished_at = min(finished) if finished else None
+        own = [
+            k
+            for k in kills
+            if k["pgid"] == run_["worker_pgid"]
+            and start <= k["t"] <= end
+            and (finished_at is None or k["t"] < finished_at)
+        ]
+        any_ = [k for k in kills if start <= k["t"] <= end]
+        returns = epoch(run_["returns_at"])
+        where = None
+        if own:
+            where = "mid-body" if own[0]["t"] < returns else "after body, before completion"
+        pg = [p for p in timeline.pg_restarts if p["t"] <= end and p["end"] >= start]
+        cuts = [b for b in timeline.broker_cuts if start <= b["t"] <= end]
+        gaps.append(
+            {
+                "effect_at": rel(start),
+                "body_returns_at": rel(returns),
+                "next_effect_at": rel(end),
+                "worker": run_["worker"],
+                "worker_pgid": run_["worker_pgid"],
+                "run_ended_at": rel(finished_at),
+                "kills_of_that_worker": len(own),
+                "kill_at": rel(own[0]["t"]) if own else None,
+                "kill_fell": where,
+                "kills_of_any_worker": len(any_),
+                "pg_restart_in_window": bool(pg),
+                "broker_cut_in_window": bool(cuts),
+            }
+        )
+        if not own:
+            explained = False
+    return {
+        "mode": mode,
+        "key": key,
+        "runs": len(runs),
+        "claim_status": claim["status"] if claim else None,
+        "claim_attempts": claim["attempts"] if claim else None,
+        "explained": explained,
+        "gaps": gaps,
+    }
+
+
+def versions() -> dict:
+    import celery
+    import django
+    import kombu
+    import psycopg
+
+    out = {
+        "python": sys.version.split()[0],
+        "django": django.get_version(),
+        "celery": celery.__version__,
+        "kombu": kombu.__version__,
+        "psycopg": psycopg.__version__,
+    }
+    with contextlib.suppress(Exception):
+        out["celery_hygiene_commit"] = run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"]
+        ).stdout.strip()
+    return out
+
+
+def lost_cell(m: dict) -> str:
+    unseen = m.get("lost_never_received", 0)
+    return f"{m['lost']} ({unseen} never reached a worker)" if unseen else str(m["lost"])
+
+
+def render_markdown(report: dict) -> str:
+    a, f, plan, drain_ = report["args"], report["faults"], report["planned"], report["drain"]
+    via = " via PgBouncer" if a["pgbouncer"] else ""
+    restarts = [p["at"] for p in f["pg_restarts"]]
+    cuts = [b["at"] for b in f["broker_cuts"]]
+    drained = "complete" if drain_["complete"] else "TIMED OUT"
+    lines = [
+        "",
+        f"## celery-hygiene fault-injection run {report['run_id']}",
+        "",
+        f"broker **{a['broker']}**{via}, {a['keys']} keys x {len(report['modes'])} modes, "
+        f"{plan['duplicates']} duplicates ({plan['delayed_duplicates']} delayed), "
+        f"{a['workers']} workers x -c {a['concurrency']}, lease {a['lease_seconds']} s, "
+        f"seed {report['seed']}",
+        f"faults: {f['kills']} SIGKILLs ({f['kills_of_ready_workers']} of ready workers) in "
+        f"{f['fault_phase_seconds']} s, PostgreSQL restarts at {restarts} s, broker cuts at "
+        f"{cuts} s; drain {drain_['seconds']} s ({drained}, {drain_['rotations']} worker "
+        f"rotations); publish retries {report['publish_errors']}",
+        "",
+        "| mode | keys | ran once | ran twice+ | explained by a kill | unexplained | lost "
+        "| dead-lettered | claim not terminal |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for mode in report["modes"]:
+        m = report["modes"][mode]
+        unfinished = m["claim_not_terminal"] + m["no_claim_row"]
+        lines.append(
+            f"| {mode} | {m['keys']} | {m['ran_once']} | {m['ran_twice_plus']} | "
+            f"{m['doubles_explained']} | {m['doubles_unexplained']} | {lost_cell(m)} | "
+            f"{m['dead_lettered']} | {unfinished} |"
+        )
+    doubles = report["doubles"]
+    shown = [d for d in doubles if d["mode"] != CONTROL]
+    if shown:
+        lines += [
+            "",
+            "Doubles. Per extra run, between the earlier effect and the next run: kills of "
+            "the worker that wrote the effect while that run was still executing / kills of "
+            "any worker:",
+            "",
+        ]
+        for d in shown[:40]:
+            parts = []
+            for g in d["gaps"]:
+                extra = []
+                if g["pg_restart_in_window"]:
+                    extra.append("pg restart")
+                if g["broker_cut_in_window"]:
+                    extra.append("broker cut")
+                parts.append(
+                    f"effect {g['effect_at']} s -> next {g['next_effect_at']} s: "
+                    f"{g['kills_of_that_worker']}/{g['kills_of_any_worker']} kills"
+                    + (f" ({g['kill_fell']} at {g['kill_at']} s)" if g["kill_fell"] else "")
+                    + (f" (that run ended at {g['run_ended_at']} s)" if g["run_ended_at"] else "")
+                    + (f" [{', '.join(extra)}]" if extra else "")
+                )
+            lines.append(
+                f"- {d['mode']} {d['key']} x{d['runs']} "
+                f"({'explained' if d['explained'] else 'UNEXPLAINED'}): " + "; ".join(parts)
+            )
+        if len(shown) > 40:
+            lines.append(f"- ... {len(shown) - 40} more in the JSON report")
+    for mode in MODES:
+        if report["modes"][mode]["dead_letter_reasons"]:
+            lines.append(f"\n{mode} dead letters: {report['modes'][mode]['dead_letter_reasons']}")
+    for t in report.get("traces", [])[:20]:
+        lines.append(
+            f"\ntrace {t['mode']} {t['key']} message {t['task_id']} (published at "
+            f"{t['published_at']} s): {t['verdict']}, received {t['received']} time(s)"
+        )
+        if "neighbours_received_between" in t:
+            lines.append(
+                f"    neighbours in publish order reached workers between "
+                f"{t['neighbours_received_between']} s; kills then: {t['kills_in_that_window']}"
+                + ("; broker cut then" if t["broker_cut_in_that_window"] else "")
+            )
+        lines += [f"    {line}" for line in t["log"][-4:]]
+    seen = {k: v for k, v in report.get("worker_log_counts", {}).items() if v}
+    lines += ["", f"worker logs: {seen}"]
+    lines += ["", "Targets: " + ("all met" if report["targets"]["met"] else "MISSED")]
+    lines += [f"- {m}" for m in report["targets"]["misses"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
