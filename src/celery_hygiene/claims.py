@@ -34,12 +34,15 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 from django.db import connections, router
 from django.db.models import DateTimeField, ExpressionWrapper
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from . import conf
 from .models import ClaimStatus, TaskClaim
 
 
@@ -97,6 +100,22 @@ ON CONFLICT (entity, operation) DO NOTHING
 RETURNING attempts
 """
 
+# PostgreSQL: the same INSERT, and in the same statement the row that stopped it, so a duplicate
+# costs one round trip instead of two. The second branch runs only when the INSERT returned
+# nothing (a one-time filter), so a first run reads nothing. It reads the statement's snapshot:
+# a row committed by another transaction after this statement began (the INSERT waited for it)
+# is not visible, and the caller then reads again with the next statement, as before.
+_INSERT_OR_EXISTING_SQL = """
+WITH ins AS (
+""" + _INSERT_SQL + """
+)
+SELECT true, attempts, {nulls} FROM ins
+UNION ALL
+SELECT false, c.attempts, {columns}, statement_timestamp() FROM {table} AS c
+WHERE c.entity = %(entity)s AND c.operation = %(operation)s AND NOT EXISTS (SELECT FROM ins)
+"""
+
+
 # Compare-and-set on the attempt number we read: of several racing takers exactly one wins.
 _TAKE_OVER_SQL = """
 UPDATE {table} SET
@@ -148,6 +167,21 @@ RETURNING attempts
 """
 
 
+@lru_cache(maxsize=64)
+def _sql(template: str, vendor: str, table: str, leased: bool, completed: bool) -> str:
+    """The statement text for one backend; built once per template, not once per task."""
+    if vendor == "postgresql":
+        now = "statement_timestamp()"
+        lease_until = (
+            "statement_timestamp() + %(lease_seconds)s * interval '1 second'" if leased else "NULL"
+        )
+    else:
+        now, lease_until = "%(now)s", "%(lease_until)s"
+    return template.format(
+        table=table, now=now, lease_until=lease_until, completed_at=now if completed else "NULL"
+    )
+
+
 def _render(
     sql: str, using: str, *, lease_seconds: float | None, completed: bool = False
 ) -> tuple[str, dict]:
@@ -157,32 +191,46 @@ def _render(
     lease ends; other backends get the worker's clock as a parameter.
     """
     connection = connections[using]
-    params: dict = {}
-    if connection.vendor == "postgresql":
-        now = "statement_timestamp()"
-        lease_until = (
-            "NULL"
-            if lease_seconds is None
-            else "statement_timestamp() + %(lease_seconds)s * interval '1 second'"
-        )
-        params["lease_seconds"] = lease_seconds
-    else:
-        current = timezone.now()
-        now = "%(now)s"
-        params["now"] = connection.ops.adapt_datetimefield_value(current)
-        lease_until = "%(lease_until)s"
-        params["lease_until"] = (
-            None
-            if lease_seconds is None
-            else connection.ops.adapt_datetimefield_value(
-                current + dt.timedelta(seconds=lease_seconds)
-            )
-        )
+    vendor = connection.vendor
     table = connection.ops.quote_name(TaskClaim._meta.db_table)
-    rendered = sql.format(
-        table=table, now=now, lease_until=lease_until, completed_at=now if completed else "NULL"
+    rendered = _sql(sql, vendor, table, lease_seconds is not None, completed)
+    if vendor == "postgresql":
+        return rendered, ({} if lease_seconds is None else {"lease_seconds": lease_seconds})
+    current = timezone.now()
+    params: dict = {"now": connection.ops.adapt_datetimefield_value(current)}
+    params["lease_until"] = (
+        None
+        if lease_seconds is None
+        else connection.ops.adapt_datetimefield_value(current + dt.timedelta(seconds=lease_seconds))
     )
     return rendered, params
+
+
+def _execute(using: str, sql: str, params: dict, *, fetch: bool) -> tuple[Any, int]:
+    """Run one claim statement: (first row or None, rowcount).
+
+    With ``PREPARED_STATEMENTS`` on PostgreSQL the statement is bound on the server and
+    prepared once per connection (psycopg keeps the statement cache per connection); otherwise
+    it goes through Django's cursor like any query. Prepared statements are session state: behind
+    PgBouncer in transaction mode they need PgBouncer >= 1.21 with ``max_prepared_statements``
+    set, which is why they are opt-in.
+    """
+    connection = connections[using]
+    if connection.vendor == "postgresql" and conf.get("PREPARED_STATEMENTS"):
+        return _execute_prepared(connection, sql, params, fetch=fetch)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return (cursor.fetchone() if fetch else None), cursor.rowcount
+
+
+def _execute_prepared(connection: Any, sql: str, params: dict, *, fetch: bool) -> tuple[Any, int]:
+    import psycopg
+
+    connection.ensure_connection()
+    connection.validate_no_broken_transaction()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return (cursor.fetchone() if fetch else None), cursor.rowcount
 
 
 def acquire(
@@ -208,10 +256,14 @@ def acquire(
         "owner": owner_task_id,
         "worker": owner_worker,
     }
+    one_statement = connections[using].vendor == "postgresql"
     for _ in range(3):  # a row can vanish (atomic rollback) or be taken between our statements
-        attempts = _returning(_INSERT_SQL, params, using, lease_seconds)
+        if one_statement:
+            attempts, existing = _insert_or_existing(params, using, lease_seconds)
+        else:
+            attempts = _returning(_INSERT_SQL, params, using, lease_seconds)
+            existing = None if attempts is not None else _existing(key, using)
         if attempts is None:
-            existing = _existing(key, using)
             if existing is None:
                 continue
             if not _may_take_over(existing, key, owner_task_id, retry_token):
@@ -227,10 +279,36 @@ def acquire(
 
 def _returning(sql: str, params: dict, using: str, lease_seconds: float | None) -> int | None:
     rendered, clock = _render(sql, using, lease_seconds=lease_seconds)
-    with connections[using].cursor() as cursor:
-        cursor.execute(rendered, {**params, **clock})
-        row = cursor.fetchone()
+    row, _ = _execute(using, rendered, {**params, **clock}, fetch=True)
     return None if row is None else int(row[0])
+
+
+_CLAIM_FIELDS = list(TaskClaim._meta.concrete_fields)
+
+
+@lru_cache(maxsize=8)
+def _insert_or_existing_sql(table: str) -> str:
+    template = _INSERT_OR_EXISTING_SQL.replace(
+        "{nulls}", ", ".join(["NULL"] * (len(_CLAIM_FIELDS) + 1))
+    ).replace("{columns}", ", ".join(f"c.{f.column}" for f in _CLAIM_FIELDS))
+    return _sql(template, "postgresql", table, True, False)
+
+
+def _insert_or_existing(
+    params: dict, using: str, lease_seconds: float
+) -> tuple[int | None, TaskClaim | None]:
+    """PostgreSQL: (attempts, None) if inserted, (None, the existing row) if the key was taken,
+    (None, None) if the row that stopped the INSERT is not visible to this statement."""
+    connection = connections[using]
+    sql = _insert_or_existing_sql(connection.ops.quote_name(TaskClaim._meta.db_table))
+    row, _ = _execute(using, sql, {**params, "lease_seconds": lease_seconds}, fetch=True)
+    if row is None:
+        return None, None
+    if row[0]:
+        return int(row[1]), None
+    existing = TaskClaim.from_db(using, [f.attname for f in _CLAIM_FIELDS], row[2:-1])
+    existing.db_now = row[-1]  # type: ignore[attr-defined]  # what _existing annotates
+    return None, existing
 
 
 def _existing(key: ClaimKey, using: str) -> TaskClaim | None:
@@ -292,9 +370,8 @@ def complete(ticket: Ticket, result_json: str | None) -> bool:
         "attempts": ticket.attempts,
         **clock,
     }
-    with connections[ticket.using].cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.rowcount == 1
+    _, rowcount = _execute(ticket.using, sql, params, fetch=False)
+    return rowcount == 1
 
 
 def _record_failure(ticket: Ticket, status: str, error: str, lease_seconds: float | None) -> bool:
@@ -313,9 +390,8 @@ def _record_failure(ticket: Ticket, status: str, error: str, lease_seconds: floa
         attempts=ticket.attempts,
         error=error[:10_000],
     )
-    with connections[ticket.using].cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone() is not None
+    row, _ = _execute(ticket.using, sql, params, fetch=True)
+    return row is not None
 
 
 def release_for_retry(ticket: Ticket, *, countdown: float, error: str) -> bool:
@@ -502,7 +578,9 @@ def stale_claims(*, expired_for: dt.timedelta, using: str | None = None):  # noq
 
     Such a row is work that started and never finished, with no message left to finish it
     (acknowledged early, then the worker died). The next duplicate would take it over; until
-    then an operator should see it. Served by the (status, lease_expires_at) index.
+    then an operator should see it. No index serves it (an index on status or lease_expires_at
+    would make every completion a non-HOT update, see models.py): a sequential scan, for a
+    command an operator runs by hand.
     """
     using = using or write_alias()
     return (

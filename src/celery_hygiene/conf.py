@@ -34,6 +34,9 @@ Every key is optional::
         "DURATION_THRESHOLD_SECONDS": 60,  # flag longer runs; per task: expected_duration=
         "WATCHDOG_INTERVAL_SECONDS": 1.0,  # how often the worker's main process looks
         "RUN_STATS_FLUSH_SECONDS": 60,     # how often a process writes its run statistics
+        "PREPARED_STATEMENTS": False,      # PostgreSQL: prepare the claim statements once per
+                                           # connection (server-side binding); not behind
+                                           # PgBouncer < 1.21 in transaction mode
     }
 """
 
@@ -64,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "DURATION_THRESHOLD_SECONDS": 60.0,
     "WATCHDOG_INTERVAL_SECONDS": 1.0,
     "RUN_STATS_FLUSH_SECONDS": 60.0,
+    "PREPARED_STATEMENTS": False,
 }
 
 
