@@ -122,6 +122,7 @@ def test_purge_claims_command_keeps_live_and_recent_claims():
             fingerprint="f",
             owner_task_id="x",
             completed_at=None if status == "running" else long_ago,
+            created_at=long_ago - dt.timedelta(minutes=1),  # created before it completed
         )
     TaskClaim.objects.create(
         entity="recent",

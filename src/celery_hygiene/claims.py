@@ -105,15 +105,19 @@ RETURNING attempts
 # nothing (a one-time filter), so a first run reads nothing. It reads the statement's snapshot:
 # a row committed by another transaction after this statement began (the INSERT waited for it)
 # is not visible, and the caller then reads again with the next statement, as before.
-_INSERT_OR_EXISTING_SQL = """
+_INSERT_OR_EXISTING_SQL = (
+    """
 WITH ins AS (
-""" + _INSERT_SQL + """
+"""
+    + _INSERT_SQL
+    + """
 )
 SELECT true, attempts, {nulls} FROM ins
 UNION ALL
 SELECT false, c.attempts, {columns}, statement_timestamp() FROM {table} AS c
 WHERE c.entity = %(entity)s AND c.operation = %(operation)s AND NOT EXISTS (SELECT FROM ins)
 """
+)
 
 
 # Compare-and-set on the attempt number we read: of several racing takers exactly one wins.
@@ -209,27 +213,44 @@ def _render(
 def _execute(using: str, sql: str, params: dict, *, fetch: bool) -> tuple[Any, int]:
     """Run one claim statement: (first row or None, rowcount).
 
-    With ``PREPARED_STATEMENTS`` on PostgreSQL the statement is bound on the server and
-    prepared once per connection (psycopg keeps the statement cache per connection); otherwise
-    it goes through Django's cursor like any query. Prepared statements are session state: behind
-    PgBouncer in transaction mode they need PgBouncer >= 1.21 with ``max_prepared_statements``
-    set, which is why they are opt-in.
+    On PostgreSQL the statement goes to psycopg directly with server-side binding (Django's
+    cursor binds on the client, which cost about a third of the claim's client CPU), inside
+    Django's error translation, so callers still see ``django.db`` errors. While something
+    watches Django's queries (``connection.execute_wrapper``, ``DEBUG`` query logging,
+    ``assertNumQueries``) the statements go through Django's cursor instead, so they are seen.
+
+    With ``PREPARED_STATEMENTS`` the statements are also prepared, once per connection (psycopg
+    keeps the cache per connection). Prepared statements are session state: behind PgBouncer in
+    transaction mode they need PgBouncer >= 1.21 with ``max_prepared_statements`` set, which is
+    why they are opt-in. Unprepared server-side binding uses the unnamed statement only, which
+    any pooler passes through.
     """
     connection = connections[using]
-    if connection.vendor == "postgresql" and conf.get("PREPARED_STATEMENTS"):
-        return _execute_prepared(connection, sql, params, fetch=fetch)
+    if (
+        connection.vendor == "postgresql"
+        and not connection.execute_wrappers
+        and not connection.queries_logged
+    ):
+        return _execute_direct(connection, sql, params, fetch=fetch)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return (cursor.fetchone() if fetch else None), cursor.rowcount
 
 
-def _execute_prepared(connection: Any, sql: str, params: dict, *, fetch: bool) -> tuple[Any, int]:
+def _execute_direct(connection: Any, sql: str, params: dict, *, fetch: bool) -> tuple[Any, int]:
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    if not is_psycopg3:  # psycopg2 has no server-side binding: Django's cursor
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return (cursor.fetchone() if fetch else None), cursor.rowcount
     import psycopg
 
+    prepare = bool(conf.get("PREPARED_STATEMENTS"))
     connection.ensure_connection()
     connection.validate_no_broken_transaction()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
+        cursor.execute(sql, params, prepare=prepare)
         return (cursor.fetchone() if fetch else None), cursor.rowcount
 
 
