@@ -557,12 +557,14 @@ FLOOR_VARIANTS = {
     "raw_prepared": "raw psycopg, the same two statements prepared",
     "raw_before": "raw psycopg, the same two statements on the --before-ref table layout",
     "raw_insert": "raw psycopg: the claim INSERT alone (completion amortized away)",
+    "raw_cte": "raw psycopg: claim as one CTE that inserts or returns the existing row, + UPDATE",
     "claims": "`claims.acquire` + `claims.complete`",
     "claims_prepared": "`claims.acquire` + `claims.complete`, PREPARED_STATEMENTS",
     "decorator": "`@idempotent_task`, empty body, called as a worker calls it",
     "decorator_prepared": "`@idempotent_task`, empty body, PREPARED_STATEMENTS",
-    "dup_raw": "duplicate, raw psycopg: INSERT .. DO NOTHING, then SELECT the row (before)",
-    "dup_claims": "duplicate: `claims.acquire` on a succeeded key (one statement now)",
+    "dup_raw": "duplicate, raw psycopg: INSERT .. DO NOTHING, then SELECT the row",
+    "dup_raw_cte": "duplicate, raw psycopg: the one-statement CTE",
+    "dup_claims": "duplicate: `claims.acquire` on a succeeded key",
 }
 
 
@@ -589,6 +591,13 @@ def floor_phase() -> dict:
     insert = claims._sql(claims._INSERT_SQL, "postgresql", table, True, False)
     complete = claims._sql(claims._COMPLETE_SQL, "postgresql", table, False, False)
     select = f"SELECT * FROM {table} WHERE entity = %(entity)s AND operation = %(operation)s"
+    # The one-statement duplicate path, measured here and not used by the library (see docs).
+    cte = (
+        f"WITH ins AS ({insert}) SELECT true, attempts, {', '.join(['NULL'] * 15)} FROM ins "
+        f"UNION ALL SELECT false, c.*, statement_timestamp() FROM {table} AS c "
+        "WHERE c.entity = %(entity)s AND c.operation = %(operation)s "
+        "AND NOT EXISTS (SELECT FROM ins)"
+    )
     before = None
     if "before" in ARGS.compare:
         connections["before"].ensure_connection()
@@ -608,11 +617,14 @@ def floor_phase() -> dict:
             "lease_seconds": 300.0,
         }
 
-    def raw(connection: object, prepare: bool, with_complete: bool = True) -> None:
+    def raw(
+        connection: object, prepare: bool, with_complete: bool = True, first: str = insert
+    ) -> None:
         p = params()
         with psycopg.Cursor(connection) as cur:  # type: ignore[arg-type]
-            cur.execute(insert, p, prepare=prepare)
-            attempts = cur.fetchone()[0]  # type: ignore[index]
+            cur.execute(first, p, prepare=prepare)
+            row = cur.fetchone()
+            attempts = row[1] if first is cte else row[0]  # type: ignore[index]
             if with_complete:
                 cur.execute(
                     complete,
@@ -666,6 +678,12 @@ def floor_phase() -> dict:
             cur.execute(select, p)
             assert cur.fetchone() is not None
 
+    def dup_raw_cte() -> None:
+        p = done_keys[random.randrange(len(done_keys))]
+        with psycopg.Cursor(pg) as cur:
+            cur.execute(cte, {**p, "owner": "dup"})
+            assert cur.fetchone()[0] is False  # type: ignore[index]
+
     def dup_claims() -> None:
         p = done_keys[random.randrange(len(done_keys))]
         result = claims.acquire(
@@ -701,6 +719,10 @@ def floor_phase() -> dict:
             raw(before, False)
         elif name == "raw_insert":
             raw(pg, False, with_complete=False)
+        elif name == "raw_cte":
+            raw(pg, False, first=cte)
+        elif name == "dup_raw_cte":
+            dup_raw_cte()
         elif name in ("claims", "claims_prepared"):
             via_claims()
         elif name in ("decorator", "decorator_prepared"):
