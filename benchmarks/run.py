@@ -63,11 +63,13 @@ TARGETS = {
 BODIES = ("micro", "realistic")
 # Extra workers, compared in the same rounds: the library at --before-ref on its own database
 # (its own migrations), and this tree with CELERY_HYGIENE["PREPARED_STATEMENTS"] = True.
-COMPARE = ("before", "prepared", "nocomplete")
+COMPARE = ("before", "prepared", "async", "nocomplete")
 # Variants each extra worker runs, per body.
 COMPARED_VARIANTS = {
     "before": {"micro": "bcd", "realistic": "bc"},
     "prepared": {"micro": "bcd", "realistic": "bc"},
+    # ASYNC_COMPLETION: default mode only (atomic completions are part of the body's commit).
+    "async": {"micro": "bd", "realistic": "b"},
     # The upper bound of an amortized completion: this tree with claims.complete() replaced by
     # a no-op in the pool processes (benchproject/celery.py), i.e. a batch of infinite size.
     # Unique keys only: duplicates of never-completed claims would wait for the lease.
@@ -289,6 +291,7 @@ class Worker:
             self.env["BENCH_LIBRARY_REV"] = ARGS.before_ref
         self.env["BENCH_PREPARED"] = "1" if kind == "prepared" else "0"
         self.env["BENCH_NO_COMPLETE"] = "1" if kind == "nocomplete" else "0"
+        self.env["BENCH_ASYNC"] = "1" if kind == "async" else "0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 180.0) -> Worker:
@@ -570,6 +573,8 @@ FLOOR_VARIANTS = {
     "claims_prepared": "`claims.acquire` + `claims.complete`, PREPARED_STATEMENTS",
     "decorator": "`@idempotent_task`, empty body, called as a worker calls it",
     "decorator_prepared": "`@idempotent_task`, empty body, PREPARED_STATEMENTS",
+    "claims_async": "`claims.acquire` + `claims.complete`, ASYNC_COMPLETION",
+    "decorator_async": "`@idempotent_task`, empty body, ASYNC_COMPLETION",
     "dup_raw": "duplicate, raw psycopg: INSERT .. DO NOTHING, then SELECT the row",
     "dup_raw_cte": "duplicate, raw psycopg: the one-statement CTE",
     "dup_claims": "duplicate: `claims.acquire` on a succeeded key",
@@ -711,8 +716,12 @@ def floor_phase() -> dict:
         done_keys.append(p)
 
     @contextlib.contextmanager
-    def prepared(on: bool):  # noqa: ANN202
-        settings.CELERY_HYGIENE = {**hygiene, "PREPARED_STATEMENTS": on}
+    def configured(name: str):  # noqa: ANN202
+        settings.CELERY_HYGIENE = {
+            **hygiene,
+            "PREPARED_STATEMENTS": name.endswith("_prepared"),
+            "ASYNC_COMPLETION": name.endswith("_async"),
+        }
         try:
             yield
         finally:
@@ -731,9 +740,9 @@ def floor_phase() -> dict:
             raw(pg, False, first=cte)
         elif name == "dup_raw_cte":
             dup_raw_cte()
-        elif name in ("claims", "claims_prepared"):
+        elif name.startswith("claims"):
             via_claims()
-        elif name in ("decorator", "decorator_prepared"):
+        elif name.startswith("decorator"):
             via_decorator()
         elif name == "dup_raw":
             dup_raw()
@@ -747,7 +756,7 @@ def floor_phase() -> dict:
     for round_no in range(ARGS.floor_rounds + 1):  # round 0 warms up every variant
         order = names[round_no % len(names) :] + names[: round_no % len(names)]
         for name in order:
-            with prepared(name.endswith("_prepared")):
+            with configured(name):
                 t0, c0 = time.perf_counter(), time.process_time()
                 for _ in range(n if round_no else min(n, 100)):
                     run(name)
@@ -1193,6 +1202,7 @@ def report(results: dict) -> str:
                     "now": "this tree",
                     "before": f"before ({ARGS.before_ref})",
                     "prepared": "this tree, prepared",
+                    "async": "this tree, ASYNC_COMPLETION",
                     "nocomplete": "this tree, completion skipped (upper bound of amortizing it)",
                 }[kind]
                 lines.append(
@@ -1204,11 +1214,11 @@ def report(results: dict) -> str:
                     f"{eff:,} / {rs[0]['messages']:,} |"
                 )
                 goal = TARGETS.get((body, v))
-                if goal is not None and ratio is not None and kind in ("now", "prepared"):
+                if goal is not None and ratio is not None and kind in ("now", "prepared", "async"):
                     targets.append(
                         (
                             f"{body}: ({v}) >= {goal:.2f} x (a)"
-                            + (" [prepared]" if kind == "prepared" else ""),
+                            + (f" [{kind}]" if kind != "now" else ""),
                             f"{ratio:.2f}x",
                             ratio >= goal,
                         )

@@ -351,3 +351,24 @@ def test_dead_letter_with_unstorable_text_is_kept_escaped():
     stored.refresh_from_db()
     assert stored.payload_truncated and "NUL or unpaired surrogate" in stored.payload_note
     assert "\\ud800" in stored.args[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_async_completion_is_one_statement_and_leaves_no_session_state(settings):
+    """ASYNC_COMPLETION: same fencing, visible at once, synchronous_commit back to 'on' after."""
+    settings.CELERY_HYGIENE = {"ASYNC_COMPLETION": True}
+    first = acquire("default", key(entity="async-1"), "t1")
+    assert claims.complete(first.ticket, '{"n": 1}')
+    assert not claims.complete(first.ticket, "2")  # fenced: already succeeded
+    done = acquire("default", key(entity="async-1"), "t2")
+    assert done.outcome is Outcome.SUCCEEDED and done.existing.result_json == '{"n": 1}'
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+    assert not connections["default"].connection.info.transaction_status  # IDLE
+    # A failing completion (a value the column refuses) leaves no open transaction behind.
+    other = acquire("default", key(entity="async-2"), "t3")
+    with pytest.raises(Exception):  # noqa: B017, PT011 - DataError from the server
+        claims.complete(other.ticket, "\x00")
+    assert not connections["default"].connection.info.transaction_status
+    assert claims.complete(other.ticket, "3")

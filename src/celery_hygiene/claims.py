@@ -368,8 +368,61 @@ def complete(ticket: Ticket, result_json: str | None) -> bool:
         "attempts": ticket.attempts,
         **clock,
     }
+    connection = connections[ticket.using]
+    if (
+        conf.get("ASYNC_COMPLETION")
+        and connection.vendor == "postgresql"
+        and not connection.in_atomic_block
+    ):
+        return _complete_async(connection, sql, params)
     _, rowcount = _execute(ticket.using, sql, params, fetch=False)
     return rowcount == 1
+
+
+# ASYNC_COMPLETION: the same UPDATE in a transaction whose COMMIT does not wait for the WAL
+# flush. Sent as one simple-query string, so it is still one round trip, and SET LOCAL ends
+# with the transaction: no session state is left behind (PgBouncer in transaction mode is fine).
+_ASYNC_COMPLETE_SQL = (
+    "BEGIN; SET LOCAL synchronous_commit TO off; {update} RETURNING attempts; COMMIT"
+)
+
+
+def _complete_async(connection: Any, sql: str, params: dict) -> bool:
+    """Record success without waiting for the flush (opt-in, ``ASYNC_COMPLETION``).
+
+    The row is visible to every other session at once, so duplicates see ``succeeded`` as
+    usual. What changes is a PostgreSQL *server* crash (or an OS crash of its host) in the
+    next few hundred milliseconds (up to 3 x ``wal_writer_delay``, 200 ms by default): the
+    completion can be lost, the claim is back to ``running`` with its lease, and a duplicate or
+    redelivery that arrives after the lease ran out runs the body again. The body's own writes,
+    committed before, are flushed. A worker crash loses nothing: the server has the commit.
+    """
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    if not is_psycopg3:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.rowcount == 1
+    import psycopg
+
+    statement = _ASYNC_COMPLETE_SQL.format(update=sql.strip())
+    connection.ensure_connection()
+    connection.validate_no_broken_transaction()
+    pg = connection.connection
+    with connection.wrap_database_errors:
+        try:
+            with psycopg.ClientCursor(pg) as cursor:
+                cursor.execute(statement, params)
+                updated = False
+                while True:  # BEGIN, SET, UPDATE .. RETURNING, COMMIT: one result each
+                    if cursor.description is not None:
+                        updated = cursor.fetchone() is not None
+                    if not cursor.nextset():
+                        break
+                return updated
+        finally:
+            if pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                pg.rollback()  # an error inside the string left the block open: close it
 
 
 def _record_failure(ticket: Ticket, status: str, error: str, lease_seconds: float | None) -> bool:

@@ -37,6 +37,9 @@ Every key is optional::
         "PREPARED_STATEMENTS": False,      # PostgreSQL: prepare the claim statements once per
                                            # connection (server-side binding); not behind
                                            # PgBouncer < 1.21 in transaction mode
+        "ASYNC_COMPLETION": False,         # PostgreSQL: the completion's commit does not wait
+                                           # for the WAL flush; a server crash right after it
+                                           # can lose the record (docs/benchmarks.md)
     }
 """
 
@@ -68,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "WATCHDOG_INTERVAL_SECONDS": 1.0,
     "RUN_STATS_FLUSH_SECONDS": 60.0,
     "PREPARED_STATEMENTS": False,
+    "ASYNC_COMPLETION": False,
 }
 
 
