@@ -106,3 +106,5 @@ if os.environ.get("HYGIENE_ACCEPT_PICKLE"):  # one test's own worker takes a non
     CELERY_ACCEPT_CONTENT = ["json", "pickle"]
 if os.environ.get("HYGIENE_DEADLETTER_FALLBACK"):  # one test's worker uses "reject" (DLX)
     CELERY_HYGIENE["DEADLETTER_FALLBACK"] = os.environ["HYGIENE_DEADLETTER_FALLBACK"]
+if os.environ.get("HYGIENE_ASYNC_COMPLETION"):  # one test's worker records completions async
+    CELERY_HYGIENE["ASYNC_COMPLETION"] = True
