@@ -373,6 +373,7 @@ def complete(ticket: Ticket, result_json: str | None) -> bool:
         conf.get("ASYNC_COMPLETION")
         and connection.vendor == "postgresql"
         and not connection.in_atomic_block
+        and connection.get_autocommit()  # its own BEGIN .. COMMIT must not end a caller's
     ):
         return _complete_async(connection, sql, params)
     _, rowcount = _execute(ticket.using, sql, params, fetch=False)
