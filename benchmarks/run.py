@@ -52,7 +52,30 @@ VARIANTS = {
     "d": ("@idempotent_task, 50% duplicate messages", "bench.idempotent"),
     "e": ("celery-once QueueOnce, unique keys", "bench.once"),
 }
-TARGETS = {"b": 0.90, "c": 0.85, "d": 1.0}
+# Issue 12's targets: ratio to (a) with the same body, same round.
+TARGETS = {
+    ("micro", "b"): 0.85,
+    ("micro", "c"): 0.85,
+    ("micro", "d"): 1.2,
+    ("realistic", "b"): 0.97,
+    ("realistic", "c"): 0.97,
+}
+BODIES = ("micro", "realistic")
+# Extra workers, compared in the same rounds: the library at --before-ref on its own database
+# (its own migrations), and this tree with CELERY_HYGIENE["PREPARED_STATEMENTS"] = True.
+COMPARE = ("before", "prepared", "async", "nocomplete")
+# Variants each extra worker runs, per body.
+COMPARED_VARIANTS = {
+    "before": {"micro": "bcd", "realistic": "bc"},
+    "prepared": {"micro": "bcd", "realistic": "bc"},
+    # ASYNC_COMPLETION: default mode only (atomic completions are part of the body's commit).
+    "async": {"micro": "bd", "realistic": "b"},
+    # The upper bound of an amortized completion: this tree with claims.complete() replaced by
+    # a no-op in the pool processes (benchproject/celery.py), i.e. a batch of infinite size.
+    # Unique keys only: duplicates of never-completed claims would wait for the lease.
+    "nocomplete": {"micro": "b", "realistic": "b"},
+}
+FLOOR_TARGET = 1.15
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,7 +85,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="rounds of a,b,c,d,e")
     p.add_argument("--variants", default="abcde", help="subset of abcde")
     p.add_argument("--concurrency", type=int, default=4, help="prefork pool size")
-    p.add_argument("--work-ms", type=float, default=2.0, help="simulated I/O in each body, ms")
+    p.add_argument("--work-ms", type=float, default=2.0, help="simulated I/O, micro body, ms")
+    p.add_argument(
+        "--real-work-ms", type=float, default=20.0, help="simulated I/O, realistic body, ms"
+    )
+    p.add_argument("--bodies", default="micro,realistic", help="comma list: micro,realistic")
+    p.add_argument(
+        "--real-tasks", type=int, default=None, help="messages per realistic run (default N/4)"
+    )
+    p.add_argument(
+        "--compare",
+        default=None,
+        help="default before,prepared (none with --smoke); extra workers in the same rounds: before (the library at --before-ref), "
+        "prepared (PREPARED_STATEMENTS on); empty for none",
+    )
+    p.add_argument("--before-ref", default="3f7c326", help="git ref measured as 'before'")
+    p.add_argument("--floor-rounds", type=int, default=9, help="in-process floor phase rounds")
+    p.add_argument("--floor-n", type=int, default=400, help="claims per variant per floor round")
     p.add_argument("--latency-tasks", type=int, default=1000, help="per variant, paced run")
     p.add_argument("--latency-rate", type=float, default=150.0, help="messages/s, paced run")
     p.add_argument("--trace-tasks", type=int, default=40, help="traced tasks per variant")
@@ -83,7 +122,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "compare throughput only, the overhead split then includes the connect",
     )
     p.add_argument(
-        "--skip", default="", help="comma list of phases: throughput,latency,trace,scale"
+        "--skip",
+        default="",
+        help="comma list of phases: floor,throughput,latency,trace,scale,deadletters "
+        "(deadletters: the dead-letter purge and admin changelist of the scale phase)",
     )
     # Not "celery_hygiene_bench": benchmarks/admin_changelist.py drops and re-creates that one.
     p.add_argument("--db", default=os.environ.get("BENCH_DB_NAME", "celery_hygiene_bench_run"))
@@ -93,8 +135,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.tasks, args.rounds = 50, 1
         args.latency_tasks, args.latency_rate, args.trace_tasks = 20, 100.0, 6
         args.scale_small, args.scale_large, args.scale_samples = 100, 1000, 50
+        args.floor_rounds, args.floor_n = 2, 30
+    if args.compare is None:
+        args.compare = "" if args.smoke else ",".join(COMPARE)
     if args.deadletters is None:
         args.deadletters = args.scale_large
+    if args.real_tasks is None:
+        args.real_tasks = max(1, args.tasks // 4)
+    args.bodies = [b for b in args.bodies.split(",") if b]
+    args.compare = [c for c in args.compare.split(",") if c]
+    if set(args.bodies) - set(BODIES) or set(args.compare) - set(COMPARE):
+        p.error(f"--bodies: choose from {BODIES}; --compare: choose from {COMPARE}")
     bad = set(args.variants) - set(VARIANTS)
     if bad or not args.variants:
         p.error(f"--variants: unknown {sorted(bad)}; choose from {''.join(VARIANTS)}")
@@ -104,10 +155,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 ARGS = parse_args()
 QUEUE = f"hygiene-bench-{os.getpid()}"
+BEFORE_DB = f"{ARGS.db}_before"
+if "before" in ARGS.compare:
+    os.environ["BENCH_DB_BEFORE"] = BEFORE_DB
 os.environ.update(
     BENCH_DB_NAME=ARGS.db,
     BENCH_QUEUE=QUEUE,
     BENCH_WORK_MS=str(ARGS.work_ms),
+    BENCH_REAL_WORK_MS=str(ARGS.real_work_ms),
     DJANGO_SETTINGS_MODULE="benchproject.settings",
     BENCH_SYNCHRONOUS_COMMIT=ARGS.synchronous_commit,
     BENCH_DB_PER_TASK="1" if ARGS.db_per_task else "0",
@@ -154,9 +209,38 @@ def sql(statement: str, params: object = None, fetch: bool = False) -> list[tupl
         return cursor.fetchall() if fetch else []
 
 
-def truncate(*models: type) -> None:
+def truncate(*models: type, using: str = "default") -> None:
+    from django.db import connections
+
     tables = ", ".join(m._meta.db_table for m in models)
-    sql(f"TRUNCATE {tables} RESTART IDENTITY")
+    with connections[using].cursor() as cursor:
+        cursor.execute(f"TRUNCATE {tables} RESTART IDENTITY")
+
+
+def export_before(ref: str) -> Path:
+    """``git archive`` of the library at ``ref`` into a temporary directory (its src/ only)."""
+    target = Path(tempfile.mkdtemp(prefix="bench-before-"))
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", ref, "src"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target / "src"
+
+
+def migrate_before(src: Path) -> None:
+    """Create the 'before' database with the migrations of the exported library."""
+    recreate_database(BEFORE_DB)
+    env = {
+        **os.environ,
+        "BENCH_DB_NAME": BEFORE_DB,
+        "PYTHONPATH": os.pathsep.join([str(src), str(BENCH_DIR)]),
+    }
+    env.pop("BENCH_DB_BEFORE", None)
+    code = (
+        "import django; django.setup(); from django.core.management import call_command; "
+        "call_command('migrate', run_syncdb=True, verbosity=0)"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=BENCH_DIR, env=env, check=True)
 
 
 # -- worker --------------------------------------------------------------------------------------
@@ -169,8 +253,10 @@ class Worker:
     published before any of them starts; start-up and shutdown are never part of a measurement.
     """
 
-    def __init__(self) -> None:
-        self.hostname = f"bench-{os.getpid()}@localhost"
+    def __init__(self, kind: str = "now", src: Path | None = None) -> None:
+        self.kind = kind
+        self.alias = "before" if kind == "before" else "default"
+        self.hostname = f"bench-{kind}-{os.getpid()}@localhost"
         self.logfile = Path(tempfile.mkstemp(prefix="bench-worker-", suffix=".log")[1])
         self.command = [
             sys.executable,
@@ -195,9 +281,17 @@ class Worker:
         self.env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")])
+                filter(
+                    None, [str(src) if src else None, str(BENCH_DIR), os.environ.get("PYTHONPATH")]
+                )
             ),
         }
+        if kind == "before":
+            self.env["BENCH_DB_NAME"] = BEFORE_DB
+            self.env["BENCH_LIBRARY_REV"] = ARGS.before_ref
+        self.env["BENCH_PREPARED"] = "1" if kind == "prepared" else "0"
+        self.env["BENCH_NO_COMPLETE"] = "1" if kind == "nocomplete" else "0"
+        self.env["BENCH_ASYNC"] = "1" if kind == "async" else "0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 180.0) -> Worker:
@@ -368,14 +462,16 @@ def messages_for(variant: str, n: int, run: str) -> list[tuple[str, str]]:
     return out
 
 
-def throughput_run(worker: Worker, variant: str, round_no: int) -> dict:
+def throughput_run(worker: Worker, variant: str, round_no: int, body: str = "micro") -> dict:
     from benchapp.models import Effect
 
     from celery_hygiene.models import TaskClaim
 
-    run = f"{variant}{round_no}-{uuid.uuid4().hex[:6]}"
-    truncate(TaskClaim, Effect)
-    messages = messages_for(variant, ARGS.tasks, run)
+    # The first letter of the key picks the body (benchapp/tasks.py): r = realistic.
+    run = f"{body[0]}{variant}{round_no}{worker.kind[0]}-{uuid.uuid4().hex[:6]}"
+    truncate(TaskClaim, Effect, using=worker.alias)
+    n = ARGS.real_tasks if body == "realistic" else ARGS.tasks
+    messages = messages_for(variant, n, run)
     publish_s, refused = publish(messages)
     worker.resume()
     try:
@@ -384,10 +480,12 @@ def throughput_run(worker: Worker, variant: str, round_no: int) -> dict:
         worker.pause()
     data = collect(run)
     elapsed = data["last"] - data["first"]
-    effects = Effect.objects.count()
+    effects = Effect.objects.using(worker.alias).count()
     expected = len({k for _, k in messages})
     result = {
         "variant": variant,
+        "body": body,
+        "worker": worker.kind,
         "round": round_no,
         "messages": len(messages),
         "seconds": elapsed,
@@ -461,6 +559,227 @@ def trace_run(worker: Worker, variants: str) -> dict:
     finally:
         worker.pause()
     return collect(run)
+
+
+# -- phase 0: the floor, in one process, no broker ----------------------------------------------
+
+FLOOR_VARIANTS = {
+    "raw": "raw psycopg: the claim INSERT + the completion UPDATE (the floor)",
+    "raw_prepared": "raw psycopg, the same two statements prepared",
+    "raw_before": "raw psycopg, the same two statements on the --before-ref table layout",
+    "raw_insert": "raw psycopg: the claim INSERT alone (completion amortized away)",
+    "raw_cte": "raw psycopg: claim as one CTE that inserts or returns the existing row, + UPDATE",
+    "claims": "`claims.acquire` + `claims.complete`",
+    "claims_prepared": "`claims.acquire` + `claims.complete`, PREPARED_STATEMENTS",
+    "decorator": "`@idempotent_task`, empty body, called as a worker calls it",
+    "decorator_prepared": "`@idempotent_task`, empty body, PREPARED_STATEMENTS",
+    "claims_async": "`claims.acquire` + `claims.complete`, ASYNC_COMPLETION",
+    "decorator_async": "`@idempotent_task`, empty body, ASYNC_COMPLETION",
+    "dup_raw": "duplicate, raw psycopg: INSERT .. DO NOTHING, then SELECT the row",
+    "dup_raw_cte": "duplicate, raw psycopg: the one-statement CTE",
+    "dup_claims": "duplicate: `claims.acquire` on a succeeded key",
+}
+
+
+def floor_phase() -> dict:
+    """Per claim + completion: the raw statements next to the claims layer and the decorator.
+
+    Every variant runs ``--floor-n`` claims on fresh keys per round, variants alternate (the
+    starting variant rotates each round), and each round's time is divided by that round's raw
+    time: the ratios are medians of those per-round ratios, so load on the machine cancels out.
+    """
+    import psycopg
+    from benchapp import tasks
+    from django.conf import settings
+    from django.db import connections
+
+    from celery_hygiene import claims
+    from celery_hygiene.models import TaskClaim
+
+    truncate(TaskClaim)
+    conn = connections["default"]
+    conn.ensure_connection()
+    pg = conn.connection
+    table = conn.ops.quote_name(TaskClaim._meta.db_table)
+    insert = claims._sql(claims._INSERT_SQL, "postgresql", table, True, False)
+    complete = claims._sql(claims._COMPLETE_SQL, "postgresql", table, False, False)
+    select = f"SELECT * FROM {table} WHERE entity = %(entity)s AND operation = %(operation)s"
+    # The one-statement duplicate path, measured here and not used by the library (see docs).
+    cte = (
+        f"WITH ins AS ({insert}) SELECT true, attempts, {', '.join(['NULL'] * 15)} FROM ins "
+        f"UNION ALL SELECT false, c.*, statement_timestamp() FROM {table} AS c "
+        "WHERE c.entity = %(entity)s AND c.operation = %(operation)s "
+        "AND NOT EXISTS (SELECT FROM ins)"
+    )
+    before = None
+    if "before" in ARGS.compare:
+        connections["before"].ensure_connection()
+        before = connections["before"].connection
+        truncate(TaskClaim, using="before")
+    hygiene = settings.CELERY_HYGIENE
+
+    def params() -> dict:
+        k = uuid.uuid4().hex
+        return {
+            "entity": f"floor:{k}",
+            "operation": "bench.floor",
+            "task_name": "bench.floor",
+            "fingerprint": "0" * 64,
+            "owner": k,
+            "worker": "floor@bench",
+            "lease_seconds": 300.0,
+        }
+
+    def raw(
+        connection: object, prepare: bool, with_complete: bool = True, first: str = insert
+    ) -> None:
+        p = params()
+        with psycopg.Cursor(connection) as cur:  # type: ignore[arg-type]
+            cur.execute(first, p, prepare=prepare)
+            row = cur.fetchone()
+            attempts = row[1] if first is cte else row[0]  # type: ignore[index]
+            if with_complete:
+                cur.execute(
+                    complete,
+                    {
+                        "result": '"ok"',
+                        "entity": p["entity"],
+                        "operation": p["operation"],
+                        "owner": p["owner"],
+                        "attempts": attempts,
+                    },
+                    prepare=prepare,
+                )
+
+    def via_claims() -> None:
+        p = params()
+        result = claims.acquire(
+            claims.ClaimKey(p["entity"], p["operation"], p["task_name"], p["fingerprint"]),
+            owner_task_id=p["owner"],
+            owner_worker="floor@bench",
+            lease_seconds=300,
+            using="default",
+        )
+        assert result.ticket is not None and claims.complete(result.ticket, '"ok"')
+
+    def via_decorator() -> None:
+        key, task_id = f"floor:{uuid.uuid4().hex}", uuid.uuid4().hex
+        task = tasks.idempotent_noop
+        task.push_request(
+            id=task_id,
+            hostname="floor@bench",
+            is_eager=False,
+            called_directly=False,
+            args=(),
+            kwargs={"key": key},
+            headers={},
+            delivery_info={},
+            retries=0,
+        )
+        try:
+            assert task(key=key) == key
+        finally:
+            task.pop_request()
+
+    done_keys: list[dict] = []
+
+    def dup_raw() -> None:
+        p = done_keys[random.randrange(len(done_keys))]
+        with psycopg.Cursor(pg) as cur:
+            cur.execute(insert, {**p, "owner": "dup"})
+            assert cur.fetchone() is None
+            cur.execute(select, p)
+            assert cur.fetchone() is not None
+
+    def dup_raw_cte() -> None:
+        p = done_keys[random.randrange(len(done_keys))]
+        with psycopg.Cursor(pg) as cur:
+            cur.execute(cte, {**p, "owner": "dup"})
+            assert cur.fetchone()[0] is False  # type: ignore[index]
+
+    def dup_claims() -> None:
+        p = done_keys[random.randrange(len(done_keys))]
+        result = claims.acquire(
+            claims.ClaimKey(p["entity"], p["operation"], p["task_name"], p["fingerprint"]),
+            owner_task_id="dup",
+            owner_worker="floor@bench",
+            lease_seconds=300,
+            using="default",
+        )
+        assert result.outcome is claims.Outcome.SUCCEEDED
+
+    for _ in range(200):  # keys the duplicate variants look up
+        p = params()
+        with psycopg.Cursor(pg) as cur:
+            cur.execute(insert, p)
+            cur.execute(complete, {"result": '"ok"', **p, "attempts": 1})
+        done_keys.append(p)
+
+    @contextlib.contextmanager
+    def configured(name: str):  # noqa: ANN202
+        settings.CELERY_HYGIENE = {
+            **hygiene,
+            "PREPARED_STATEMENTS": name.endswith("_prepared"),
+            "ASYNC_COMPLETION": name.endswith("_async"),
+        }
+        try:
+            yield
+        finally:
+            settings.CELERY_HYGIENE = hygiene
+
+    def run(name: str) -> None:
+        if name == "raw":
+            raw(pg, False)
+        elif name == "raw_prepared":
+            raw(pg, True)
+        elif name == "raw_before":
+            raw(before, False)
+        elif name == "raw_insert":
+            raw(pg, False, with_complete=False)
+        elif name == "raw_cte":
+            raw(pg, False, first=cte)
+        elif name == "dup_raw_cte":
+            dup_raw_cte()
+        elif name.startswith("claims"):
+            via_claims()
+        elif name.startswith("decorator"):
+            via_decorator()
+        elif name == "dup_raw":
+            dup_raw()
+        else:
+            dup_claims()
+
+    names = [n for n in FLOOR_VARIANTS if n != "raw_before" or before is not None]
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    n = ARGS.floor_n
+    for round_no in range(ARGS.floor_rounds + 1):  # round 0 warms up every variant
+        order = names[round_no % len(names) :] + names[: round_no % len(names)]
+        for name in order:
+            with configured(name):
+                t0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(n if round_no else min(n, 100)):
+                    run(name)
+                t1, c1 = time.perf_counter(), time.process_time()
+            if round_no:
+                wall[name].append(1000 * (t1 - t0) / n)
+                cpu[name].append(1000 * (c1 - c0) / n)
+    out = {}
+    for name in names:
+        ratios = [w / r for w, r in zip(wall[name], wall["raw"], strict=True)]
+        out[name] = {
+            "wall_ms": statistics.median(wall[name]),
+            "cpu_ms": statistics.median(cpu[name]),
+            "ratio": statistics.median(ratios),
+            "per_round": ratios,
+        }
+    hot = sql(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = %s",
+        [TaskClaim._meta.db_table],
+        fetch=True,
+    )
+    out["hot_updates"] = list(hot[0]) if hot else None
+    return out
 
 
 # -- phase 3: scale and retention ----------------------------------------------------------------
@@ -625,6 +944,8 @@ def scale_phase() -> dict:
         "left": TaskClaim.objects.count(),
     }
 
+    if "deadletters" in ARGS.skip:
+        return out
     n_dl = ARGS.deadletters
     t0 = time.perf_counter()
     _insert_select(DeadLetter, DEADLETTER_ROW, 0, n_dl)
@@ -803,55 +1124,108 @@ def report(results: dict) -> str:
         f"Worker: `celery worker -P prefork -c {ARGS.concurrency}`, prefetch multiplier 4, "
         f"acks early, no result backend, "
         f"{'a new DB connection per task (Celery default)' if ARGS.db_per_task else 'DB connection kept across tasks (CELERY_DB_REUSE_MAX)'}, "
-        f"synchronous_commit={ARGS.synchronous_commit}; body = one INSERT + {ARGS.work_ms:g} ms sleep.",
+        f"synchronous_commit={ARGS.synchronous_commit}; bodies below.",
         "",
     ]
     targets: list[tuple[str, str, bool | None]] = []
+    fl = results.get("floor")
+    if fl:
+        lines += [
+            f"### Floor: per claim + completion, in one process, no broker ({ARGS.floor_rounds} "
+            f"rounds x {ARGS.floor_n} fresh keys per variant, alternated)",
+            "",
+            "| path | wall per claim (ms, median) | client CPU (ms) | ratio to raw (median of "
+            "rounds) | per-round ratios |",
+            "|---|---|---|---|---|",
+        ]
+        for name, label in FLOOR_VARIANTS.items():
+            if name not in fl:
+                continue
+            row = fl[name]
+            lines.append(
+                f"| {label} | {row['wall_ms']:.3f} | {row['cpu_ms']:.3f} | {row['ratio']:.2f}x | "
+                f"{', '.join(f'{x:.2f}' for x in row['per_round'])} |"
+            )
+        if fl.get("hot_updates"):
+            upd, hot = fl["hot_updates"]
+            lines += ["", f"HOT updates of the claim table in this phase: {hot:,} of {upd:,}."]
+        lines.append("")
+        targets.append(
+            (
+                f"decorator overhead in-process <= {FLOOR_TARGET:.2f} x raw two-statement floor",
+                f"{fl['decorator']['ratio']:.2f}x (prepared: "
+                f"{fl['decorator_prepared']['ratio']:.2f}x)",
+                fl["decorator"]["ratio"] <= FLOOR_TARGET,
+            )
+        )
     runs = results.get("throughput", [])
     if runs:
-        by_v: dict[str, list[dict]] = {}
+        groups: dict[tuple[str, str, str], list[dict]] = {}
         for r in runs:
-            by_v.setdefault(r["variant"], []).append(r)
-        base = statistics.median(r["tasks_per_s"] for r in by_v["a"]) if "a" in by_v else None
-        base_by_round = {r["round"]: r["tasks_per_s"] for r in by_v.get("a", [])}
-        lines += [
-            f"### Throughput: N = {ARGS.tasks:,} messages per run, {ARGS.rounds} round(s), "
-            "variants alternated",
-            "",
-            "| variant | tasks/s (median) | runs | ratio to (a) | per-round ratios | "
-            "worker overhead median / p99 (ms) | publish msg/s | body runs |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for v, rs in by_v.items():
-            med = statistics.median(r["tasks_per_s"] for r in rs)
-            ratio = med / base if base else None
-            per_round = [
-                r["tasks_per_s"] / base_by_round[r["round"]]
-                for r in rs
-                if r["round"] in base_by_round
-            ]
-            samples = [s for r in rs for s in r["samples"]]
-            ov = stats(t - b for _, t, b in samples)
-            pub = statistics.median(r["publish_per_s"] for r in rs)
-            eff = rs[0]["expected_effects"]
-            lines.append(
-                f"| ({v}) {VARIANTS[v][0]} | {med:,.0f} | "
-                f"{', '.join(format(r['tasks_per_s'], ',.0f') for r in rs)} | "
-                f"{format(ratio, '.2f') + 'x' if ratio else '-'} | "
-                f"{', '.join(f'{x:.2f}' for x in per_round)} | "
-                f"{ov['median_ms']:.2f} / {ov['p99_ms']:.2f} | {pub:,.0f} | {eff:,} / {rs[0]['messages']:,} |"
+            groups.setdefault(
+                (r.get("body", "micro"), r["variant"], r.get("worker", "now")), []
+            ).append(r)
+        for body in BODIES:
+            base_runs = groups.get((body, "a", "now"), [])
+            if not any(k[0] == body for k in groups):
+                continue
+            base_by_round = {r["round"]: r["tasks_per_s"] for r in base_runs}
+            n = ARGS.real_tasks if body == "realistic" else ARGS.tasks
+            what = (
+                f"five small queries + {ARGS.real_work_ms:g} ms sleep"
+                if body == "realistic"
+                else f"one INSERT + {ARGS.work_ms:g} ms sleep"
             )
-            if v in TARGETS and ratio is not None:
-                op = ">" if v == "d" else ">="
-                targets.append(
-                    (
-                        f"({v}) throughput {op} {TARGETS[v]:.2f} x (a)",
-                        f"{ratio:.2f}x",
-                        ratio > TARGETS[v] if v == "d" else ratio >= TARGETS[v],
-                    )
+            lines += [
+                f"### Throughput, {body} body ({what}): N = {n:,} messages per run, "
+                f"{ARGS.rounds} round(s), runs alternated",
+                "",
+                "| variant | worker | tasks/s (median) | runs | ratio to (a) (median of rounds) | "
+                "per-round ratios | worker overhead median / p99 (ms) | publish msg/s | body runs |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for (b, v, kind), rs in groups.items():
+                if b != body:
+                    continue
+                med = statistics.median(r["tasks_per_s"] for r in rs)
+                per_round = [
+                    r["tasks_per_s"] / base_by_round[r["round"]]
+                    for r in rs
+                    if r["round"] in base_by_round
+                ]
+                ratio = statistics.median(per_round) if per_round else None
+                samples = [x for r in rs for x in r["samples"]]
+                ov = stats(t - bb for _, t, bb in samples)
+                pub = statistics.median(r["publish_per_s"] for r in rs)
+                eff = rs[0]["expected_effects"]
+                who = {
+                    "now": "this tree",
+                    "before": f"before ({ARGS.before_ref})",
+                    "prepared": "this tree, prepared",
+                    "async": "this tree, ASYNC_COMPLETION",
+                    "nocomplete": "this tree, completion skipped (upper bound of amortizing it)",
+                }[kind]
+                lines.append(
+                    f"| ({v}) {VARIANTS[v][0]} | {who} | {med:,.0f} | "
+                    f"{', '.join(format(r['tasks_per_s'], ',.0f') for r in rs)} | "
+                    f"{format(ratio, '.2f') + 'x' if ratio else '-'} | "
+                    f"{', '.join(f'{x:.2f}' for x in per_round)} | "
+                    f"{ov['median_ms']:.2f} / {ov['p99_ms']:.2f} | {pub:,.0f} | "
+                    f"{eff:,} / {rs[0]['messages']:,} |"
                 )
+                goal = TARGETS.get((body, v))
+                if goal is not None and ratio is not None and kind in ("now", "prepared", "async"):
+                    targets.append(
+                        (
+                            f"{body}: ({v}) >= {goal:.2f} x (a)"
+                            + (f" [{kind}]" if kind != "now" else ""),
+                            f"{ratio:.2f}x",
+                            ratio >= goal,
+                        )
+                    )
+            lines.append("")
         deferred = sum(r["deferred"] for r in runs)
-        lines += ["", f"Deferred (busy-claim) re-publishes across all runs: {deferred}.", ""]
+        lines += [f"Deferred (busy-claim) re-publishes across all runs: {deferred}.", ""]
     lat = results.get("latency")
     if lat:
         lines += [
@@ -889,7 +1263,14 @@ def report(results: dict) -> str:
                 )
         if runs:
             for r_v in ("b",):
-                samples = [s for r in runs if r["variant"] == r_v for s in r["samples"]]
+                samples = [
+                    s
+                    for r in runs
+                    if r["variant"] == r_v
+                    and r.get("body", "micro") == "micro"
+                    and r.get("worker", "now") == "now"
+                    for s in r["samples"]
+                ]
                 if samples:
                     ov = stats(t - b for _, t, b in samples)
                     targets.append(
@@ -948,26 +1329,33 @@ def report(results: dict) -> str:
                 f"| {row['rows']:,} | {a['median_ms']:.3f} / {a['p99_ms']:.3f} | "
                 f"{c['median_ms']:.3f} / {c['p99_ms']:.3f} | {d['median_ms']:.3f} / {d['p99_ms']:.3f} |"
             )
-        pc, pd = sc["purge_claims"], sc["purge_deadletters"]
         lines += [
             "",
             f"Ratio large/small (acquire+complete median): {ratio:.2f}x. Loading "
             f"{lg['rows'] - s['rows']:,} claim rows took {sc['load_large_s']:.1f} s.",
             "",
+        ]
+        targets.append(
+            ("claim latency at large within 1.2 x of small", f"{ratio:.2f}x", ratio <= 1.2)
+        )
+    if sc and "purge_claims" in sc:
+        pc = sc["purge_claims"]
+        lines += [
             "| retention | rows | time (s) | batch size | rows/s | notes |",
             "|---|---|---|---|---|---|",
             f"| `retention.purge_claims` | {pc['deleted']:,} | {pc['seconds']:.1f} | "
             f"{pc['batch_size']:,} | {pc['deleted'] / pc['seconds']:,.0f} | {pc['batches']} batches, "
             f"longest {pc['longest_batch_ms']:.0f} ms; {pc['left']:,} recent rows kept |",
-            f"| `manage.py deadletter purge` | {pd['deleted']:,} | {pd['seconds']:.1f} | "
-            f"{pd['batch_size']:,} | {pd['deleted'] / pd['seconds']:,.0f} | "
-            f"{pd['left']:,} left |",
-            "",
         ]
-        targets.append(
-            ("claim latency at large within 1.2 x of small", f"{ratio:.2f}x", ratio <= 1.2)
-        )
-        adm = sc["admin"]
+        pd = sc.get("purge_deadletters")
+        if pd:
+            lines.append(
+                f"| `manage.py deadletter purge` | {pd['deleted']:,} | {pd['seconds']:.1f} | "
+                f"{pd['batch_size']:,} | {pd['deleted'] / pd['seconds']:,.0f} | "
+                f"{pd['left']:,} left |"
+            )
+        lines.append("")
+        adm = sc.get("admin") or {"status": "skipped", "note": "--skip deadletters"}
         if adm["status"] == "ok":
             lines += [
                 f"### Admin: dead-letter changelist, {adm['rows']:,} rows "
@@ -1026,6 +1414,17 @@ def short_sql(statement: str) -> str:
     return f"{head} {target}"
 
 
+def throughput_cases(
+    body: str, variants: str, worker: Worker, extra: dict[str, Worker]
+) -> list[tuple[str, Worker]]:
+    """One round's runs for one body: every variant on this tree, then the compared workers."""
+    own = [v for v in variants if body == "micro" or v != "d"]
+    cases = [(v, worker) for v in own]
+    for w in extra.values():
+        cases += [(v, w) for v in COMPARED_VARIANTS[w.kind][body] if v in own]
+    return cases
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -1033,6 +1432,11 @@ def main() -> int:
     started = time.perf_counter()
     log(f"database {ARGS.db}: re-creating; queue {QUEUE}")
     recreate_database(ARGS.db)
+    before_src = None
+    if "before" in ARGS.compare:
+        before_src = export_before(ARGS.before_ref)
+        log(f"before: {ARGS.before_ref} exported to {before_src}; database {BEFORE_DB}")
+        migrate_before(before_src)
     setup_django()
     from benchapp import tasks
 
@@ -1048,7 +1452,14 @@ def main() -> int:
             for k, v in vars(ARGS).items()
         },
     }
+    if "floor" not in ARGS.skip:
+        log(f"floor: {ARGS.floor_rounds} rounds of {ARGS.floor_n} claims per variant, in process")
+        results["floor"] = floor_phase()
+        for name, row in results["floor"].items():
+            if name in FLOOR_VARIANTS:
+                log(f"floor {name}: {row['wall_ms']:.3f} ms, {row['ratio']:.2f}x raw")
     worker = Worker()
+    extra = {kind: Worker(kind, before_src if kind == "before" else None) for kind in ARGS.compare}
     try:
         phases = {"trace", "latency", "throughput"} - ARGS.skip
         if phases:
@@ -1056,6 +1467,11 @@ def main() -> int:
             log(f"worker {worker.hostname} ready in {worker.startup_s:.1f}s; log {worker.logfile}")
             results["worker_startup_s"] = worker.startup_s
             worker.pause()
+        if "throughput" in phases:
+            for w in extra.values():
+                w.start()
+                w.pause()
+                log(f"worker {w.hostname} ready; log {w.logfile}")
         # The first run of a variant on a fresh worker pays for imports and connections: the
         # traced run (not timed) goes first and warms every pool process.
         if "trace" in phases:
@@ -1069,19 +1485,24 @@ def main() -> int:
         if "throughput" in phases:
             results["throughput"] = []
             for round_no in range(1, ARGS.rounds + 1):
-                for v in variants:
-                    r = throughput_run(worker, v, round_no)
-                    results["throughput"].append(r)
-                    log(
-                        f"round {round_no} ({v}) {VARIANTS[v][0]}: {r['tasks_per_s']:,.0f} tasks/s "
-                        f"({r['seconds']:.2f}s; publish {r['publish_s']:.1f}s; "
-                        f"deferred {r['deferred']})"
-                    )
+                for body in ARGS.bodies:
+                    for v, w in throughput_cases(body, variants, worker, extra):
+                        r = throughput_run(w, v, round_no, body)
+                        results["throughput"].append(r)
+                        log(
+                            f"round {round_no} {body} ({v}) {VARIANTS[v][0]} [{w.kind}]: "
+                            f"{r['tasks_per_s']:,.0f} tasks/s ({r['seconds']:.2f}s; publish "
+                            f"{r['publish_s']:.1f}s; deferred {r['deferred']})"
+                        )
         worker.stop()
+        for w in extra.values():
+            w.stop()
         if "scale" not in ARGS.skip:
             results["scale"] = scale_phase()
     finally:
         worker.stop()
+        for w in extra.values():
+            w.stop()
         with contextlib.suppress(Exception):
             delete_queue()
     results["wall_seconds"] = time.perf_counter() - started

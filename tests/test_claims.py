@@ -263,6 +263,22 @@ def test_a_duplicate_reads_and_writes_nothing():
     assert len(statements) == 2 and "DO NOTHING" in statements[0]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_prepared_statements_give_the_same_outcomes(settings):
+    """PREPARED_STATEMENTS: server-side binding and prepare, same state machine."""
+    settings.CELERY_HYGIENE = {"PREPARED_STATEMENTS": True}
+    for round_no in range(7):  # past psycopg's usual threshold: really prepared by now
+        entity = f"prepared-{round_no}"
+        first = acquire("default", key(entity=entity), "t1")
+        assert first.outcome is Outcome.ACQUIRED
+        duplicate = acquire("default", key(entity=entity), "t2")
+        assert duplicate.outcome is Outcome.IN_PROGRESS and duplicate.wait_seconds > 0
+        assert claims.complete(first.ticket, '{"n": 1}')
+        done = acquire("default", key(entity=entity), "t3")
+        assert done.outcome is Outcome.SUCCEEDED and done.existing.result_json == '{"n": 1}'
+        assert not claims.complete(first.ticket, "2")  # fenced: already succeeded
+
+
 def test_fingerprint_treats_equal_numbers_as_equal():
     from decimal import Decimal
 
@@ -368,3 +384,24 @@ def test_recurring_work_restarts_a_claim_that_finished_long_enough_ago(alias):
         reclaim_dead=True,
     )
     assert singleton.outcome is Outcome.ACQUIRED  # ... but not singletons
+
+
+@pytest.mark.django_db(transaction=True)
+def test_async_completion_is_one_statement_and_leaves_no_session_state(settings):
+    """ASYNC_COMPLETION: same fencing, visible at once, synchronous_commit back to 'on' after."""
+    settings.CELERY_HYGIENE = {"ASYNC_COMPLETION": True}
+    first = acquire("default", key(entity="async-1"), "t1")
+    assert claims.complete(first.ticket, '{"n": 1}')
+    assert not claims.complete(first.ticket, "2")  # fenced: already succeeded
+    done = acquire("default", key(entity="async-1"), "t2")
+    assert done.outcome is Outcome.SUCCEEDED and done.existing.result_json == '{"n": 1}'
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+    assert not connections["default"].connection.info.transaction_status  # IDLE
+    # A failing completion (a value the column refuses) leaves no open transaction behind.
+    other = acquire("default", key(entity="async-2"), "t3")
+    with pytest.raises(Exception):  # noqa: B017, PT011 - DataError from the server
+        claims.complete(other.ticket, "\x00")
+    assert not connections["default"].connection.info.transaction_status
+    assert claims.complete(other.ticket, "3")

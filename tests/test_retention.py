@@ -19,6 +19,8 @@ def make_claim(
     entity: str, status: str, completed_days_ago: float | None, using: str = "default"
 ) -> None:
     now = timezone.now()
+    completed_at = None if completed_days_ago is None else now - completed_days_ago * DAY
+    lease_expires_at = None if completed_days_ago is not None else now - 10 * DAY
     TaskClaim.objects.using(using).create(
         entity=entity,
         operation="op",
@@ -26,8 +28,10 @@ def make_claim(
         status=status,
         fingerprint="f",
         owner_task_id=f"id-{entity}",
-        completed_at=None if completed_days_ago is None else now - completed_days_ago * DAY,
-        lease_expires_at=None if completed_days_ago is not None else now - 10 * DAY,
+        completed_at=completed_at,
+        lease_expires_at=lease_expires_at,
+        # As in real rows: created before it completed (or before its lease ran out).
+        created_at=(completed_at or lease_expires_at) - dt.timedelta(minutes=1),
     )
 
 
@@ -118,6 +122,7 @@ def test_purge_claims_command_keeps_live_and_recent_claims():
             fingerprint="f",
             owner_task_id="x",
             completed_at=None if status == "running" else long_ago,
+            created_at=long_ago - dt.timedelta(minutes=1),  # created before it completed
         )
     TaskClaim.objects.create(
         entity="recent",

@@ -103,6 +103,12 @@ def _postrun(task_id=None, task=None, state=None, **_kwargs) -> None:  # noqa: A
 def _connect_prerun(**_kwargs) -> None:  # noqa: ANN003
     # ...and this one after the fixup's pre-task handler (which may close the connection).
     task_prerun.connect(_prerun, weak=False)
+    if os.environ.get("BENCH_NO_COMPLETE") == "1":
+        # Upper bound of an amortized completion (run.py --compare nocomplete): no completion
+        # statement at all. Benchmark only: the claims stay 'running' until their lease lapses.
+        from celery_hygiene import claims
+
+        claims.complete = lambda ticket, result_json: True
 
 
 def _start_trace() -> None:

@@ -89,4 +89,14 @@ CELERY_ONCE = {
     "settings": {"url": REDIS_URL, "default_timeout": 3600},
 }
 
-CELERY_HYGIENE = {"DEFAULT_LEASE_SECONDS": 300}
+CELERY_HYGIENE = {
+    "DEFAULT_LEASE_SECONDS": 300,
+    # run.py starts a second worker with BENCH_PREPARED=1 to compare (docs/benchmarks.md).
+    "PREPARED_STATEMENTS": os.environ.get("BENCH_PREPARED") == "1",
+    "ASYNC_COMPLETION": os.environ.get("BENCH_ASYNC") == "1",
+}
+
+# The "before" comparison: the library at an earlier commit, on its own database (its own
+# migrations); the driver truncates and counts there through this alias.
+if os.environ.get("BENCH_DB_BEFORE"):
+    DATABASES["before"] = {**DATABASES["default"], "NAME": os.environ["BENCH_DB_BEFORE"]}

@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from django.db import connections, router
@@ -41,6 +42,7 @@ from django.db.models import DateTimeField, ExpressionWrapper, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from . import conf
 from .models import ClaimStatus, TaskClaim
 
 
@@ -97,6 +99,17 @@ VALUES
 ON CONFLICT (entity, operation) DO NOTHING
 RETURNING attempts
 """
+
+# PostgreSQL: the row that stopped the INSERT, and the database's clock (lease arithmetic).
+# Hand-written: building the same query through the ORM cost more client CPU than the
+# statement's round trip. (One statement for both, a CTE that inserts or returns the existing
+# row, was measured and dropped: it made every first run ~0.2 ms slower to save about that
+# much on each duplicate; docs/benchmarks.md.)
+_EXISTING_SQL = """
+SELECT {columns}, statement_timestamp() FROM {table}
+WHERE entity = %(entity)s AND operation = %(operation)s
+"""
+
 
 # Compare-and-set on the attempt number we read: of several racing takers exactly one wins.
 _TAKE_OVER_SQL = """
@@ -169,6 +182,21 @@ RETURNING attempts
 """
 
 
+@lru_cache(maxsize=64)
+def _sql(template: str, vendor: str, table: str, leased: bool, completed: bool) -> str:
+    """The statement text for one backend; built once per template, not once per task."""
+    if vendor == "postgresql":
+        now = "statement_timestamp()"
+        lease_until = (
+            "statement_timestamp() + %(lease_seconds)s * interval '1 second'" if leased else "NULL"
+        )
+    else:
+        now, lease_until = "%(now)s", "%(lease_until)s"
+    return template.format(
+        table=table, now=now, lease_until=lease_until, completed_at=now if completed else "NULL"
+    )
+
+
 def _render(
     sql: str, using: str, *, lease_seconds: float | None, completed: bool = False
 ) -> tuple[str, dict[str, Any]]:
@@ -178,32 +206,65 @@ def _render(
     lease ends; other backends get the worker's clock as a parameter.
     """
     connection = connections[using]
-    params: dict[str, Any] = {}
-    if connection.vendor == "postgresql":
-        now = "statement_timestamp()"
-        lease_until = (
-            "NULL"
-            if lease_seconds is None
-            else "statement_timestamp() + %(lease_seconds)s * interval '1 second'"
-        )
-        params["lease_seconds"] = lease_seconds
-    else:
-        current = timezone.now()
-        now = "%(now)s"
-        params["now"] = connection.ops.adapt_datetimefield_value(current)
-        lease_until = "%(lease_until)s"
-        params["lease_until"] = (
-            None
-            if lease_seconds is None
-            else connection.ops.adapt_datetimefield_value(
-                current + dt.timedelta(seconds=lease_seconds)
-            )
-        )
+    vendor = connection.vendor
     table = connection.ops.quote_name(TaskClaim._meta.db_table)
-    rendered = sql.format(
-        table=table, now=now, lease_until=lease_until, completed_at=now if completed else "NULL"
+    rendered = _sql(sql, vendor, table, lease_seconds is not None, completed)
+    if vendor == "postgresql":
+        return rendered, ({} if lease_seconds is None else {"lease_seconds": lease_seconds})
+    current = timezone.now()
+    params: dict[str, Any] = {"now": connection.ops.adapt_datetimefield_value(current)}
+    params["lease_until"] = (
+        None
+        if lease_seconds is None
+        else connection.ops.adapt_datetimefield_value(current + dt.timedelta(seconds=lease_seconds))
     )
     return rendered, params
+
+
+def _execute(using: str, sql: str, params: dict[str, Any], *, fetch: bool) -> tuple[Any, int]:
+    """Run one claim statement: (first row or None, rowcount).
+
+    On PostgreSQL the statement goes to psycopg directly with server-side binding (Django's
+    cursor binds on the client, which cost about a third of the claim's client CPU), inside
+    Django's error translation, so callers still see ``django.db`` errors. While something
+    watches Django's queries (``connection.execute_wrapper``, ``DEBUG`` query logging,
+    ``assertNumQueries``) the statements go through Django's cursor instead, so they are seen.
+
+    With ``PREPARED_STATEMENTS`` the statements are also prepared, once per connection (psycopg
+    keeps the cache per connection). Prepared statements are session state: behind PgBouncer in
+    transaction mode they need PgBouncer >= 1.21 with ``max_prepared_statements`` set, which is
+    why they are opt-in. Unprepared server-side binding uses the unnamed statement only, which
+    any pooler passes through.
+    """
+    connection = connections[using]
+    if (
+        connection.vendor == "postgresql"
+        and not connection.execute_wrappers
+        and not connection.queries_logged
+    ):
+        return _execute_direct(connection, sql, params, fetch=fetch)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return (cursor.fetchone() if fetch else None), cursor.rowcount
+
+
+def _execute_direct(
+    connection: Any, sql: str, params: dict[str, Any], *, fetch: bool
+) -> tuple[Any, int]:
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    if not is_psycopg3:  # psycopg2 has no server-side binding: Django's cursor
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return (cursor.fetchone() if fetch else None), cursor.rowcount
+    import psycopg
+
+    prepare = bool(conf.get("PREPARED_STATEMENTS"))
+    connection.ensure_connection()
+    connection.validate_no_broken_transaction()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=prepare)
+        return (cursor.fetchone() if fetch else None), cursor.rowcount
 
 
 def acquire(
@@ -260,19 +321,35 @@ def _returning(
     sql: str, params: dict[str, Any], using: str, lease_seconds: float | None
 ) -> int | None:
     rendered, clock = _render(sql, using, lease_seconds=lease_seconds)
-    with connections[using].cursor() as cursor:
-        cursor.execute(rendered, {**params, **clock})
-        row = cursor.fetchone()
+    row, _ = _execute(using, rendered, {**params, **clock}, fetch=True)
     return None if row is None else int(row[0])
 
 
+_CLAIM_FIELDS = list(TaskClaim._meta.concrete_fields)
+
+
+@lru_cache(maxsize=8)
+def _existing_sql(table: str) -> str:
+    columns = ", ".join(str(f.column) for f in _CLAIM_FIELDS)
+    return _EXISTING_SQL.format(columns=columns, table=table)
+
+
 def _existing(key: ClaimKey, using: str) -> TaskClaim | None:
-    return (
-        TaskClaim.objects.using(using)
-        .annotate(db_now=Now())
-        .filter(entity=key.entity, operation=key.operation)
-        .first()
-    )
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return (
+            TaskClaim.objects.using(using)
+            .annotate(db_now=Now())
+            .filter(entity=key.entity, operation=key.operation)
+            .first()
+        )
+    sql = _existing_sql(connection.ops.quote_name(TaskClaim._meta.db_table))
+    row, _ = _execute(using, sql, {"entity": key.entity, "operation": key.operation}, fetch=True)
+    if row is None:
+        return None
+    existing = TaskClaim.from_db(using, [f.attname for f in _CLAIM_FIELDS], row[:-1])
+    existing.db_now = row[-1]  # type: ignore[attr-defined]
+    return existing
 
 
 def _may_take_over(
@@ -336,10 +413,62 @@ def complete(ticket: Ticket, result_json: str | None) -> bool:
         "attempts": ticket.attempts,
         **clock,
     }
-    with connections[ticket.using].cursor() as cursor:
-        cursor.execute(sql, params)
-        rowcount: int = cursor.rowcount
-        return rowcount == 1
+    connection = connections[ticket.using]
+    if (
+        conf.get("ASYNC_COMPLETION")
+        and connection.vendor == "postgresql"
+        and not connection.in_atomic_block
+        and connection.get_autocommit()  # its own BEGIN .. COMMIT must not end a caller's
+    ):
+        return _complete_async(connection, sql, params)
+    _, rowcount = _execute(ticket.using, sql, params, fetch=False)
+    return rowcount == 1
+
+
+# ASYNC_COMPLETION: the same UPDATE in a transaction whose COMMIT does not wait for the WAL
+# flush. Sent as one simple-query string, so it is still one round trip, and SET LOCAL ends
+# with the transaction: no session state is left behind (PgBouncer in transaction mode is fine).
+_ASYNC_COMPLETE_SQL = (
+    "BEGIN; SET LOCAL synchronous_commit TO off; {update} RETURNING attempts; COMMIT"
+)
+
+
+def _complete_async(connection: Any, sql: str, params: dict[str, Any]) -> bool:
+    """Record success without waiting for the flush (opt-in, ``ASYNC_COMPLETION``).
+
+    The row is visible to every other session at once, so duplicates see ``succeeded`` as
+    usual. What changes is a PostgreSQL *server* crash (or an OS crash of its host) in the
+    next few hundred milliseconds (up to 3 x ``wal_writer_delay``, 200 ms by default): the
+    completion can be lost, the claim is back to ``running`` with its lease, and a duplicate or
+    redelivery that arrives after the lease ran out runs the body again. The body's own writes,
+    committed before, are flushed. A worker crash loses nothing: the server has the commit.
+    """
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    if not is_psycopg3:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return bool(cursor.rowcount == 1)
+    import psycopg
+
+    statement = _ASYNC_COMPLETE_SQL.format(update=sql.strip())
+    connection.ensure_connection()
+    connection.validate_no_broken_transaction()
+    pg = connection.connection
+    with connection.wrap_database_errors:
+        try:
+            with psycopg.ClientCursor(pg) as cursor:
+                cursor.execute(statement, params)
+                updated = False
+                while True:  # BEGIN, SET, UPDATE .. RETURNING, COMMIT: one result each
+                    if cursor.description is not None:
+                        updated = cursor.fetchone() is not None
+                    if not cursor.nextset():
+                        break
+                return updated
+        finally:
+            if pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                pg.rollback()  # an error inside the string left the block open: close it
 
 
 def _record_failure(ticket: Ticket, status: str, error: str, lease_seconds: float | None) -> bool:
@@ -358,9 +487,8 @@ def _record_failure(ticket: Ticket, status: str, error: str, lease_seconds: floa
         attempts=ticket.attempts,
         error=error[:10_000],
     )
-    with connections[ticket.using].cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone() is not None
+    row, _ = _execute(ticket.using, sql, params, fetch=True)
+    return row is not None
 
 
 def release_for_retry(ticket: Ticket, *, countdown: float, error: str) -> bool:
@@ -550,7 +678,9 @@ def stale_claims(*, expired_for: dt.timedelta, using: str | None = None) -> Quer
 
     Such a row is work that started and never finished, with no message left to finish it
     (acknowledged early, then the worker died). The next duplicate would take it over; until
-    then an operator should see it. Served by the (status, lease_expires_at) index.
+    then an operator should see it. No index serves it (an index on status or lease_expires_at
+    would make every completion a non-HOT update, see models.py): a sequential scan, for a
+    command an operator runs by hand.
     """
     using = using or write_alias()
     return (

@@ -37,6 +37,12 @@ Every key is optional::
                                            # (on a timer too, so an idle worker's runs show)
         "AUDIT_WARNINGS_EVERYWHERE": False, # audit warnings in every command's system checks,
                                            # not only in `check --deploy` / `taskhygiene check`
+        "PREPARED_STATEMENTS": False,      # PostgreSQL: prepare the claim statements once per
+                                           # connection (server-side binding); not behind
+                                           # PgBouncer < 1.21 in transaction mode
+        "ASYNC_COMPLETION": False,         # PostgreSQL: the completion's commit does not wait
+                                           # for the WAL flush; a server crash right after it
+                                           # can lose the record (docs/benchmarks.md)
     }
 """
 
@@ -68,6 +74,8 @@ DEFAULTS: dict[str, Any] = {
     "WATCHDOG_INTERVAL_SECONDS": 1.0,
     "RUN_STATS_FLUSH_SECONDS": 60.0,
     "AUDIT_WARNINGS_EVERYWHERE": False,
+    "PREPARED_STATEMENTS": False,
+    "ASYNC_COMPLETION": False,
 }
 
 

@@ -9,6 +9,7 @@ enough to ride out a PostgreSQL restart or a PgBouncer's ``server_login_retry``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from .events import log_event
 
 T = TypeVar("T")
 DB_ERRORS = (OperationalError, InterfaceError)
+_FIRST_WAIT = 0.2  # seconds; wait_exponential(multiplier=0.2)'s first pause
 
 
 def close_broken_connections() -> None:
@@ -44,18 +46,30 @@ def with_db_retries(write: Callable[[], T], *, event: str, budget: float | None 
     The last error is re-raised when ``budget`` seconds (default ``DB_RETRY_SECONDS``) are used.
     """
 
+    # The first try without tenacity: this runs once per task (completion), and building the
+    # Retrying machinery cost more client CPU than it protects on the path that succeeds.
+    started = time.monotonic()
+    try:
+        return write()
+    except DB_ERRORS as exc:
+        seconds = float(conf.get("DB_RETRY_SECONDS") if budget is None else budget)
+        if time.monotonic() - started >= seconds:
+            raise
+        log_event(logging.WARNING, event, attempt=1, error=repr(exc))
+        close_broken_connections()
+    time.sleep(min(_FIRST_WAIT, max(0.0, seconds - (time.monotonic() - started))))
+
     def before_sleep(retry_state: Any) -> None:
         log_event(
             logging.WARNING,
             event,
-            attempt=retry_state.attempt_number,
+            attempt=retry_state.attempt_number + 1,
             error=repr(retry_state.outcome.exception()) if retry_state.outcome else None,
         )
         close_broken_connections()
 
-    seconds = float(conf.get("DB_RETRY_SECONDS") if budget is None else budget)
     for attempt in Retrying(
-        stop=stop_after_delay(seconds),
+        stop=stop_after_delay(max(0.0, seconds - (time.monotonic() - started))),
         wait=wait_exponential(multiplier=0.2, max=float(conf.get("DB_RETRY_MAX_WAIT"))),
         retry=retry_if_exception_type(DB_ERRORS),
         before_sleep=before_sleep,

@@ -49,12 +49,14 @@ class TaskClaim(models.Model):
                 fields=["entity", "operation"], name="celery_hygiene_claim_entity_operation"
             ),
         ]
+        # Only columns that never change after the INSERT are indexed (entity, operation,
+        # created_at): completion, renewal and failure updates then touch no index entry and
+        # PostgreSQL can make them HOT updates (the new row version on the same page, no index
+        # writes). That needs room on the page, hence fillfactor 90 (migration 0005). Retention
+        # finds old claims through created_at (a claim completes after it was created); the
+        # operator's stale-lease sweep reads the table (rare, by hand). See docs/benchmarks.md.
         indexes = [
-            # Sweeps for stale leases and retention purges.
-            models.Index(
-                fields=["status", "lease_expires_at"], name="celery_hyg_claim_status_lease"
-            ),
-            models.Index(fields=["completed_at"], name="celery_hyg_claim_completed"),
+            models.Index(fields=["created_at"], name="celery_hyg_claim_created"),
         ]
 
     def __str__(self) -> str:

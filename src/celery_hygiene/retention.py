@@ -7,7 +7,7 @@ arrive (broker redeliveries, retries, dead-letter replays, a user's double submi
 Only finished claims are ever purged: ``succeeded`` by default, ``dead`` on request. Claims with a
 live lease (``running``, ``retrying``) are never touched. Each batch is one ``DELETE .. WHERE id IN
 (SELECT id .. LIMIT n)`` in its own transaction, so row locks last one batch, and the scan uses
-the ``completed_at`` index.
+the ``created_at`` index (a claim is created before it completes).
 """
 
 from __future__ import annotations
@@ -62,7 +62,11 @@ def purge_claims(
         )
     using = using or router.db_for_write(TaskClaim)
     cutoff = timezone.now() - older_than
-    old = TaskClaim.objects.using(using).filter(status__in=statuses, completed_at__lt=cutoff)
+    # created_at <= completed_at, so the created_at index finds every candidate; completed_at
+    # decides. (Only never-updated columns are indexed: completions stay HOT updates.)
+    old = TaskClaim.objects.using(using).filter(
+        status__in=statuses, created_at__lt=cutoff, completed_at__lt=cutoff
+    )
     total = batches = 0
     while True:
         # The conditions are repeated outside the subquery: a dead claim re-opened by a replay
