@@ -152,3 +152,18 @@ def test_entity_passed_through_kwargs_is_found_only_there():
     # A dict argument holding the same key is data, not the entity.
     with pytest.raises(EntityKeyError, match="'order_id' was not passed"):
         spec.entity_key("t", spec.bind_arguments("t", ({"order_id": 1},), {}))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_replay_in_eager_settings_is_refused_clearly(eager_app):
+    """Eager local settings: no worker would see a replay; say so instead of "replayed"."""
+    from celery_hygiene import replay
+    from celery_hygiene.models import DeadLetterStatus
+    from tests.test_deadletter_cli import make
+
+    dead = make(args=["eager-replay"], kwargs={})
+    refused = replay.replay(dead.pk, app=eager_app)
+    assert refused.outcome is replay.Outcome.EAGER
+    assert "task_always_eager is on" in refused.message and "--force" in refused.message
+    dead.refresh_from_db()
+    assert dead.status == DeadLetterStatus.PENDING

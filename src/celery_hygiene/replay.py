@@ -53,6 +53,7 @@ class Outcome(enum.Enum):
     UNKNOWN_TASK = "unknown_task"
     UNKNOWN_QUEUE = "unknown_queue"
     TRUNCATED = "truncated"
+    EAGER = "eager"
     PUBLISH_FAILED = "publish_failed"
 
 
@@ -164,6 +165,19 @@ def refusal(
             pk,
             Outcome.NOT_PENDING,
             message=f"dead letter {pk} is {dead_letter.status}{detail}; only pending ones replay",
+        )
+    if app.conf.task_always_eager and not force:
+        # Celery would run the task in this process (or, for a queue option, warn with
+        # AlwaysEagerIgnored) instead of sending it to the workers an operator means.
+        return ReplayResult(
+            pk,
+            Outcome.EAGER,
+            message=(
+                f"dead letter {pk} not replayed: task_always_eager is on in these settings "
+                "(local or test settings?), so nothing here runs tasks on workers. Run the "
+                "command with the settings your workers use, or use --force to publish it to "
+                "this configuration's broker anyway."
+            ),
         )
     registered, load_error = task_registered(app, dead_letter.task_name)
     if not registered:
