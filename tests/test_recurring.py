@@ -9,7 +9,7 @@ import pytest
 from celery_hygiene.models import ClaimStatus, DeadLetter, TaskClaim
 from tests.conftest import wait_until
 from tests.testapp import tasks_recurring as r
-from tests.testapp.models import SideEffect
+from tests.testapp.models import Attempt, SideEffect
 
 pytestmark = pytest.mark.worker
 
@@ -52,10 +52,12 @@ def test_a_window_blocks_duplicates_only_for_its_length(worker, queue_name):
     assert TaskClaim.objects.get(entity="2026-11-25").attempts == 1  # a fresh run's budget
 
 
-def test_not_finished_leaves_the_key_to_the_next_message(worker, queue_name):
-    assert r.close_batch.apply_async(("b-1",), queue=queue_name).get(timeout=30) is None
+@pytest.mark.parametrize("task", [r.close_batch, r.close_batch_atomic], ids=["plain", "atomic"])
+def test_not_finished_leaves_the_key_to_the_next_message(worker, queue_name, task):
+    assert task.apply_async(("b-1",), queue=queue_name).get(timeout=30) is None
     wait_until(lambda: not TaskClaim.objects.filter(entity="b-1").exists(), timeout=10)
     assert "task_not_finished" in worker.log()
-    assert r.close_batch.apply_async(("b-1",), queue=queue_name).get(timeout=30) == "closed:b-1"
+    assert Attempt.objects.filter(key="b-1").count() == 1  # the run's own write committed
+    assert task.apply_async(("b-1",), queue=queue_name).get(timeout=30) == "closed:b-1"
     assert SideEffect.objects.filter(entity="b-1", kind="closed").count() == 1
     assert not DeadLetter.objects.exists()

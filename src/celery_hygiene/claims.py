@@ -559,16 +559,16 @@ def mark_dead_for_owner(
     *,
     owner_task_id: str,
     error: str,
-    attempts: int | None = None,
     worker: str | None = None,
     using: str | None = None,
 ) -> int:
     """Close a claim from outside the task (the worker's main process after a hard kill).
 
-    Fenced like every other write: only while this task id still owns the claim and, when
-    ``attempts`` is given, still at that attempt. Returns the attempt count the claim had, or 0
-    if it was no longer ours. Call it inside the dead letter's transaction (``deadletters.store``
-    ``also=``) so the claim and its dead letter are written together or not at all.
+    Fenced like every other write: only while this task id, on this ``worker``, still owns the
+    claim (the main process does not know the attempt number). Returns the attempt count the
+    claim had, or 0 if it was no longer ours. Call it inside the dead letter's transaction
+    (``deadletters.store`` ``also=``) so the claim and its dead letter are written together or
+    not at all.
     """
     using = using or write_alias()
     rows = TaskClaim.objects.using(using).filter(
@@ -577,8 +577,6 @@ def mark_dead_for_owner(
         owner_task_id=owner_task_id,
         status__in=[ClaimStatus.RUNNING, ClaimStatus.RETRYING],
     )
-    if attempts is not None:
-        rows = rows.filter(attempts=attempts)
     if worker:  # a copy with the same task id may have taken the claim over on another worker
         rows = rows.filter(owner_worker=worker)
     claim = rows.select_for_update().only("pk", "attempts").first()
@@ -632,9 +630,8 @@ def renew(held: list[Held], *, worker: str, using: str | None = None) -> int:
             "leases": [float(h.lease_seconds) for h in held],
             "worker": worker,
         }
-        with connection.cursor() as cursor:
-            cursor.execute(_RENEW_SQL_POSTGRES.format(table=table), params)
-            return int(cursor.rowcount)
+        _, rowcount = _execute(using, _RENEW_SQL_POSTGRES.format(table=table), params, fetch=False)
+        return int(rowcount)
     renewed = 0  # other backends (SQLite in development): one UPDATE per claim
     for h in held:
         renewed += (

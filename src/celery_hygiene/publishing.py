@@ -52,32 +52,17 @@ def send_or_keep(sig: Signature, *, task: Any, reason: str) -> None:
 def _keep_delivery(
     sig: Signature, *, task: Any, reason: str, error: Exception, park_error: BaseException
 ) -> None:
-    request = task.request
-    if _still_unacknowledged(task):
-        log_event(
-            logging.ERROR,
-            "publish_failed_requeued",
-            task=task.name,
-            id=request.id,
-            reason=reason,
-            error=repr(error),
-            park_error=repr(park_error),
-        )
+    fields = {
+        "task": task.name,
+        "id": task.request.id,
+        "reason": reason,
+        "error": repr(error),
+        "park_error": repr(park_error),
+    }
+    # With acks_late the delivery is acknowledged only after the task returns: it can go back.
+    if task.acks_late:
+        log_event(logging.ERROR, "publish_failed_requeued", **fields)
         raise Reject(error, requeue=True)
     log_event(
-        logging.ERROR,
-        "publish_failed_lost",
-        task=task.name,
-        id=request.id,
-        reason=reason,
-        error=repr(error),
-        park_error=repr(park_error),
-        payload=json.dumps(dict(sig), default=repr),
+        logging.ERROR, "publish_failed_lost", **fields, payload=json.dumps(dict(sig), default=repr)
     )
-
-
-def _still_unacknowledged(task: Any) -> bool:
-    """With acks_late the delivery is acknowledged after the task returns: it can go back."""
-    request = task.request
-    acks_late = getattr(request, "acks_late", None)
-    return bool(task.acks_late if acks_late is None else acks_late)

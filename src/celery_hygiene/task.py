@@ -12,13 +12,13 @@ import numbers
 import random
 import socket
 import time
-from collections.abc import Mapping
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
@@ -222,8 +222,9 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         try:
             # Opening the transaction connects: a database that is down fails here, before
             # the claim, and is the claim's problem, not the body's.
-            with _claim_time(transaction.atomic(using=using)):
-                claim = self._acquire_or_unavailable(key, using=using)
+            with _entered_at_claim_time(transaction.atomic(using=using)):
+                with _claim_time():
+                    claim = self._acquire(key, using=using)
                 if claim.outcome is Outcome.ACQUIRED:
                     ticket = claim.ticket
                     assert ticket is not None
@@ -257,12 +258,6 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             raise
         assert self.hygiene_idempotency is not None
         return self._not_acquired(self.hygiene_idempotency, key, claim)
-
-    def _acquire_or_unavailable(self, key: ClaimKey, *, using: str) -> ClaimResult:
-        try:
-            return self._acquire(key, using=using)
-        except DB_ERRORS as exc:
-            raise _ClaimUnavailable(exc) from exc
 
     def _claim_unavailable(self, error: BaseException, key: ClaimKey) -> None:
         """The database could not be asked who owns the key: come back later, body not run.
@@ -341,7 +336,10 @@ class HygieneTask(_TaskBase[_P, _R_co]):
 
     def _not_finished(self, ticket: Ticket, reason: NotFinished) -> None:
         """The body ended on purpose without success: free the key for the next message."""
-        with_db_retries(lambda: claims.forget(ticket), event="claim_release_retry")
+        if connections[ticket.using].in_atomic_block:
+            claims.forget(ticket)  # part of the atomic body's transaction: retrying it is moot
+        else:
+            with_db_retries(lambda: claims.forget(ticket), event="claim_release_retry")
         self._log_claim(
             logging.INFO,
             "task_not_finished",
@@ -843,17 +841,25 @@ def _closer(ticket: Ticket, error: str) -> Any:
     return close
 
 
-class _claim_time:  # noqa: N801 - used like a function, as contextlib's helpers are
-    """Enter a context manager; a database error while entering means "claim unavailable"."""
+@contextmanager
+def _claim_time() -> Iterator[None]:
+    """A database error here, before the body runs, means "claim unavailable", not a failure."""
+    try:
+        yield
+    except DB_ERRORS as exc:
+        raise _ClaimUnavailable(exc) from exc
+
+
+class _entered_at_claim_time:  # noqa: N801 - used like a function, as contextlib's helpers are
+    """Wrap a context manager whose *entering* counts as claim time (opening a transaction
+    connects); errors inside the block are left alone."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
     def __enter__(self) -> Any:
-        try:
+        with _claim_time():
             return self.inner.__enter__()
-        except DB_ERRORS as exc:
-            raise _ClaimUnavailable(exc) from exc
 
     def __exit__(self, *exc_info: Any) -> Any:
         return self.inner.__exit__(*exc_info)

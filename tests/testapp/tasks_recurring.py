@@ -46,3 +46,13 @@ def close_batch(batch: str) -> str:
         raise NotFinished("batch still open")
     SideEffect.objects.create(entity=batch, kind="closed")
     return f"closed:{batch}"
+
+
+@idempotent_task(entity="batch", atomic=True, acks_late=True, retry=QUICK)
+def close_batch_atomic(batch: str) -> str | None:
+    """The atomic twin: its own writes commit even when it ends with NotFinished."""
+    Attempt.objects.create(task="close_batch_atomic", key=batch)
+    if Attempt.objects.filter(task="close_batch_atomic", key=batch).count() == 1:
+        raise NotFinished("batch still open")
+    SideEffect.objects.create(entity=batch, kind="closed")
+    return f"closed:{batch}"
