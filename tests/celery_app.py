@@ -39,3 +39,19 @@ if os.environ.get("HYGIENE_FAIL_PUBLISH_FLAG"):
         return _publish(self, *args, **kwargs)
 
     Producer.publish = _refusing_publish  # type: ignore[method-assign]
+
+if os.environ.get("HYGIENE_FAIL_COMPLETION_BATCH_FLAG"):
+    # Fault injection for one test's worker: while the flag file exists, the main process's
+    # batched completion fails the way a write to an unreachable database does.
+    from django.db import OperationalError as DatabaseDown
+
+    from celery_hygiene import claims
+
+    _complete_many = claims.complete_many
+
+    def _refusing_complete_many(*args: object, **kwargs: object) -> object:
+        if os.path.exists(os.environ["HYGIENE_FAIL_COMPLETION_BATCH_FLAG"]):
+            raise DatabaseDown("injected: the database refused the completion batch")
+        return _complete_many(*args, **kwargs)  # type: ignore[arg-type]
+
+    claims.complete_many = _refusing_complete_many  # type: ignore[assignment]

@@ -108,5 +108,7 @@ if os.environ.get("HYGIENE_DEADLETTER_FALLBACK"):  # one test's worker uses "rej
     CELERY_HYGIENE["DEADLETTER_FALLBACK"] = os.environ["HYGIENE_DEADLETTER_FALLBACK"]
 if os.environ.get("HYGIENE_DB_RETRY_SECONDS"):  # one test's worker rides out a longer outage
     CELERY_HYGIENE["DB_RETRY_SECONDS"] = float(os.environ["HYGIENE_DB_RETRY_SECONDS"])
+if os.environ.get("HYGIENE_AMORTIZED_COMPLETION"):  # workers hand completions to the main process
+    CELERY_HYGIENE["AMORTIZED_COMPLETION"] = True
 if os.environ.get("HYGIENE_ASYNC_COMPLETION"):  # one test's worker records completions async
     CELERY_HYGIENE["ASYNC_COMPLETION"] = True

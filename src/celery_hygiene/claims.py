@@ -425,6 +425,60 @@ def complete(ticket: Ticket, result_json: str | None) -> bool:
     return rowcount == 1
 
 
+@dataclass(frozen=True)
+class Finished:
+    """A completion to record in a batch (amortized completion, see ``amortized.py``)."""
+
+    entity: str
+    operation: str
+    owner_task_id: str
+    attempts: int
+    result_json: str | None
+
+
+# Amortized completion: the completions of a whole batch in one statement, each fenced exactly
+# like ``_COMPLETE_SQL`` (owner task id and the attempt it acquired).
+_COMPLETE_MANY_SQL_POSTGRES = """
+UPDATE {table} AS c SET
+    status = 'succeeded', result_json = v.result, completed_at = statement_timestamp(),
+    updated_at = statement_timestamp(), lease_expires_at = NULL, last_error = ''
+FROM unnest(%(entities)s::text[], %(operations)s::text[], %(owners)s::text[],
+            %(attempts)s::int[], %(results)s::text[])
+     AS v(entity, operation, owner, attempts, result)
+WHERE c.entity = v.entity AND c.operation = v.operation AND c.owner_task_id = v.owner
+  AND c.attempts = v.attempts AND c.status = 'running'
+RETURNING c.entity, c.operation, c.owner_task_id
+"""
+
+
+def complete_many(finished: list[Finished], *, using: str) -> set[tuple[str, str, str]]:
+    """Record many successes; returns ``(entity, operation, owner)`` of those still ours."""
+    if not finished:
+        return set()
+    connection = connections[using]
+    if connection.vendor != "postgresql":  # other backends: one fenced UPDATE each
+        done: set[tuple[str, str, str]] = set()
+        for f in finished:
+            ticket = Ticket(
+                ClaimKey(f.entity, f.operation, "", ""), f.owner_task_id, "", f.attempts, 0, using
+            )
+            if complete(ticket, f.result_json):
+                done.add((f.entity, f.operation, f.owner_task_id))
+        return done
+    table = connection.ops.quote_name(TaskClaim._meta.db_table)
+    params: dict[str, Any] = {
+        "entities": [f.entity for f in finished],
+        "operations": [f.operation for f in finished],
+        "owners": [f.owner_task_id for f in finished],
+        "attempts": [f.attempts for f in finished],
+        "results": [f.result_json for f in finished],
+    }
+    sql = _COMPLETE_MANY_SQL_POSTGRES.format(table=table)
+    with connection.cursor() as cursor:  # once per batch: Django's cursor is cheap enough
+        cursor.execute(sql, params)
+        return {(str(e), str(o), str(t)) for e, o, t in cursor.fetchall()}
+
+
 # ASYNC_COMPLETION: the same UPDATE in a transaction whose COMMIT does not wait for the WAL
 # flush. Sent as one simple-query string, so it is still one round trip, and SET LOCAL ends
 # with the transaction: no session state is left behind (PgBouncer in transaction mode is fine).

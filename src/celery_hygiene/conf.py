@@ -43,6 +43,10 @@ Every key is optional::
         "ASYNC_COMPLETION": False,         # PostgreSQL: the completion's commit does not wait
                                            # for the WAL flush; a server crash right after it
                                            # can lose the record (docs/benchmarks.md)
+        "AMORTIZED_COMPLETION": False,     # prefork workers: pool processes hand completions to
+                                           # the main process, which records them in batches
+                                           # (one statement each) before acks_late messages are
+                                           # acknowledged (docs/idempotency.md)
     }
 """
 
@@ -76,6 +80,7 @@ DEFAULTS: dict[str, Any] = {
     "AUDIT_WARNINGS_EVERYWHERE": False,
     "PREPARED_STATEMENTS": False,
     "ASYNC_COMPLETION": False,
+    "AMORTIZED_COMPLETION": False,
 }
 
 

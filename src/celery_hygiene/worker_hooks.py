@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import signals as celery_signals
 
-from . import routing, runstats, upkeep, watchdog
+from . import amortized, routing, runstats, upkeep, watchdog
 from .events import log_event
 
 
@@ -27,6 +27,12 @@ def connect() -> None:
     celery_signals.worker_process_shutdown.connect(
         _on_process_shutdown, weak=False, dispatch_uid="hygiene_wd_process_shutdown"
     )
+    celery_signals.worker_before_create_process.connect(
+        _on_before_fork, weak=False, dispatch_uid="hygiene_amortized_fork"
+    )
+    celery_signals.worker_process_init.connect(
+        _on_process_init, weak=False, dispatch_uid="hygiene_amortized_child"
+    )
     celery_signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="hygiene_wd_prerun")
     celery_signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="hygiene_wd_postrun")
     celery_signals.task_received.connect(
@@ -37,12 +43,22 @@ def connect() -> None:
 def _on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     watchdog.install(sender)
     upkeep.start(sender)
+    amortized.start(sender)
 
 
 def _on_worker_shutdown(sender: Any = None, **kwargs: Any) -> None:
     watchdog.uninstall()
+    amortized.stop()  # the pool has stopped: record the last completions it handed over
     upkeep.stop()
     _flush_quietly()  # solo/threads pools ran their tasks in this process
+
+
+def _on_before_fork(**kwargs: Any) -> None:
+    amortized.prepare()
+
+
+def _on_process_init(**kwargs: Any) -> None:
+    amortized.in_pool_process()
 
 
 def _on_process_shutdown(**kwargs: Any) -> None:

@@ -1,0 +1,408 @@
+"""Amortized completion (opt-in, ``AMORTIZED_COMPLETION``): the worker's main process records
+the completions of all its pool processes, one statement per batch.
+
+Without it every body's completion is a commit of its own in the pool process, waited for
+before the process takes its next message. With it a pool process hands the completion to its
+main process over a pipe and moves on; a writer thread there records everything that arrived
+since its last write in one ``UPDATE .. FROM unnest(..)``, the way lease renewal already works.
+
+Why a pipe: the main process must learn *which attempt* of *which claim* finished, and Celery's
+result channel carries neither (a success sends only the return value's repr). The pipe is
+made before the pool forks, so every pool process inherits it; each record is one ``write`` of
+at most ``PIPE_BUF`` bytes, which the kernel never interleaves with another's (larger records,
+i.e. big results, are completed in the pool process as usual).
+
+Why acknowledgements wait (``acks_late``): a pool process writes its record *before* Celery
+sends its result to the main process, so when the main process acknowledges a finished
+request, the record is already in the pipe. :class:`HygieneRequest` hands that
+acknowledgement to the writer, which lets it go only after a batch that contained the record
+has committed; the event loop then sends it (kombu channels are not thread-safe). So a
+message is acknowledged only once its completion is recorded, as without this setting.
+
+What it changes on a crash: the window between the end of the body and the record of it grows
+from one statement in the pool process to "until the next batch commits" (a few milliseconds
+under load; longer while the database is away, when records wait in memory and are retried).
+If the whole worker dies in that window the record is lost: with ``acks_late`` the message
+comes back and runs the body again once the lease has lapsed (the same as a kill between body
+and completion today); with early acknowledgement the claim stays ``running`` until its lease
+lapses, and a later duplicate runs the body again. A pool process alone dying loses nothing
+that was already written to the pipe. Only the prefork pool (the one with a separate main
+process) amortizes; other pools, atomic mode and eager calls complete as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from celery.utils.imports import symbol_by_name
+from celery.worker.request import Request
+from django.db import close_old_connections
+
+from . import claims, conf
+from .dbretry import close_broken_connections
+from .events import log_event
+
+# One write of up to PIPE_BUF bytes to a pipe is atomic (POSIX): records never interleave.
+RECORD_MAX_BYTES = select.PIPE_BUF
+MAX_BATCH = 1000  # rows per statement; a bigger backlog (after an outage) takes a few
+_READ_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a pool process reports once a body has finished: the claim, fenced by its attempt."""
+
+    using: str
+    entity: str
+    operation: str
+    owner_task_id: str
+    attempts: int
+    result_json: str | None
+
+    def encode(self) -> bytes:
+        fields = [
+            self.using,
+            self.entity,
+            self.operation,
+            self.owner_task_id,
+            self.attempts,
+            self.result_json,
+        ]
+        return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def decode(cls, line: bytes) -> Completion:
+        using, entity, operation, owner, attempts, result = json.loads(line)
+        return cls(using, entity, operation, owner, int(attempts), result)
+
+
+class Channel:
+    """The pipe from the pool processes to their main process (made before the pool forks)."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self.main_pid = os.getpid()
+        self._partial = b""
+
+    def in_pool_process(self) -> bool:
+        return os.getpid() != self.main_pid
+
+    def forget_read_end(self) -> None:
+        """In a pool process: only the main process reads. With every other reader closed, a
+        write after the main process died fails (EPIPE) instead of filling a pipe nobody reads."""
+        with contextlib.suppress(OSError):
+            os.close(self.read_fd)
+
+    def send(self, completion: Completion) -> bool:
+        """Hand one record to the main process; False if it must be written here instead."""
+        data = completion.encode()
+        if len(data) > RECORD_MAX_BYTES:
+            return False
+        try:
+            os.write(self.write_fd, data)
+        except OSError:  # the main process is gone: nobody would ever write it
+            return False
+        return True
+
+    def drain(self) -> list[Completion]:
+        """Every complete record in the pipe now (main process; never blocks)."""
+        chunks = [self._partial]
+        while True:
+            try:
+                chunk = os.read(self.read_fd, _READ_CHUNK)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        *lines, self._partial = data.split(b"\n")
+        return [Completion.decode(line) for line in lines if line]
+
+
+class CompletionWriter(threading.Thread):
+    """The main process's writer: drains the pipe, records batches, releases acknowledgements.
+
+    Records are never dropped: while the database refuses them they stay in memory (the pipe is
+    still drained, so pool processes never block on it) and are written when it is back; the
+    acknowledgements of their messages wait with them.
+    """
+
+    def __init__(self, channel: Channel, hostname: str) -> None:
+        super().__init__(name="celery-hygiene-completions", daemon=True)
+        self.channel = channel
+        self.hostname = hostname
+        self.pending: list[Completion] = []
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._held_acks: list[Request] = []  # guarded by _lock; appended by the event loop
+        self.ackable: deque[Request] = deque()  # filled here, emptied by the event loop
+        self._kick_r, self._kick_w = os.pipe()  # wakes this thread when an ack is held
+        self.wake_r, self._wake_w = os.pipe()  # wakes the event loop when acks may go
+        for fd in (self._kick_r, self._kick_w, self.wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        self._retry_wait = 0.0
+        self.batches = 0
+        self.recorded = 0
+
+    # -- called from the event loop -------------------------------------------------------
+
+    def hold_ack(self, request: Request) -> None:
+        """Acknowledge ``request`` once every completion its pool process sent is recorded."""
+        with self._lock:
+            self._held_acks.append(request)
+        _poke(self._kick_w)
+
+    def release_acks(self) -> int:
+        """The event loop's reader callback: acknowledge what the writer released."""
+        _empty(self.wake_r)
+        released = 0
+        while self.ackable:
+            request = self.ackable.popleft()
+            Request.acknowledge(request)
+            released += 1
+        return released
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        watched = [self.channel.read_fd, self._kick_r]
+        while not self.stopped.is_set():
+            timeout = self._retry_wait if self.pending else 1.0
+            try:
+                select.select(watched, [], [], timeout)
+            except (OSError, ValueError):
+                return  # the pipes were closed under us: the worker is going away
+            _empty(self._kick_r)
+            self.cycle()
+
+    def cycle(self) -> None:
+        """One round: take the held acks, drain the pipe, write, release what is recorded.
+
+        The order matters: an ack is held only after its pool process wrote its record, so
+        draining *after* taking the held acks is sure to see the records they wait for.
+        """
+        with self._lock:
+            held, self._held_acks = self._held_acks, []
+        self.pending.extend(self.channel.drain())
+        if self.pending:
+            self._write()
+        waiting = {c.owner_task_id for c in self.pending}
+        go = [r for r in held if r.id not in waiting]
+        if len(go) < len(held):
+            with self._lock:
+                self._held_acks[:0] = [r for r in held if r.id in waiting]
+        if go:
+            self.ackable.extend(go)
+            _poke(self._wake_w)
+
+    def _write(self) -> None:
+        close_old_connections()
+        try:
+            while self.pending:
+                batch = self.pending[:MAX_BATCH]
+                recorded = record(batch)
+                del self.pending[: len(batch)]
+                self._report(batch, recorded)
+        except Exception as exc:  # noqa: BLE001 - kept, retried; never let the thread die
+            close_broken_connections()
+            max_wait = float(conf.get("DB_RETRY_MAX_WAIT"))
+            self._retry_wait = min(max_wait, max(0.1, self._retry_wait * 2))
+            log_event(
+                logging.WARNING,
+                "completion_batch_failed",
+                worker=self.hostname,
+                waiting=len(self.pending),
+                retry_in=self._retry_wait,
+                error=repr(exc),
+            )
+            return
+        self._retry_wait = 0.0
+
+    def _report(self, batch: list[Completion], recorded: set[tuple[str, str, str]]) -> None:
+        self.batches += 1
+        self.recorded += len(recorded)
+        for c in batch:
+            if (c.entity, c.operation, c.owner_task_id) not in recorded:
+                # Same meaning as the inline completion's warning: the lease lapsed and another
+                # worker took the claim over before this record was written.
+                log_event(
+                    logging.WARNING,
+                    "task_claim_lost",
+                    entity=c.entity,
+                    operation=c.operation,
+                    id=c.owner_task_id,
+                    worker=self.hostname,
+                    detail="lease expired and was taken over before the batched completion",
+                )
+
+    def finish(self, budget: float) -> int:
+        """At shutdown, after the pool has stopped: record what is left (bounded by ``budget``).
+
+        Returns the number of records that could not be written (logged; their claims keep
+        their leases and lapse, so the body may run again, as after a crash).
+        """
+        self.stopped.set()
+        self.join(timeout=5)
+        deadline = time.monotonic() + budget
+        self.pending.extend(self.channel.drain())
+        while self.pending and time.monotonic() < deadline:
+            self._write()
+            if self.pending:
+                time.sleep(min(self._retry_wait, max(0.0, deadline - time.monotonic())))
+        log_event(
+            logging.INFO,
+            "amortized_completion_stopped",
+            worker=self.hostname,
+            batches=self.batches,
+            recorded=self.recorded,
+        )
+        if self.pending:
+            log_event(
+                logging.ERROR,
+                "completion_batch_abandoned",
+                worker=self.hostname,
+                records=len(self.pending),
+                ids=[c.owner_task_id for c in self.pending[:20]],
+            )
+        return len(self.pending)
+
+
+def record(batch: Iterable[Completion]) -> set[tuple[str, str, str]]:
+    """Write completions, one statement per database; returns (entity, operation, owner) of
+    the claims that were still ours and are now ``succeeded``."""
+    by_alias: dict[str, list[Completion]] = {}
+    for c in batch:
+        by_alias.setdefault(c.using, []).append(c)
+    recorded: set[tuple[str, str, str]] = set()
+    for using, completions in by_alias.items():
+        recorded |= claims.complete_many(
+            [
+                claims.Finished(c.entity, c.operation, c.owner_task_id, c.attempts, c.result_json)
+                for c in completions
+            ],
+            using=using,
+        )
+    return recorded
+
+
+def _poke(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):  # full of wake-ups already: fine
+        os.write(fd, b"x")
+
+
+def _empty(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass
+
+
+# -- process-wide state ----------------------------------------------------------------------
+
+_channel: Channel | None = None
+_writer: CompletionWriter | None = None
+
+
+def enabled() -> bool:
+    return bool(conf.get("AMORTIZED_COMPLETION"))
+
+
+def prepare() -> Channel | None:
+    """``worker_before_create_process`` (the main process, before it forks a pool process).
+
+    That signal is sent only by the prefork pool that runs under Celery's event loop, which is
+    exactly where this works: the pipe needs pool processes forked from the main process, and
+    held acknowledgements are sent by the event loop. Made once, inherited by every later fork.
+    """
+    global _channel
+    if _channel is None and enabled():
+        _channel = Channel()
+    return _channel
+
+
+def start(consumer: Any) -> CompletionWriter | None:
+    """``worker_ready``: start the writer and let the event loop send the acks it releases."""
+    global _writer
+    if _channel is None or _channel.in_pool_process():
+        return None
+    hub = getattr(consumer.controller, "hub", None) or getattr(consumer, "hub", None)
+    if hub is None:  # no event loop after all: complete in the pool processes
+        return None
+    _writer = CompletionWriter(_channel, consumer.hostname)
+    hub.add_reader(_writer.wake_r, _writer.release_acks)
+    _writer.start()
+    log_event(logging.INFO, "amortized_completion_started", worker=consumer.hostname)
+    return _writer
+
+
+def stop() -> None:
+    """``worker_shutdown`` (the pool has stopped): write what is left."""
+    global _writer
+    writer, _writer = _writer, None
+    if writer is not None:
+        writer.finish(float(conf.get("DB_RETRY_SECONDS")))
+
+
+def writer() -> CompletionWriter | None:
+    return _writer
+
+
+def in_pool_process() -> None:
+    """``worker_process_init``: a fresh pool process keeps only the write end."""
+    if _channel is not None and _channel.in_pool_process():
+        _channel.forget_read_end()
+
+
+def hand_over(task: Any, ticket: claims.Ticket, result_json: str | None) -> bool:
+    """In a pool process: send the completion to the main process. False: complete it here."""
+    channel = _channel
+    if channel is None or not channel.in_pool_process():
+        return False
+    if task.acks_late and not _holds_acks(task.Request):
+        return False  # a custom Request class would acknowledge before the record is written
+    completion = Completion(
+        ticket.using,
+        ticket.key.entity,
+        ticket.key.operation,
+        ticket.owner_task_id,
+        ticket.attempts,
+        result_json,
+    )
+    return channel.send(completion)
+
+
+@lru_cache(maxsize=64)
+def _holds_acks(request_cls: Any) -> bool:
+    try:
+        cls = symbol_by_name(request_cls) if isinstance(request_cls, str) else request_cls
+    except Exception:  # noqa: BLE001 - unknown class: do not amortize
+        return False
+    return isinstance(cls, type) and issubclass(cls, HygieneRequest)
+
+
+class HygieneRequest(Request):
+    """Celery's Request, except that with amortized completion an acks-late message is
+    acknowledged only after the batch holding its completion has committed."""
+
+    def acknowledge(self) -> None:
+        writer = _writer
+        if writer is None or self.acknowledged or not self.task.acks_late:
+            super().acknowledge()
+            return
+        spec = getattr(self.task, "hygiene_idempotency", None)
+        if spec is None or spec.atomic:
+            super().acknowledge()
+            return
+        writer.hold_ack(self)

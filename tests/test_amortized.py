@@ -1,0 +1,140 @@
+"""Amortized completion (issue 12, ``AMORTIZED_COMPLETION``): pool processes hand completions
+to the worker's main process, which records them in batches before acks-late messages are
+acknowledged. Real prefork workers, real broker, real PostgreSQL; the database fault is injected
+into the main process's batch only (``HYGIENE_FAIL_COMPLETION_BATCH_FLAG``)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from celery_hygiene import claims
+from celery_hygiene.claims import ClaimKey
+from celery_hygiene.models import ClaimStatus, TaskClaim
+from tests.conftest import wait_until
+from tests.testapp import tasks_amortized as t
+from tests.testapp.models import Attempt, SideEffect
+
+AMORTIZED = {"HYGIENE_AMORTIZED_COMPLETION": "1"}
+
+
+def _stopped_counts(log: str) -> tuple[int, int]:
+    match = re.search(r"amortized_completion_stopped .*batches=(\d+) .*recorded=(\d+)", log)
+    assert match, log[-3000:]
+    return int(match.group(1)), int(match.group(2))
+
+
+@pytest.mark.worker
+def test_the_main_process_records_every_completion_and_duplicates_see_them(
+    worker_factory, queue_name
+):
+    worker = worker_factory(queue_name, concurrency=4, env=AMORTIZED)
+    worker.wait_for_log("amortized_completion_started")
+    keys = [f"am-{i}" for i in range(40)]
+    results = [t.recorded_early.apply_async((k,), queue=queue_name) for k in keys]
+    # A result too large for one atomic pipe write is completed in the pool process instead.
+    big = t.recorded_early.apply_async(("am-big", 6000), queue=queue_name)
+    assert [r.get(timeout=60) for r in results] == [f"done:{k}" for k in keys]
+    assert big.get(timeout=60) == "x" * 6000
+    wait_until(
+        lambda: TaskClaim.objects.filter(status=ClaimStatus.SUCCEEDED).count() == 41, timeout=10
+    )
+    duplicates = [t.recorded_early.apply_async((k,), queue=queue_name) for k in keys[:10]]
+    assert [r.get(timeout=60) for r in duplicates] == [f"done:{k}" for k in keys[:10]]
+    worker.stop()
+
+    assert SideEffect.objects.filter(kind="early").count() == 41
+    batches, recorded = _stopped_counts(worker.log())
+    assert recorded == 40  # every body the main process was handed; none by the big one
+    assert 1 <= batches <= 40
+    assert "task_claim_lost" not in worker.log()
+    assert TaskClaim.objects.get(entity="am-big").result_json == '"' + "x" * 6000 + '"'
+
+
+@pytest.mark.worker
+def test_an_acks_late_message_is_acknowledged_only_after_its_completion_is_recorded(
+    worker_factory, queue_name, tmp_path: Path
+):
+    """While the main process cannot record the batch, the message stays unacknowledged; once
+    the database takes the batch, the ack goes out, and a restarted worker gets nothing back."""
+    flag = tmp_path / "refuse-batch"
+    flag.touch()
+    env = {**AMORTIZED, "HYGIENE_FAIL_COMPLETION_BATCH_FLAG": str(flag)}
+    worker = worker_factory(queue_name, concurrency=2, env=env)
+    result = t.recorded_late.apply_async(("held-1",), queue=queue_name)
+    assert result.get(timeout=30) == "done:held-1"  # the body ran; its record waits
+    worker.wait_for_log("completion_batch_failed")
+    assert TaskClaim.objects.get(entity="held-1").status == ClaimStatus.RUNNING
+    time.sleep(1.0)
+    assert TaskClaim.objects.get(entity="held-1").status == ClaimStatus.RUNNING
+
+    flag.unlink()  # the database is back for the main process
+    wait_until(
+        lambda: TaskClaim.objects.get(entity="held-1").status == ClaimStatus.SUCCEEDED, timeout=30
+    )
+    time.sleep(0.5)  # the event loop sends the released ack
+    worker.kill()  # a crash now must not bring the message back: it was acknowledged
+    worker_factory(queue_name, concurrency=2, env=AMORTIZED)
+    time.sleep(5.0)  # past the 2 s lease: a redelivered copy would have run by now
+    assert Attempt.objects.filter(key="held-1").count() == 1
+    assert SideEffect.objects.filter(entity="held-1", kind="late").count() == 1
+
+
+@pytest.mark.worker
+@pytest.mark.rabbitmq  # Redis returns unacknowledged messages only after the visibility timeout
+def test_a_worker_killed_before_its_batch_is_recorded_gets_the_message_back(
+    worker_factory, queue_name, tmp_path: Path
+):
+    """The documented window: body done, batch not recorded, whole worker SIGKILLed. The
+    message was never acknowledged, so it comes back; once the dead owner's 2 s lease lapses
+    the redelivery runs the body again (as with a kill between body and inline completion) and
+    records it. Nothing is lost; the body runs twice."""
+    flag = tmp_path / "refuse-batch"
+    flag.touch()
+    env = {**AMORTIZED, "HYGIENE_FAIL_COMPLETION_BATCH_FLAG": str(flag)}
+    worker = worker_factory(queue_name, concurrency=2, env=env)
+    result = t.recorded_late.apply_async(("window-1",), queue=queue_name)
+    assert result.get(timeout=30) == "done:window-1"
+    worker.wait_for_log("completion_batch_failed")
+    time.sleep(1.0)  # an acknowledgement that did not wait for the record would be out by now
+    worker.kill()
+
+    worker_factory(queue_name, concurrency=2, env=AMORTIZED)
+    wait_until(
+        lambda: TaskClaim.objects.get(entity="window-1").status == ClaimStatus.SUCCEEDED,
+        timeout=60,
+    )
+    assert Attempt.objects.filter(key="window-1").count() == 2
+    assert TaskClaim.objects.get(entity="window-1").attempts == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_complete_many_records_a_batch_fenced_like_complete():
+    """One statement for the batch; a claim taken over (other owner or attempt) is untouched."""
+    using = claims.write_alias()
+    tickets = []
+    for i in range(3):
+        key = ClaimKey(f"batch-{i}", "op", "tests.batch", "fp")
+        acquired = claims.acquire(
+            key, owner_task_id=f"task-{i}", owner_worker="w", lease_seconds=30, using=using
+        )
+        assert acquired.ticket is not None
+        tickets.append(acquired.ticket)
+    finished = [
+        claims.Finished(tk.key.entity, "op", tk.owner_task_id, tk.attempts, f'"r{i}"')
+        for i, tk in enumerate(tickets)
+    ]
+    finished[1] = claims.Finished("batch-1", "op", "task-1", 7, '"stale attempt"')
+    finished.append(claims.Finished("batch-2", "op", "someone-else", 1, '"not the owner"'))
+
+    recorded = claims.complete_many(finished, using=using)
+
+    assert recorded == {("batch-0", "op", "task-0"), ("batch-2", "op", "task-2")}
+    rows = {c.entity: c for c in TaskClaim.objects.all()}
+    assert rows["batch-0"].status == ClaimStatus.SUCCEEDED and rows["batch-0"].result_json == '"r0"'
+    assert rows["batch-1"].status == ClaimStatus.RUNNING
+    assert rows["batch-2"].result_json == '"r2"'
+    assert claims.complete_many([], using=using) == set()
