@@ -60,16 +60,21 @@ TARGETS = {
     ("realistic", "b"): 0.97,
     ("realistic", "c"): 0.97,
 }
+# With AMORTIZED_COMPLETION the issue asks more of the micro body (completion is batched away).
+AMORTIZED_TARGETS = {**TARGETS, ("micro", "b"): 0.92}
+MEASURED_AGAINST_TARGETS = ("now", "prepared", "async", "amortized")
 BODIES = ("micro", "realistic")
 # Extra workers, compared in the same rounds: the library at --before-ref on its own database
 # (its own migrations), and this tree with CELERY_HYGIENE["PREPARED_STATEMENTS"] = True.
-COMPARE = ("before", "prepared", "async", "nocomplete")
+COMPARE = ("before", "prepared", "async", "amortized", "nocomplete")
 # Variants each extra worker runs, per body.
 COMPARED_VARIANTS = {
     "before": {"micro": "bcd", "realistic": "bc"},
     "prepared": {"micro": "bcd", "realistic": "bc"},
     # ASYNC_COMPLETION: default mode only (atomic completions are part of the body's commit).
     "async": {"micro": "bd", "realistic": "b"},
+    # AMORTIZED_COMPLETION: default mode only, like ASYNC_COMPLETION.
+    "amortized": {"micro": "bd", "realistic": "b"},
     # The upper bound of an amortized completion: this tree with claims.complete() replaced by
     # a no-op in the pool processes (benchproject/celery.py), i.e. a batch of infinite size.
     # Unique keys only: duplicates of never-completed claims would wait for the lease.
@@ -292,6 +297,10 @@ class Worker:
         self.env["BENCH_PREPARED"] = "1" if kind == "prepared" else "0"
         self.env["BENCH_NO_COMPLETE"] = "1" if kind == "nocomplete" else "0"
         self.env["BENCH_ASYNC"] = "1" if kind == "async" else "0"
+        self.env["BENCH_AMORTIZED"] = "1" if kind == "amortized" else "0"
+        self.totals = self.logfile.with_suffix(".totals.json")
+        if kind == "amortized":
+            self.env["BENCH_AMORTIZED_TOTALS"] = str(self.totals)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 180.0) -> Worker:
@@ -1203,6 +1212,7 @@ def report(results: dict) -> str:
                     "before": f"before ({ARGS.before_ref})",
                     "prepared": "this tree, prepared",
                     "async": "this tree, ASYNC_COMPLETION",
+                    "amortized": "this tree, AMORTIZED_COMPLETION",
                     "nocomplete": "this tree, completion skipped (upper bound of amortizing it)",
                 }[kind]
                 lines.append(
@@ -1213,8 +1223,8 @@ def report(results: dict) -> str:
                     f"{ov['median_ms']:.2f} / {ov['p99_ms']:.2f} | {pub:,.0f} | "
                     f"{eff:,} / {rs[0]['messages']:,} |"
                 )
-                goal = TARGETS.get((body, v))
-                if goal is not None and ratio is not None and kind in ("now", "prepared", "async"):
+                goal = (AMORTIZED_TARGETS if kind == "amortized" else TARGETS).get((body, v))
+                if goal is not None and ratio is not None and kind in MEASURED_AGAINST_TARGETS:
                     targets.append(
                         (
                             f"{body}: ({v}) >= {goal:.2f} x (a)"
@@ -1296,7 +1306,15 @@ def report(results: dict) -> str:
             "| path | tasks | round trips: total (body) beyond body | statements |",
             "|---|---|---|---|",
         ]
-        for label, rows in trace_groups(tr["traces"]):
+        groups = trace_groups(tr["traces"])
+        amortized_trace = results.get("trace_amortized")
+        if amortized_trace:
+            groups += [
+                (f"{label}, AMORTIZED_COMPLETION (pool process; the main process adds 1/batch)", rows)
+                for label, rows in trace_groups(amortized_trace["traces"])
+                if label.startswith("(b)")
+            ]
+        for label, rows in groups:
             rts = [t["round_trips"] for t in rows]
             body = [sum(1 for s in t["statements"] if "benchapp_effect" in s) for t in rows]
             beyond = [a - b for a, b in zip(rts, body, strict=True)]
@@ -1307,11 +1325,20 @@ def report(results: dict) -> str:
                 f"({statistics.median(body):g}) **{typical}** (min {min(beyond)}, max {max(beyond)}) | "
                 f"{'; '.join(short_sql(s) for s in example['statements'])} |"
             )
-            if label.startswith("(b)"):
+            if label.startswith("(b)") and "AMORTIZED" not in label:
                 targets.append(
                     ("(b) happy path <= 2 round trips beyond the body", str(typical), typical <= 2)
                 )
         lines.append("")
+    ab = results.get("amortized_batches")
+    if ab:
+        per = ab["recorded"] / ab["batches"] if ab["batches"] else 0.0
+        lines += [
+            f"AMORTIZED_COMPLETION worker, whole run: {ab['recorded']:,} completions recorded by "
+            f"the main process in {ab['batches']:,} statements ({per:.1f} per batch), i.e. "
+            f"1 + {1 / per if per else 0:.2f} statements per task with the pool's claim.",
+            "",
+        ]
     sc = results.get("scale")
     if sc:
         s, lg = sc["small"], sc["large"]
@@ -1385,6 +1412,15 @@ def report(results: dict) -> str:
             f"| {name} | {value} | {'yes' if ok else ('n/a' if ok is None else '**no**')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def amortized_batches(worker: Worker) -> dict | None:
+    """What the AMORTIZED_COMPLETION worker's main process wrote over the whole run (written
+    at its warm shutdown by benchproject/celery.py): completions and statements."""
+    try:
+        return json.loads(worker.totals.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def trace_groups(traces: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -1477,6 +1513,9 @@ def main() -> int:
         if "trace" in phases:
             log("round trips: traced run")
             results["trace"] = trace_run(worker, variants)
+        if "trace" in phases and "amortized" in extra and "b" in variants:
+            log("round trips: traced run, AMORTIZED_COMPLETION worker")
+            results["trace_amortized"] = trace_run(extra["amortized"], "b")
         if "latency" in phases:
             lat_variants = "".join(v for v in variants if v in "abce")
             log(f"latency: paced run of {lat_variants}")
@@ -1497,6 +1536,8 @@ def main() -> int:
         worker.stop()
         for w in extra.values():
             w.stop()
+        if "amortized" in extra:
+            results["amortized_batches"] = amortized_batches(extra["amortized"])
         if "scale" not in ARGS.skip:
             results["scale"] = scale_phase()
     finally:

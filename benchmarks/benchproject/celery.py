@@ -152,3 +152,20 @@ def _stop_trace(*, ran_body: bool, task: str) -> dict:
         "round_trips": round_trips,
         "statements": statements,
     }
+
+
+
+if os.environ.get("BENCH_AMORTIZED_TOTALS"):
+    # The AMORTIZED_COMPLETION worker: at warm shutdown, write what its main process recorded
+    # (completions and statements) for run.py to report completions per batch.
+    import json
+
+    from celery.signals import worker_shutdown
+
+    @worker_shutdown.connect(weak=False)
+    def _write_amortized_totals(**_kwargs) -> None:  # noqa: ANN003
+        from celery_hygiene import amortized
+
+        amortized.stop()  # idempotent: records what is left if the library's hook has not yet
+        with open(os.environ["BENCH_AMORTIZED_TOTALS"], "w", encoding="utf-8") as out:
+            json.dump(amortized.last_totals(), out)

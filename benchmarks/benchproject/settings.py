@@ -94,6 +94,7 @@ CELERY_HYGIENE = {
     # run.py starts a second worker with BENCH_PREPARED=1 to compare (docs/benchmarks.md).
     "PREPARED_STATEMENTS": os.environ.get("BENCH_PREPARED") == "1",
     "ASYNC_COMPLETION": os.environ.get("BENCH_ASYNC") == "1",
+    "AMORTIZED_COMPLETION": os.environ.get("BENCH_AMORTIZED") == "1",
 }
 
 # The "before" comparison: the library at an earlier commit, on its own database (its own

@@ -313,6 +313,7 @@ def _empty(fd: int) -> None:
 
 _channel: Channel | None = None
 _writer: CompletionWriter | None = None
+_last_totals: dict[str, int] = {}
 
 
 def enabled() -> bool:
@@ -353,10 +354,16 @@ def stop() -> None:
     writer, _writer = _writer, None
     if writer is not None:
         writer.finish(float(conf.get("DB_RETRY_SECONDS")))
+        _last_totals.update(batches=writer.batches, recorded=writer.recorded)
 
 
 def writer() -> CompletionWriter | None:
     return _writer
+
+
+def last_totals() -> dict[str, int]:
+    """Batches written and completions recorded by this process's last stopped writer."""
+    return dict(_last_totals)
 
 
 def in_pool_process() -> None:
