@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import select
+import socket
 import threading
 import time
 from collections import deque
@@ -325,27 +326,31 @@ def prepare() -> Channel | None:
 
     That signal is sent only by the prefork pool that runs under Celery's event loop, which is
     exactly where this works: the pipe needs pool processes forked from the main process, and
-    held acknowledgements are sent by the event loop. Made once, inherited by every later fork.
+    held acknowledgements are sent by the event loop. The pipe is made once and inherited by
+    every later fork; the writer starts now, so no completion waits for the worker to be ready
+    (acknowledgements released before then wait in the wake-up pipe until :func:`start`).
     """
-    global _channel
+    global _channel, _writer
     if _channel is None and enabled():
         _channel = Channel()
+        _writer = CompletionWriter(_channel, socket.gethostname())
+        _writer.start()
     return _channel
 
 
 def start(consumer: Any) -> CompletionWriter | None:
-    """``worker_ready``: start the writer and let the event loop send the acks it releases."""
-    global _writer
-    if _channel is None or _channel.in_pool_process():
+    """``worker_ready``: let the event loop send the acknowledgements the writer releases."""
+    writer = _writer
+    if writer is None or writer.channel.in_pool_process():
         return None
+    writer.hostname = consumer.hostname
     hub = getattr(consumer.controller, "hub", None) or getattr(consumer, "hub", None)
-    if hub is None:  # no event loop after all: complete in the pool processes
-        return None
-    _writer = CompletionWriter(_channel, consumer.hostname)
-    hub.add_reader(_writer.wake_r, _writer.release_acks)
-    _writer.start()
+    if hub is None:  # cannot happen with the pool that sends worker_before_create_process
+        log_event(logging.ERROR, "amortized_completion_no_event_loop", worker=consumer.hostname)
+        return writer
+    hub.add_reader(writer.wake_r, writer.release_acks)
     log_event(logging.INFO, "amortized_completion_started", worker=consumer.hostname)
-    return _writer
+    return writer
 
 
 def stop() -> None:
@@ -368,8 +373,10 @@ def last_totals() -> dict[str, int]:
 
 def in_pool_process() -> None:
     """``worker_process_init``: a fresh pool process keeps only the write end."""
+    global _writer
     if _channel is not None and _channel.in_pool_process():
         _channel.forget_read_end()
+        _writer = None  # the main process's writer; its thread does not exist here
 
 
 def hand_over(task: Any, ticket: claims.Ticket, result_json: str | None) -> bool:
