@@ -12,6 +12,7 @@ Everything it cuts is its own: PostgreSQL cluster ``15/faults`` on port 5440, Ra
 
     python chaos/run.py --smoke                       # ~1-2 min, RabbitMQ
     python chaos/run.py --broker redis --keys 1000    # medium run on Redis
+    python chaos/run.py --smoke --amortized           # with AMORTIZED_COMPLETION on
     python chaos/run.py --help
 """
 
@@ -49,8 +50,16 @@ QUEUE = "chaos"
 # A line Celery logs when an execution of a task ends (success, failure, retry, ignore, reject).
 END_RE = re.compile(
     r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [A-Z]+/[^\]]+\] "
-    r"Task chaos\.\w+\[([0-9a-f-]{36})\] (?!received$)"
+    r"Task chaos\.\w+\[([0-9a-f-]{36})\] (?!received$)(\w+)"
 )
+# --amortized: a kill of the worker at most this long after its "succeeded" line for a run
+# explains a double (the batch with that run's completion may not have committed yet). The
+# writer thread records a batch as soon as the pipe has data: milliseconds, unless PostgreSQL
+# refuses it (then it retries with back-off up to DB_RETRY_MAX_WAIT, see AMORTIZED_PG_EXTRA).
+AMORTIZED_WINDOW = 2.0
+# ... and a PostgreSQL restart overlapping that window extends it to the restart's end plus
+# the writer's longest retry wait (DB_RETRY_MAX_WAIT, 5 s by default) plus AMORTIZED_WINDOW.
+AMORTIZED_PG_EXTRA = 5.0
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -545,6 +554,8 @@ class Pool:
             worker.stop(timeout=20)
         for worker in self.dead:
             worker.stop(timeout=1)
+        # The report reads the logs of pool.dead + pool.live: keep the last workers' logs in it.
+        self.dead.extend(workers)
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -631,6 +642,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run the body as a plain Celery task without a claim (reported, no target): "
         "shows that the counting sees doubles and that duplicates are not 'explained' by kills",
+    )
+    p.add_argument(
+        "--amortized",
+        action="store_true",
+        help="workers run with CELERY_HYGIENE['AMORTIZED_COMPLETION'] = True (CHAOS_AMORTIZED=1): "
+        "a kill shortly after a run's 'succeeded' line, before its completion batch committed, "
+        "also explains a plain-mode double (counted apart as 'amortized window')",
     )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--pg-version", default=None, help="default: the newest under /etc/postgresql")
@@ -752,10 +770,13 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     random.seed(seed)
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{args.broker}"
+    if args.amortized:
+        run_id += "-amortized"
     workdir = Path(tempfile.mkdtemp(prefix=f"chaos-{run_id}-"))
     logdir = workdir / "logs"
     logdir.mkdir()
     log(f"run {run_id}, seed {seed}, logs in {logdir}")
+    source_at_start = source_state()
 
     # SIGTERM (e.g. from make or CI) takes the same clean-up path as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -792,6 +813,7 @@ def main(argv: list[str] | None = None) -> int:
             "CHAOS_LEASE_SECONDS": str(args.lease_seconds),
             "CHAOS_BODY_MIN_MS": lo,
             "CHAOS_BODY_MAX_MS": hi,
+            "CHAOS_AMORTIZED": "1" if args.amortized else "0",
             "PYTHONPATH": os.pathsep.join(
                 filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
             ),
@@ -819,6 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         log(
             f"{args.workers} workers ready (prefork -c {args.concurrency}), broker {args.broker}"
             + (", via pgbouncer" if bouncer else "")
+            + (", amortized completion" if args.amortized else "")
         )
 
         # The plan: every key once per mode, a share of keys twice (now or later in the run).
@@ -868,6 +891,8 @@ def main(argv: list[str] | None = None) -> int:
         pool.stop_all()
         timeline.in_broker = broker.ids_present()
         report = build_report(args, run_id, seed, timeline, planned, faults, drained, pool)
+        report["versions"]["source_at_start"] = source_at_start
+        report["versions"]["source_at_end"] = source_state()
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         return 130
@@ -1105,9 +1130,15 @@ def build_report(
                 stats["claim_not_terminal"] += 1
                 lists["claim_not_terminal"].append(f"{key}:{claim['status']}:{claim['attempts']}")
             if n >= 2:
-                detail = explain_double(mode, key, runs, claim, kills, timeline, rel, ends)
+                detail = explain_double(
+                    mode, key, runs, claim, kills, timeline, rel, ends, args.amortized
+                )
                 doubles_detail.append(detail)
                 stats["doubles_explained" if detail["explained"] else "doubles_unexplained"] += 1
+                if detail.get("amortized_window"):
+                    stats["doubles_explained_amortized_window"] += 1
+                if detail.get("amortized_window_extended_by_pg_restart"):
+                    stats["doubles_explained_amortized_window_pg_extended"] += 1
         stats["keys"] = len(keys)
         stats["effect_rows"] = sum(len(per_key.get((mode, k), [])) for k in keys)
         modes[mode] = {
@@ -1127,6 +1158,13 @@ def build_report(
                 "effect_rows",
             )
         }
+        if args.amortized:
+            # A subset of doubles_explained: the kill fell after the run's "succeeded" line.
+            for k in (
+                "doubles_explained_amortized_window",
+                "doubles_explained_amortized_window_pg_extended",
+            ):
+                modes[mode][k] = stats.get(k, 0)
         reasons = defaultdict(int)
         for key in keys:
             for d in dl_of.get((mode, key), []):
@@ -1167,6 +1205,9 @@ def build_report(
         )
     if faults["skipped"]:
         misses.append(f"faults not injected (run ended first): {faults['skipped']}")
+    log_counts = worker_log_counts(pool, args.amortized)
+    if args.amortized and not log_counts.get("amortized_completion_started"):
+        misses.append("--amortized: no worker logged amortized_completion_started")
 
     traces = trace_problem_keys(modes, timeline, pool, rel)
     for mode in MODES:
@@ -1205,13 +1246,18 @@ def build_report(
             ],
             "fault_phase_seconds": round(faults["chaos_seconds"], 1),
             "kill_times": [rel(k["t"]) for k in kills],
+            **(
+                {"kills_in_amortized_window": kills_in_amortized_window(kills, ends, timeline)}
+                if args.amortized
+                else {}
+            ),
         },
         "drain": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in drained.items()},
         "modes": modes,
         "doubles": doubles_detail,
         "targets": {"met": not misses, "misses": misses},
         "traces": traces,
-        "worker_log_counts": worker_log_counts(pool),
+        "worker_log_counts": log_counts,
         "notes": timeline.notes,
     }
 
@@ -1346,35 +1392,82 @@ LOG_MARKERS = (
     "Couldn't ack",
     "WorkerLostError",
 )
+AMORTIZED_MARKERS = (
+    "amortized_completion_started",
+    "amortized_completion_stopped",
+    "completion_batch_failed",
+    "completion_batch_abandoned",
+)
 
 
-def worker_log_counts(pool: Pool) -> dict[str, int]:
+def worker_log_counts(pool: Pool, amortized: bool = False) -> dict[str, int]:
     """How often the workers logged each marker: shows that the faults reached them."""
-    counts = dict.fromkeys(LOG_MARKERS, 0)
+    markers = LOG_MARKERS + (AMORTIZED_MARKERS if amortized else ())
+    counts = dict.fromkeys(markers, 0)
     for worker in pool.dead + pool.live:
         with contextlib.suppress(OSError):
             text = worker.logfile.read_text(errors="replace")
-            for marker in LOG_MARKERS:
+            for marker in markers:
                 counts[marker] += text.count(marker)
     return counts
 
 
-def execution_ends(pool: Pool) -> dict[int, dict[str, list[float]]]:
-    """Per worker process group, per task id: when Celery logged the end of an execution."""
-    ends: dict[int, dict[str, list[float]]] = {}
+def execution_ends(pool: Pool) -> dict[int, dict[str, list[tuple[float, str]]]]:
+    """Per worker process group, per task id: when Celery logged the end of an execution, and
+    how it ended (the word after the task id: "succeeded", "raised", "retry", ...)."""
+    ends: dict[int, dict[str, list[tuple[float, str]]]] = {}
     for worker in pool.dead + pool.live:
-        per_id: dict[str, list[float]] = defaultdict(list)
+        per_id: dict[str, list[tuple[float, str]]] = defaultdict(list)
         with contextlib.suppress(OSError):
             for line in worker.logfile.read_text(errors="replace").splitlines():
                 match = END_RE.match(line)
                 if match:
                     stamp = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
-                    per_id[match.group(2)].append(stamp.timestamp())  # local time, like Celery
+                    # local time, like Celery
+                    per_id[match.group(2)].append((stamp.timestamp(), match.group(3)))
         ends[worker.pid] = per_id
     return ends
 
 
-def explain_double(mode, key, runs, claim, kills, timeline: Timeline, rel, ends) -> dict:
+def kills_in_amortized_window(kills: list[dict], ends, timeline: Timeline) -> dict[str, int]:
+    """--amortized: how many kills fell within the window after some "succeeded" line of the
+    worker they killed, whether or not a double followed: an upper bound on the kills that can
+    have caught a completion waiting for its batch (a busy worker logs a success every few
+    hundred ms, so most kills qualify). Within 50 ms is where a waiting batch is plausible."""
+    hit = extended = close = 0
+    for k in kills:
+        stamps = [
+            t for per in ends.get(k["pgid"], {}).values() for t, how in per if how == "succeeded"
+        ]
+        if any(t - 0.002 <= k["t"] <= t + 0.05 for t in stamps):
+            close += 1
+        if any(t - 0.002 <= k["t"] <= t + AMORTIZED_WINDOW for t in stamps):
+            hit += 1
+        elif any(t - 0.002 <= k["t"] <= amortized_deadline(t, timeline)[0] for t in stamps):
+            extended += 1
+    return {
+        "within_50ms": close,
+        "within_window": hit,
+        "within_window_extended_by_pg_restart": extended,
+    }
+
+
+def amortized_deadline(succeeded_at: float, timeline: Timeline) -> tuple[float, bool]:
+    """Until when a completion whose run was logged as succeeded at ``succeeded_at`` may still
+    have been waiting for its batch: AMORTIZED_WINDOW, or, when a PostgreSQL restart overlaps
+    that window, the end of the restart plus the writer's longest retry wait plus the window."""
+    deadline = succeeded_at + AMORTIZED_WINDOW
+    extended = False
+    for p in timeline.pg_restarts:
+        if p["t"] <= deadline and p["end"] >= succeeded_at:
+            deadline = max(deadline, p["end"] + AMORTIZED_PG_EXTRA + AMORTIZED_WINDOW)
+            extended = True
+    return deadline, extended
+
+
+def explain_double(
+    mode, key, runs, claim, kills, timeline: Timeline, rel, ends, amortized: bool = False
+) -> dict:
     """Which kills could have caused each extra run of this key.
 
     Run i's effect is followed by run i+1 only if run i never recorded its completion. A kill
@@ -1383,6 +1476,12 @@ def explain_double(mode, key, runs, claim, kills, timeline: Timeline, rel, ends)
     worker's log shows no end of run i's task (Celery's "succeeded" / "raised" / "retry" line)
     after the effect. The kills of any worker in that window are reported too, to show how
     crowded the window was.
+
+    With ``amortized`` (AMORTIZED_COMPLETION), a run logged as "succeeded" has only handed its
+    completion to the worker's main process; the batch holding it commits a little later. A
+    kill of that worker after the "succeeded" line, before run i+1 started and at most
+    AMORTIZED_WINDOW after the line (longer when a PostgreSQL restart overlaps, see
+    amortized_deadline) explains the extra run too: the "amortized window", counted apart.
     """
     completed = epoch(claim["completed_at"]) if claim else None
     gaps = []
@@ -1393,11 +1492,11 @@ def explain_double(mode, key, runs, claim, kills, timeline: Timeline, rel, ends)
         if i + 1 == len(runs):
             break
         finished = [
-            t
-            for t in ends.get(run_["worker_pgid"], {}).get(run_["task_id"], [])
+            (t, how)
+            for t, how in ends.get(run_["worker_pgid"], {}).get(run_["task_id"], [])
             if t >= start - 0.002  # log stamps are truncated to the millisecond
         ]
-        finished_at = min(finished) if finished else None
+        finished_at, ended_how = min(finished) if finished else (None, None)
         own = [
             k
             for k in kills
@@ -1410,6 +1509,25 @@ def explain_double(mode, key, runs, claim, kills, timeline: Timeline, rel, ends)
         where = None
         if own:
             where = "mid-body" if own[0]["t"] < returns else "after body, before completion"
+        window: dict = {}
+        if amortized and not own and finished_at is not None and ended_how == "succeeded":
+            deadline, extended = amortized_deadline(finished_at, timeline)
+            late = [
+                k
+                for k in kills
+                if k["pgid"] == run_["worker_pgid"]
+                and start <= k["t"] <= end
+                and finished_at - 0.002 <= k["t"] <= deadline
+            ]
+            if late:
+                own = late
+                where = "amortized window, after the succeeded line"
+                window = {
+                    "amortized_window": True,
+                    "kill_after_succeeded_s": round(late[0]["t"] - finished_at, 3),
+                    "window_extended_by_pg_restart": extended
+                    and late[0]["t"] > finished_at + AMORTIZED_WINDOW,
+                }
         pg = [p for p in timeline.pg_restarts if p["t"] <= end and p["end"] >= start]
         cuts = [b for b in timeline.broker_cuts if start <= b["t"] <= end]
         gaps.append(
@@ -1420,17 +1538,23 @@ def explain_double(mode, key, runs, claim, kills, timeline: Timeline, rel, ends)
                 "worker": run_["worker"],
                 "worker_pgid": run_["worker_pgid"],
                 "run_ended_at": rel(finished_at),
+                "run_ended_how": ended_how,
+                # The run ended (e.g. raised and was retried) while PostgreSQL was restarting:
+                # its effect may have committed with the reply lost (not a kill; diagnostic).
+                "run_ended_in_pg_restart": finished_at is not None
+                and any(p["t"] <= finished_at <= p["end"] for p in timeline.pg_restarts),
                 "kills_of_that_worker": len(own),
                 "kill_at": rel(own[0]["t"]) if own else None,
                 "kill_fell": where,
                 "kills_of_any_worker": len(any_),
                 "pg_restart_in_window": bool(pg),
                 "broker_cut_in_window": bool(cuts),
+                **window,
             }
         )
         if not own:
             explained = False
-    return {
+    out = {
         "mode": mode,
         "key": key,
         "runs": len(runs),
@@ -1439,6 +1563,12 @@ def explain_double(mode, key, runs, claim, kills, timeline: Timeline, rel, ends)
         "explained": explained,
         "gaps": gaps,
     }
+    if amortized:
+        out["amortized_window"] = explained and any(g.get("amortized_window") for g in gaps)
+        out["amortized_window_extended_by_pg_restart"] = out["amortized_window"] and any(
+            g.get("window_extended_by_pg_restart") for g in gaps
+        )
+    return out
 
 
 def versions() -> dict:
@@ -1461,6 +1591,19 @@ def versions() -> dict:
     return out
 
 
+def source_state() -> str | None:
+    """The library the workers import: HEAD, plus a digest of uncommitted changes under src/.
+    Taken at the start and the end of a run; replacement workers import the tree of their
+    start, so a run whose two states differ tested more than one version."""
+    import hashlib
+
+    with contextlib.suppress(Exception):
+        head = run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"]).stdout.strip()
+        diff = run(["git", "-C", str(REPO_ROOT), "diff", "HEAD", "--", "src"]).stdout
+        return head + (f"+dirty:{hashlib.sha1(diff.encode()).hexdigest()[:10]}" if diff else "")
+    return None
+
+
 def lost_cell(m: dict) -> str:
     unseen = m.get("lost_never_received", 0)
     return f"{m['lost']} ({unseen} never reached a worker)" if unseen else str(m["lost"])
@@ -1472,11 +1615,14 @@ def render_markdown(report: dict) -> str:
     restarts = [p["at"] for p in f["pg_restarts"]]
     cuts = [b["at"] for b in f["broker_cuts"]]
     drained = "complete" if drain_["complete"] else "TIMED OUT"
+    amortized = bool(a.get("amortized"))
+    mode_note = ", **amortized completion**" if amortized else ""
     lines = [
         "",
         f"## celery-hygiene fault-injection run {report['run_id']}",
         "",
-        f"broker **{a['broker']}**{via}, {a['keys']} keys x {len(report['modes'])} modes, "
+        f"broker **{a['broker']}**{via}{mode_note}, "
+        f"{a['keys']} keys x {len(report['modes'])} modes, "
         f"{plan['duplicates']} duplicates ({plan['delayed_duplicates']} delayed), "
         f"{a['workers']} workers x -c {a['concurrency']}, lease {a['lease_seconds']} s, "
         f"seed {report['seed']}",
@@ -1484,18 +1630,46 @@ def render_markdown(report: dict) -> str:
         f"{f['fault_phase_seconds']} s, PostgreSQL restarts at {restarts} s, broker cuts at "
         f"{cuts} s; drain {drain_['seconds']} s ({drained}, {drain_['rotations']} worker "
         f"rotations); publish retries {report['publish_errors']}",
+    ]
+    if amortized:
+        w = f.get("kills_in_amortized_window", {})
+        lines.append(
+            f"amortized completion: {w.get('within_window', 0)} kills fell within "
+            f"{AMORTIZED_WINDOW:g} s ({w.get('within_50ms', 0)} within 50 ms) after a "
+            "'succeeded' line of the worker they killed"
+            + (
+                f" (+{w['within_window_extended_by_pg_restart']} within the window extended "
+                "by the PostgreSQL restart)"
+                if w.get("within_window_extended_by_pg_restart")
+                else ""
+            )
+        )
+    amortized_col = " of which amortized window |" if amortized else ""
+    lines += [
         "",
-        "| mode | keys | ran once | ran twice+ | explained by a kill | unexplained | lost "
-        "| dead-lettered | claim not terminal |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mode | keys | ran once | ran twice+ | explained by a kill |"
+        + amortized_col
+        + " unexplained | lost | dead-lettered | claim not terminal |",
+        "| --- | ---: | ---: | ---: | ---: |"
+        + (" ---: |" if amortized else "")
+        + " ---: | ---: | ---: | ---: |",
     ]
     for mode in report["modes"]:
         m = report["modes"][mode]
         unfinished = m["claim_not_terminal"] + m["no_claim_row"]
+        window_cell = ""
+        if amortized:
+            window_cell = f" {m.get('doubles_explained_amortized_window', 0)}"
+            if m.get("doubles_explained_amortized_window_pg_extended"):
+                window_cell += (
+                    f" ({m['doubles_explained_amortized_window_pg_extended']} extended by the "
+                    "PostgreSQL restart)"
+                )
+            window_cell += " |"
         lines.append(
             f"| {mode} | {m['keys']} | {m['ran_once']} | {m['ran_twice_plus']} | "
-            f"{m['doubles_explained']} | {m['doubles_unexplained']} | {lost_cell(m)} | "
-            f"{m['dead_lettered']} | {unfinished} |"
+            f"{m['doubles_explained']} |{window_cell} {m['doubles_unexplained']} | "
+            f"{lost_cell(m)} | {m['dead_lettered']} | {unfinished} |"
         )
     doubles = report["doubles"]
     shown = [d for d in doubles if d["mode"] != CONTROL]
@@ -1515,11 +1689,24 @@ def render_markdown(report: dict) -> str:
                     extra.append("pg restart")
                 if g["broker_cut_in_window"]:
                     extra.append("broker cut")
+                if g.get("window_extended_by_pg_restart"):
+                    extra.append("window extended by the pg restart")
                 parts.append(
                     f"effect {g['effect_at']} s -> next {g['next_effect_at']} s: "
                     f"{g['kills_of_that_worker']}/{g['kills_of_any_worker']} kills"
                     + (f" ({g['kill_fell']} at {g['kill_at']} s)" if g["kill_fell"] else "")
-                    + (f" (that run ended at {g['run_ended_at']} s)" if g["run_ended_at"] else "")
+                    + (
+                        f" (+{g['kill_after_succeeded_s']} s after the succeeded line)"
+                        if g.get("amortized_window")
+                        else ""
+                    )
+                    + (
+                        f" (that run ended at {g['run_ended_at']} s: {g.get('run_ended_how')}"
+                        + (", during the pg restart" if g.get("run_ended_in_pg_restart") else "")
+                        + ")"
+                        if g["run_ended_at"]
+                        else ""
+                    )
                     + (f" [{', '.join(extra)}]" if extra else "")
                 )
             lines.append(
@@ -1545,6 +1732,13 @@ def render_markdown(report: dict) -> str:
         lines += [f"    {line}" for line in t["log"][-4:]]
     seen = {k: v for k, v in report.get("worker_log_counts", {}).items() if v}
     lines += ["", f"worker logs: {seen}"]
+    v = report.get("versions", {})
+    if v.get("source_at_start") != v.get("source_at_end"):
+        lines += [
+            "",
+            f"NOTE: the library changed during the run ({v.get('source_at_start')} -> "
+            f"{v.get('source_at_end')}); workers started later ran the newer code",
+        ]
     lines += ["", "Targets: " + ("all met" if report["targets"]["met"] else "MISSED")]
     lines += [f"- {m}" for m in report["targets"]["misses"]]
     return "\n".join(lines) + "\n"

@@ -7,6 +7,8 @@
 - ``CHAOS_PGBOUNCER=1``: Django behind PgBouncer in transaction mode.
 - ``CHAOS_BROKER_URL``: the private RabbitMQ vhost ``chaos`` or the private Redis on 6391.
 - ``CHAOS_LEASE_SECONDS``, ``CHAOS_BODY_MIN_MS``, ``CHAOS_BODY_MAX_MS``: read by the tasks.
+- ``CHAOS_AMORTIZED=1`` (``run.py --amortized``): ``AMORTIZED_COMPLETION``, the worker's main
+  process records the pool processes' completions in batches.
 """
 
 import os
@@ -70,6 +72,7 @@ else:
 
 CELERY_HYGIENE = {
     "DEFER_MAX_SECONDS": 10,
+    "AMORTIZED_COMPLETION": os.environ.get("CHAOS_AMORTIZED") == "1",
 }
 
 LOGGING = {
