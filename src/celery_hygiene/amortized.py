@@ -155,6 +155,7 @@ class CompletionWriter(threading.Thread):
         for fd in (self._kick_r, self._kick_w, self.wake_r, self._wake_w):
             os.set_blocking(fd, False)
         self._retry_wait = 0.0
+        self._next_try = 0.0  # time.monotonic() before which a failed batch is not retried
         self.batches = 0
         self.recorded = 0
 
@@ -181,7 +182,7 @@ class CompletionWriter(threading.Thread):
     def run(self) -> None:
         watched = [self.channel.read_fd, self._kick_r]
         while not self.stopped.is_set():
-            timeout = self._retry_wait if self.pending else 1.0
+            timeout = max(0.0, self._next_try - time.monotonic()) if self.pending else 1.0
             try:
                 select.select(watched, [], [], timeout)
             except (OSError, ValueError):
@@ -198,7 +199,7 @@ class CompletionWriter(threading.Thread):
         with self._lock:
             held, self._held_acks = self._held_acks, []
         self.pending.extend(self.channel.drain())
-        if self.pending:
+        if self.pending and time.monotonic() >= self._next_try:  # backing off after a failure
             self._write()
         waiting = {c.owner_task_id for c in self.pending}
         go = [r for r in held if r.id not in waiting]
@@ -221,6 +222,7 @@ class CompletionWriter(threading.Thread):
             close_broken_connections()
             max_wait = float(conf.get("DB_RETRY_MAX_WAIT"))
             self._retry_wait = min(max_wait, max(0.1, self._retry_wait * 2))
+            self._next_try = time.monotonic() + self._retry_wait
             log_event(
                 logging.WARNING,
                 "completion_batch_failed",
@@ -231,6 +233,7 @@ class CompletionWriter(threading.Thread):
             )
             return
         self._retry_wait = 0.0
+        self._next_try = 0.0
 
     def _report(self, batch: list[Completion], recorded: set[tuple[str, str, str]]) -> None:
         self.batches += 1
