@@ -1135,6 +1135,8 @@ def build_report(
                 )
                 doubles_detail.append(detail)
                 stats["doubles_explained" if detail["explained"] else "doubles_unexplained"] += 1
+                if detail.get("lost_commit_reply"):
+                    stats["doubles_explained_lost_commit_reply"] += 1
                 if detail.get("amortized_window"):
                     stats["doubles_explained_amortized_window"] += 1
                 if detail.get("amortized_window_extended_by_pg_restart"):
@@ -1153,6 +1155,9 @@ def build_report(
                 "dead_lettered_with_effect",
                 "doubles_explained",
                 "doubles_unexplained",
+                # A subset of doubles_explained: no kill; the body's write committed and its
+                # reply was lost in the PostgreSQL restart (the body raised and was retried).
+                "doubles_explained_lost_commit_reply",
                 "claim_not_terminal",
                 "no_claim_row",
                 "effect_rows",
@@ -1528,6 +1533,15 @@ def explain_double(
                     "window_extended_by_pg_restart": extended
                     and late[0]["t"] > finished_at + AMORTIZED_WINDOW,
                 }
+        ended_in_restart = finished_at is not None and any(
+            p["t"] <= finished_at <= p["end"] for p in timeline.pg_restarts
+        )
+        if not own and ended_how == "retry" and ended_in_restart:
+            # No kill: the body's own write committed, but PostgreSQL went down before its reply
+            # reached the body, which raised and was retried (at-least-once for a body that
+            # fails after its effect; atomic mode rolls such a write back). Counted apart.
+            window = {**window, "lost_commit_reply": True}
+            where = "no kill: its write's commit reply was lost in the PostgreSQL restart"
         pg = [p for p in timeline.pg_restarts if p["t"] <= end and p["end"] >= start]
         cuts = [b for b in timeline.broker_cuts if start <= b["t"] <= end]
         gaps.append(
@@ -1541,8 +1555,7 @@ def explain_double(
                 "run_ended_how": ended_how,
                 # The run ended (e.g. raised and was retried) while PostgreSQL was restarting:
                 # its effect may have committed with the reply lost (not a kill; diagnostic).
-                "run_ended_in_pg_restart": finished_at is not None
-                and any(p["t"] <= finished_at <= p["end"] for p in timeline.pg_restarts),
+                "run_ended_in_pg_restart": ended_in_restart,
                 "kills_of_that_worker": len(own),
                 "kill_at": rel(own[0]["t"]) if own else None,
                 "kill_fell": where,
@@ -1552,7 +1565,7 @@ def explain_double(
                 **window,
             }
         )
-        if not own:
+        if not own and not window.get("lost_commit_reply"):
             explained = False
     out = {
         "mode": mode,
@@ -1562,6 +1575,7 @@ def explain_double(
         "claim_attempts": claim["attempts"] if claim else None,
         "explained": explained,
         "gaps": gaps,
+        "lost_commit_reply": explained and any(g.get("lost_commit_reply") for g in gaps),
     }
     if amortized:
         out["amortized_window"] = explained and any(g.get("amortized_window") for g in gaps)
@@ -1671,6 +1685,14 @@ def render_markdown(report: dict) -> str:
             f"{m['doubles_explained']} |{window_cell} {m['doubles_unexplained']} | "
             f"{lost_cell(m)} | {m['dead_lettered']} | {unfinished} |"
         )
+    for mode in report["modes"]:
+        lost_reply = report["modes"][mode].get("doubles_explained_lost_commit_reply", 0)
+        if lost_reply:
+            lines.append(
+                f"\n{mode}: {lost_reply} of the explained doubles had no kill: the body's own "
+                "write committed while PostgreSQL went down, its reply never reached the body, "
+                "which raised and was retried (the run ended in `retry` during the restart)."
+            )
     doubles = report["doubles"]
     shown = [d for d in doubles if d["mode"] != CONTROL]
     if shown:
@@ -1694,7 +1716,13 @@ def render_markdown(report: dict) -> str:
                 parts.append(
                     f"effect {g['effect_at']} s -> next {g['next_effect_at']} s: "
                     f"{g['kills_of_that_worker']}/{g['kills_of_any_worker']} kills"
-                    + (f" ({g['kill_fell']} at {g['kill_at']} s)" if g["kill_fell"] else "")
+                    + (
+                        f" ({g['kill_fell']} at {g['kill_at']} s)"
+                        if g["kill_fell"] and g["kill_at"] is not None
+                        else f" ({g['kill_fell']})"
+                        if g["kill_fell"]
+                        else ""
+                    )
                     + (
                         f" (+{g['kill_after_succeeded_s']} s after the succeeded line)"
                         if g.get("amortized_window")

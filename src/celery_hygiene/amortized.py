@@ -48,10 +48,9 @@ from typing import Any
 
 from celery.utils.imports import symbol_by_name
 from celery.worker.request import Request
-from django.db import close_old_connections
 
 from . import claims, conf
-from .dbretry import close_broken_connections
+from .dbretry import DB_ERRORS, close_broken_connections
 from .events import log_event
 
 # One write of up to PIPE_BUF bytes to a pipe is atomic (POSIX): records never interleave.
@@ -211,29 +210,44 @@ class CompletionWriter(threading.Thread):
             _poke(self._wake_w)
 
     def _write(self) -> None:
-        close_old_connections()
-        try:
-            while self.pending:
-                batch = self.pending[:MAX_BATCH]
-                recorded = record(batch)
-                del self.pending[: len(batch)]
-                self._report(batch, recorded)
-        except Exception as exc:  # noqa: BLE001 - kept, retried; never let the thread die
-            close_broken_connections()
-            max_wait = float(conf.get("DB_RETRY_MAX_WAIT"))
-            self._retry_wait = min(max_wait, max(0.1, self._retry_wait * 2))
-            self._next_try = time.monotonic() + self._retry_wait
-            log_event(
-                logging.WARNING,
-                "completion_batch_failed",
-                worker=self.hostname,
-                waiting=len(self.pending),
-                retry_in=self._retry_wait,
-                error=repr(exc),
-            )
-            return
-        self._retry_wait = 0.0
-        self._next_try = 0.0
+        # The thread keeps its connection across batches whatever CONN_MAX_AGE says (a new
+        # connection per batch would cost more than the batch); one that went stale (server
+        # restart, idle timeout) is replaced by a second try at once, before anything is logged.
+        for last_try in (False, True):
+            try:
+                self._write_pending()
+            except DB_ERRORS as exc:
+                close_broken_connections()
+                if last_try or self._retry_wait:
+                    self._back_off(exc)
+                    return
+            except Exception as exc:  # noqa: BLE001 - kept, retried; never let the thread die
+                close_broken_connections()
+                self._back_off(exc)
+                return
+            else:
+                self._retry_wait = self._next_try = 0.0
+                return
+
+    def _write_pending(self) -> None:
+        while self.pending:
+            batch = self.pending[:MAX_BATCH]
+            recorded = record(batch)
+            del self.pending[: len(batch)]
+            self._report(batch, recorded)
+
+    def _back_off(self, exc: Exception) -> None:
+        max_wait = float(conf.get("DB_RETRY_MAX_WAIT"))
+        self._retry_wait = min(max_wait, max(0.1, self._retry_wait * 2))
+        self._next_try = time.monotonic() + self._retry_wait
+        log_event(
+            logging.WARNING,
+            "completion_batch_failed",
+            worker=self.hostname,
+            waiting=len(self.pending),
+            retry_in=self._retry_wait,
+            error=repr(exc),
+        )
 
     def _report(self, batch: list[Completion], recorded: set[tuple[str, str, str]]) -> None:
         self.batches += 1
