@@ -95,6 +95,7 @@ CELERY_HYGIENE = {
     "PREPARED_STATEMENTS": os.environ.get("BENCH_PREPARED") == "1",
     "ASYNC_COMPLETION": os.environ.get("BENCH_ASYNC") == "1",
     "AMORTIZED_COMPLETION": os.environ.get("BENCH_AMORTIZED") == "1",
+    "AMORTIZED_COMPLETION_GATHER_MS": float(os.environ.get("BENCH_AMORTIZED_GATHER_MS", "10")),
 }
 
 # The "before" comparison: the library at an earlier commit, on its own database (its own

@@ -47,6 +47,8 @@ Every key is optional::
                                            # the main process, which records them in batches
                                            # (one statement each) before acks_late messages are
                                            # acknowledged (docs/idempotency.md)
+        "AMORTIZED_COMPLETION_GATHER_MS": 10,  # how long the main process lets a batch fill
+                                           # after its first record (0: write at once)
     }
 """
 
@@ -81,6 +83,7 @@ DEFAULTS: dict[str, Any] = {
     "PREPARED_STATEMENTS": False,
     "ASYNC_COMPLETION": False,
     "AMORTIZED_COMPLETION": False,
+    "AMORTIZED_COMPLETION_GATHER_MS": 10.0,
 }
 
 
