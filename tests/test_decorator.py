@@ -6,7 +6,7 @@ import pytest
 from celery import Celery, Task
 
 from celery_hygiene import HygieneTask, idempotent_task
-from celery_hygiene.exceptions import HygieneConfigurationError
+from celery_hygiene.exceptions import EntityKeyError, HygieneConfigurationError
 from celery_hygiene.models import ClaimStatus, TaskClaim
 from celery_hygiene.testing import clear_claims
 from tests.testapp.models import SideEffect
@@ -167,3 +167,45 @@ def test_replay_in_eager_settings_is_refused_clearly(eager_app):
     assert "task_always_eager is on" in refused.message and "--force" in refused.message
     dead.refresh_from_db()
     assert dead.status == DeadLetterStatus.PENDING
+
+
+@pytest.mark.parametrize(
+    ("call_args", "call_kwargs"),
+    [
+        ((), {"order_id": 7}),
+        ((7,), {}),
+        ((7, "x"), {}),
+        ((7,), {"note": "y", "flag": True}),
+        ((), {"order_id": 7, "note": "z"}),
+        ((7, "x", "extra"), {}),  # too many positionals
+        ((7,), {"order_id": 8}),  # given twice
+        ((), {}),  # missing the required one
+        ((), {"order_id": 7, "unknown": 1}),  # not a parameter
+        ((7, "x"), {"flag": False}),
+    ],
+)
+def test_fast_argument_binding_agrees_with_inspect(call_args, call_kwargs):
+    """The claim key binds arguments without inspect for plain signatures; the result (or the
+    refusal, raised by inspect with its message) must be exactly what Signature.bind gives."""
+    from celery_hygiene.idempotency import IdempotencySpec
+
+    def body(order_id: int, note: str = "n", *, flag: bool = False) -> None: ...
+
+    spec = IdempotencySpec.build(
+        body,
+        entity="order_id",
+        operation=None,
+        atomic=False,
+        lease_seconds=None,
+        on_mismatch="warn",
+        bind=False,
+    )
+    assert spec.plain is not None
+    try:
+        expected = spec.signature.bind(*call_args, **call_kwargs)
+    except TypeError:
+        with pytest.raises(EntityKeyError):
+            spec.bind_arguments("t", call_args, call_kwargs)
+        return
+    expected.apply_defaults()
+    assert spec.bind_arguments("t", call_args, call_kwargs) == dict(expected.arguments)

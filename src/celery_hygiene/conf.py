@@ -1,4 +1,4 @@
-"""Settings, read at call time so ``override_settings`` works; one dict, ``CELERY_HYGIENE``.
+"""Settings, one dict, ``CELERY_HYGIENE``; read once, re-read after ``override_settings``.
 
 Every key is optional::
 
@@ -58,6 +58,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
     "DEFAULT_RETRY_POLICY": None,
@@ -96,8 +97,29 @@ RENAMED: dict[str, str] = {
 }
 
 
+# Read once per process, then served from here: some settings are read for every claim
+# statement. override_settings (and pytest-django's ``settings``) announce changes through
+# ``setting_changed``, which empties it; so does reload().
+_cache: dict[str, Any] = {}
+
+
 def get(name: str) -> Any:
     """One setting, with its default; unknown names are a programming error."""
+    try:
+        return _cache[name]
+    except KeyError:
+        pass
+    value = _read(name)
+    _cache[name] = value
+    return value
+
+
+def reload() -> None:
+    """Forget what was read (after changing ``settings.CELERY_HYGIENE`` in place)."""
+    _cache.clear()
+
+
+def _read(name: str) -> Any:
     if name not in DEFAULTS:
         raise KeyError(f"celery_hygiene has no setting {name!r}")
     configured = getattr(settings, "CELERY_HYGIENE", {}) or {}
@@ -109,6 +131,14 @@ def get(name: str) -> Any:
         if new == name and old in configured:
             return configured[old]
     return DEFAULTS[name]
+
+
+def _on_setting_changed(setting: str = "", **kwargs: Any) -> None:
+    if setting == "CELERY_HYGIENE":
+        reload()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="celery_hygiene_conf")
 
 
 def unknown_keys() -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .exceptions import EntityKeyError, HygieneConfigurationError
@@ -34,6 +34,11 @@ class IdempotencySpec:
     # arguments are not compared, and a busy key skips the message unless ``wait``.
     singleton: bool = False
     wait: bool = False
+    # The signature's parameters when it binds without inspect (see _plain_parameters).
+    plain: tuple[tuple[str, Any, bool], ...] | None = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plain", _plain_parameters(self.signature))
 
     @classmethod
     def build(
@@ -85,6 +90,10 @@ class IdempotencySpec:
     def bind_arguments(
         self, task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> dict[str, Any]:
+        if self.plain is not None:  # the common signature: bound without inspect (per task)
+            bound_fast = _bind_plain(self.plain, args, kwargs)
+            if bound_fast is not None:
+                return bound_fast
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -126,6 +135,44 @@ class IdempotencySpec:
 
 
 _MISSING = object()
+_PLAIN_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _plain_parameters(signature: inspect.Signature) -> tuple[tuple[str, Any, bool], ...] | None:
+    """(name, default, positional) per parameter when none is ``*args``, ``**kwargs`` or
+    positional-only; None otherwise (those go through ``Signature.bind``)."""
+    if any(p.kind not in _PLAIN_KINDS for p in signature.parameters.values()):
+        return None
+    return tuple(
+        (p.name, p.default, p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        for p in signature.parameters.values()
+    )
+
+
+def _bind_plain(
+    parameters: tuple[tuple[str, Any, bool], ...], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any] | None:
+    """What ``Signature.bind(..).apply_defaults()`` gives, for plain signatures; None when the
+    call does not fit (``Signature.bind`` then raises the error message users see)."""
+    if len(args) > len(parameters) or not all(
+        positional for _, _, positional in parameters[: len(args)]
+    ):
+        return None
+    arguments: dict[str, Any] = {}
+    used = 0
+    for index, (name, default, _) in enumerate(parameters):
+        if index < len(args):
+            if name in kwargs:
+                return None
+            arguments[name] = args[index]
+        elif name in kwargs:
+            arguments[name] = kwargs[name]
+            used += 1
+        elif default is inspect.Parameter.empty:
+            return None
+        else:
+            arguments[name] = default
+    return arguments if used == len(kwargs) else None
 
 
 def _lookup(arguments: dict[str, Any], name: str, signature: inspect.Signature) -> Any:
