@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from celery.result import AsyncResult
 
@@ -193,3 +195,21 @@ def test_async_result_of_a_duplicate_is_the_first_runs_value(worker, queue_name)
     dup = tasks.charge_order.apply_async((11, 300), queue=queue_name)
     dup.get(timeout=30)
     assert AsyncResult(dup.id).state == "SUCCESS"
+
+
+def test_a_waiting_duplicate_looks_again_soon_then_less_often(worker, queue_name):
+    """The first re-check of a busy claim comes after ~0.5 s (not after the holder's lease),
+    each later one about twice as late, capped by DEFER_MAX_SECONDS (2 s in the test settings)."""
+    first = tasks.charge_order.apply_async((21, 300, 4.0), queue=queue_name)
+    wait_until(lambda: Attempt.objects.filter(key="21").exists())
+    second = tasks.charge_order.apply_async((21, 300, 4.0), queue=queue_name)
+    assert first.get(timeout=30) == second.get(timeout=30) == {"order_id": 21, "charged": 300}
+
+    waits = [
+        float(m)
+        for m in re.findall(rf"task_claim_busy .*id={second.id} .*retry_in=([0-9.]+)", worker.log())
+    ]
+    assert len(waits) >= 3, worker.log()[-2000:]
+    assert waits[0] <= 1.0  # 0.5 s plus up to 0.5 s of jitter
+    assert waits[1] >= 1.0 and max(waits) <= 2.5  # doubled, then capped (+ jitter)
+    assert Attempt.objects.filter(key="21").count() == 1

@@ -46,6 +46,10 @@ _CAP_REACHED = "_celery_hygiene_retry_cap_reached"
 RETRY_TOKEN_HEADER = "celery_hygiene_retry_token"
 # When a message first found the database unreachable at claim time (epoch seconds).
 CLAIM_WAIT_HEADER = "celery_hygiene_claim_wait_since"
+# How many times this message has waited for a busy claim: its next look comes sooner than the
+# holder's lease, then later and later (the holder is usually about to finish).
+DEFERS_HEADER = "celery_hygiene_defers"
+FIRST_DEFER_SECONDS = 0.5
 _CONTROL_FLOW = (Retry, Ignore, Reject)
 _TIME_LIMITS = (SoftTimeLimitExceeded, TimeLimitExceeded)
 
@@ -437,18 +441,26 @@ class HygieneTask(_TaskBase[_P, _R_co]):
     def _defer(self, key: ClaimKey, wait_seconds: float) -> None:
         """Someone holds a live lease: look again later instead of running or dropping the work.
 
-        Re-published with the same id and retry count (this is not a failed attempt), then
-        the current delivery is acknowledged via Ignore. Never sleeps in the worker.
+        The first look comes after half a second, each next one twice as late, capped by the
+        holder's lease and ``DEFER_MAX_SECONDS``: a duplicate of a body that is about to finish
+        (or whose completion is in the worker's next batch) is answered at once, one of an
+        hour-long body does not poll the broker every second. Re-published with the same id and
+        retry count (this is not a failed attempt), then the current delivery is acknowledged
+        via Ignore. Never sleeps in the worker.
         """
-        countdown = min(float(conf.get("DEFER_MAX_SECONDS")), wait_seconds)
-        countdown = max(0.5, countdown) + random.uniform(0, 0.5)
+        headers = dict(self.request.headers or {})
+        defers = int(_header(self.request, DEFERS_HEADER) or 0)
+        backoff = FIRST_DEFER_SECONDS * 2 ** min(defers, 16)
+        countdown = min(float(conf.get("DEFER_MAX_SECONDS")), wait_seconds, backoff)
+        countdown = max(FIRST_DEFER_SECONDS, countdown) + random.uniform(0, 0.5)
         self._log_claim(
             logging.INFO,
             "task_claim_busy",
             key,
             retry_in=round(countdown, 2),
         )
-        self._follow_up(countdown, dict(self.request.headers or {}), reason="defer")
+        headers[DEFERS_HEADER] = defers + 1
+        self._follow_up(countdown, headers, reason="defer")
         raise Ignore()
 
     def _complete(self, ticket: Ticket, value: Any) -> None:
