@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from celery import Celery, Task
 
 from celery_hygiene import HygieneTask, idempotent_task
 from celery_hygiene.exceptions import EntityKeyError, HygieneConfigurationError
+from celery_hygiene.idempotency import IdempotencySpec
 from celery_hygiene.models import ClaimStatus, TaskClaim
 from celery_hygiene.testing import clear_claims
 from tests.testapp.models import SideEffect
@@ -134,19 +137,10 @@ def test_a_failing_signal_receiver_never_breaks_the_task(eager_app, caplog):
 
 def test_entity_passed_through_kwargs_is_found_only_there():
     from celery_hygiene.exceptions import EntityKeyError
-    from celery_hygiene.idempotency import IdempotencySpec
 
     def sync(payload: dict, **extra: object) -> None: ...
 
-    spec = IdempotencySpec.build(
-        sync,
-        entity="order_id",
-        operation=None,
-        atomic=False,
-        lease_seconds=None,
-        on_mismatch="warn",
-        bind=False,
-    )
+    spec = _spec_for(sync, entity="order_id")
     bound = spec.bind_arguments("t", ({"order_id": 1},), {"order_id": 2})
     assert spec.entity_key("t", bound) == "2"
     # A dict argument holding the same key is data, not the entity.
@@ -187,19 +181,9 @@ def test_replay_in_eager_settings_is_refused_clearly(eager_app):
 def test_fast_argument_binding_agrees_with_inspect(call_args, call_kwargs):
     """The claim key binds arguments without inspect for plain signatures; the result (or the
     refusal, raised by inspect with its message) must be exactly what Signature.bind gives."""
-    from celery_hygiene.idempotency import IdempotencySpec
-
     def body(order_id: int, note: str = "n", *, flag: bool = False) -> None: ...
 
-    spec = IdempotencySpec.build(
-        body,
-        entity="order_id",
-        operation=None,
-        atomic=False,
-        lease_seconds=None,
-        on_mismatch="warn",
-        bind=False,
-    )
+    spec = _spec_for(body, entity="order_id")
     assert spec.plain is not None
     try:
         expected = spec.signature.bind(*call_args, **call_kwargs)
@@ -209,3 +193,16 @@ def test_fast_argument_binding_agrees_with_inspect(call_args, call_kwargs):
         return
     expected.apply_defaults()
     assert spec.bind_arguments("t", call_args, call_kwargs) == dict(expected.arguments)
+
+
+def _spec_for(fun: Callable[..., object], *, entity: str) -> IdempotencySpec:
+    """The IdempotencySpec @idempotent_task(entity=...) builds for ``fun``, with defaults."""
+    return IdempotencySpec.build(
+        fun,
+        entity=entity,
+        operation=None,
+        atomic=False,
+        lease_seconds=None,
+        on_mismatch="warn",
+        bind=False,
+    )
