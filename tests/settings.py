@@ -110,5 +110,8 @@ if os.environ.get("HYGIENE_DB_RETRY_SECONDS"):  # one test's worker rides out a 
     CELERY_HYGIENE["DB_RETRY_SECONDS"] = float(os.environ["HYGIENE_DB_RETRY_SECONDS"])
 if os.environ.get("HYGIENE_AMORTIZED_COMPLETION"):  # workers hand completions to the main process
     CELERY_HYGIENE["AMORTIZED_COMPLETION"] = True
+    CELERY_HYGIENE["AMORTIZED_COMPLETION_GATHER_MS"] = float(
+        os.environ.get("HYGIENE_AMORTIZED_GATHER_MS", "10")
+    )
 if os.environ.get("HYGIENE_ASYNC_COMPLETION"):  # one test's worker records completions async
     CELERY_HYGIENE["ASYNC_COMPLETION"] = True

@@ -13,7 +13,7 @@ import pytest
 
 from celery_hygiene import claims
 from celery_hygiene.claims import ClaimKey
-from celery_hygiene.models import ClaimStatus, TaskClaim
+from celery_hygiene.models import ClaimStatus, DeadLetter, TaskClaim
 from tests.conftest import wait_until
 from tests.testapp import tasks_amortized as t
 from tests.testapp.models import Attempt, SideEffect
@@ -142,6 +142,37 @@ def test_a_warm_shutdown_records_the_completions_of_bodies_that_finish_during_it
     time.sleep(4.0)  # past the 2 s lease: a copy that ran again would show by now
     assert Attempt.objects.filter(key="warm-1").count() == 1
     assert SideEffect.objects.filter(entity="warm-1", kind="late").count() == 1
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("requeued", [True, False], ids=["reject_on_worker_lost", "dead_letter"])
+def test_a_pool_process_that_dies_after_handing_over_its_completion_has_finished(
+    worker_factory, queue_name, tmp_path: Path, requeued: bool
+):
+    """The body returned and its completion is in the pipe; then the pool process dies. The
+    main process records the completion before it acts on the death: no redelivery runs the
+    body again (reject_on_worker_lost), and no dead letter is written for a body that ran."""
+    flag = tmp_path / "die-after-body"
+    flag.touch()
+    # A 15 s gather: the writer would not get to the record before the main process hears of
+    # the death, so only the flush on that death can record it in time.
+    env = {
+        **AMORTIZED,
+        "HYGIENE_DIE_AFTER_BODY_FLAG": str(flag),
+        "HYGIENE_AMORTIZED_GATHER_MS": "15000",
+    }
+    worker = worker_factory(queue_name, concurrency=2, env=env)
+    task = t.dies_after_body_requeued if requeued else t.dies_after_body_dead_lettered
+    task.apply_async(("died-1",), queue=queue_name)
+    worker.wait_for_log("WorkerLostError")
+    wait_until(
+        lambda: TaskClaim.objects.filter(entity="died-1", status=ClaimStatus.SUCCEEDED).exists(),
+        timeout=30,
+    )
+    time.sleep(3.0)  # a redelivery (requeued) would have run by now
+    assert Attempt.objects.filter(task="dies_after_body", key="died-1").count() == 1
+    assert not DeadLetter.objects.filter(task_name=task.name).exists()
+    assert TaskClaim.objects.get(entity="died-1").attempts == 1
 
 
 @pytest.mark.django_db(transaction=True)

@@ -147,6 +147,7 @@ class CompletionWriter(threading.Thread):
         self.pending: list[Completion] = []
         self.stopped = threading.Event()
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # the pipe and ``pending``: this thread or flush_now()
         self._held_acks: list[Request] = []  # guarded by _lock; appended by the event loop
         self.ackable: deque[Request] = deque()  # filled here, emptied by the event loop
         self._kick_r, self._kick_w = os.pipe()  # wakes this thread when an ack is held
@@ -177,6 +178,18 @@ class CompletionWriter(threading.Thread):
             released += 1
         return released
 
+    def flush_now(self) -> None:
+        """Record every completion sent so far, before the caller goes on (any thread).
+
+        The main process calls it before it acts on a pool process's death: a body that handed
+        over its completion and then died (OOM, a kill, a time limit after the body) has
+        finished, and must be recorded as such, not dead-lettered or handed to a redelivery.
+        """
+        with self._writing:
+            self.pending.extend(self.channel.drain())
+            if self.pending:
+                self._write()
+
     # -- the thread -------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -202,9 +215,10 @@ class CompletionWriter(threading.Thread):
         """
         with self._lock:
             held, self._held_acks = self._held_acks, []
-        self.pending.extend(self.channel.drain())
-        if self.pending and time.monotonic() >= self._next_try:  # backing off after a failure
-            self._write()
+        with self._writing:
+            self.pending.extend(self.channel.drain())
+            if self.pending and time.monotonic() >= self._next_try:  # backing off after failure
+                self._write()
         waiting = {c.owner_task_id for c in self.pending}
         go = [r for r in held if r.id not in waiting]
         if len(go) < len(held):
@@ -386,6 +400,13 @@ def stop() -> None:
 
 def writer() -> CompletionWriter | None:
     return _writer
+
+
+def flush() -> None:
+    """In the main process: record what pool processes have handed over (no-op otherwise)."""
+    writer = _writer
+    if writer is not None and not writer.channel.in_pool_process():
+        writer.flush_now()
 
 
 def last_totals() -> dict[str, int]:

@@ -15,6 +15,7 @@ from billiard.exceptions import WorkerLostError
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure
 
+from . import amortized
 from .events import log_event
 
 # Celery can report one hard timeout twice (from on_timeout, then from the pool's result
@@ -49,6 +50,9 @@ def on_task_failure(
     if not _first_report(task_id):
         return
     try:
+        # A body that handed its completion to this process and then died did finish: record
+        # it first, so what follows finds the claim succeeded (AMORTIZED_COMPLETION).
+        amortized.flush()
         if sender.acks_late and (
             # Celery requeues these itself; the redelivery is counted against the cap instead,
             # and may take the claim over at once: its body is dead, nobody holds the lease.
