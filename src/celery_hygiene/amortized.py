@@ -3,8 +3,9 @@ the completions of all its pool processes, one statement per batch.
 
 Without it every body's completion is a commit of its own in the pool process, waited for
 before the process takes its next message. With it a pool process hands the completion to its
-main process over a pipe and moves on; a writer thread there records everything that arrived
-since its last write in one ``UPDATE .. FROM unnest(..)``, the way lease renewal already works.
+main process over a pipe and moves on; a writer thread there lets a batch fill for
+``AMORTIZED_COMPLETION_GATHER_MS`` after its first record, then records it in one
+``UPDATE .. FROM unnest(..)``, the way lease renewal already works.
 
 Why a pipe: the main process must learn *which attempt* of *which claim* finished, and Celery's
 result channel carries neither (a success sends only the return value's repr). The pipe is
@@ -20,13 +21,14 @@ has committed; the event loop then sends it (kombu channels are not thread-safe)
 message is acknowledged only once its completion is recorded, as without this setting.
 
 What it changes on a crash: the window between the end of the body and the record of it grows
-from one statement in the pool process to "until the next batch commits" (a few milliseconds
-under load; longer while the database is away, when records wait in memory and are retried).
+from one statement in the pool process to "until the batch commits" (the gather time plus a
+statement; longer while the database is away, when records wait in memory and are retried).
 If the whole worker dies in that window the record is lost: with ``acks_late`` the message
 comes back and runs the body again once the lease has lapsed (the same as a kill between body
 and completion today); with early acknowledgement the claim stays ``running`` until its lease
 lapses, and a later duplicate runs the body again. A pool process alone dying loses nothing
-that was already written to the pipe. Only the prefork pool (the one with a separate main
+that was already written to the pipe: the main process records it (:func:`flush`) before it
+dead-letters the run or frees its lease. Only the prefork pool (the one with a separate main
 process) amortizes; other pools, atomic mode and eager calls complete as usual.
 """
 
