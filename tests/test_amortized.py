@@ -202,3 +202,18 @@ def test_complete_many_records_a_batch_fenced_like_complete():
     assert rows["batch-1"].status == ClaimStatus.RUNNING
     assert rows["batch-2"].result_json == '"r2"'
     assert claims.complete_many([], using=using) == set()
+
+
+def test_only_a_request_class_that_holds_acks_lets_acks_late_tasks_hand_over():
+    """A task whose own Request class would acknowledge before the batch is recorded completes
+    in its pool process instead (amortized.hand_over checks this)."""
+    from celery_hygiene import amortized
+
+    class Held(amortized.HygieneRequest):
+        pass
+
+    assert amortized._holds_acks("celery_hygiene.amortized:HygieneRequest")
+    assert amortized._holds_acks(Held)
+    assert not amortized._holds_acks("celery.worker.request:Request")
+    assert not amortized._holds_acks("no.such.module:Request")
+    assert t.recorded_late.Request == "celery_hygiene.amortized:HygieneRequest"
