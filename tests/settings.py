@@ -75,10 +75,13 @@ CELERY_BROKER_URL = os.environ.get("HYGIENE_BROKER_URL", "amqp://guest:guest@127
 CELERY_RESULT_BACKEND = os.environ.get("HYGIENE_REDIS_URL", "redis://127.0.0.1:6379/15")
 CELERY_BROKER_HEARTBEAT = 0
 # The Redis leg (make test-redis): a short visibility timeout, as users who want quick recovery
-# of a killed worker's messages set it (docs/brokers.md).
+# of a killed worker's messages set it, and a short restore mutex: every worker test ends by
+# SIGKILLing its workers, and one killed during its restore scan would otherwise block every
+# later restore for kombu's default 300 s (docs/brokers.md).
 if CELERY_BROKER_URL.startswith("redis"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": int(os.environ.get("HYGIENE_VISIBILITY_TIMEOUT", "20"))
+        "visibility_timeout": int(os.environ.get("HYGIENE_VISIBILITY_TIMEOUT", "20")),
+        "unacked_mutex_expire": 10,
     }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
