@@ -62,31 +62,27 @@ _READ_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
-class Completion:
-    """What a pool process reports once a body has finished: the claim, fenced by its attempt."""
+class Completion(claims.Finished):
+    """What a pool process reports once a body has finished: the claim, fenced by its attempt,
+    and the database it lives on."""
 
     using: str
-    entity: str
-    operation: str
-    owner_task_id: str
-    attempts: int
-    result_json: str | None
 
     def encode(self) -> bytes:
         fields = [
-            self.using,
             self.entity,
             self.operation,
             self.owner_task_id,
             self.attempts,
             self.result_json,
+            self.using,
         ]
         return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
 
     @classmethod
     def decode(cls, line: bytes) -> Completion:
-        using, entity, operation, owner, attempts, result = json.loads(line)
-        return cls(using, entity, operation, owner, int(attempts), result)
+        entity, operation, owner, attempts, result, using = json.loads(line)
+        return cls(entity, operation, owner, int(attempts), result, using)
 
 
 class Channel:
@@ -187,10 +183,7 @@ class CompletionWriter(threading.Thread):
         over its completion and then died (OOM, a kill, a time limit after the body) has
         finished, and must be recorded as such, not dead-lettered or handed to a redelivery.
         """
-        with self._writing:
-            self.pending.extend(self.channel.drain())
-            if self.pending:
-                self._write()
+        self._write_arrived(back_off=False)
 
     # -- the thread -------------------------------------------------------------------------
 
@@ -217,10 +210,7 @@ class CompletionWriter(threading.Thread):
         """
         with self._lock:
             held, self._held_acks = self._held_acks, []
-        with self._writing:
-            self.pending.extend(self.channel.drain())
-            if self.pending and time.monotonic() >= self._next_try:  # backing off after failure
-                self._write()
+        self._write_arrived(back_off=True)
         waiting = {c.owner_task_id for c in self.pending}
         go = [r for r in held if r.id not in waiting]
         if len(go) < len(held):
@@ -229,6 +219,14 @@ class CompletionWriter(threading.Thread):
         if go:
             self.ackable.extend(go)
             _poke(self._wake_w)
+
+    def _write_arrived(self, *, back_off: bool) -> None:
+        """Drain the pipe and write what is pending (after a failure, with ``back_off``, only
+        once its wait is over)."""
+        with self._writing:
+            self.pending.extend(self.channel.drain())
+            if self.pending and not (back_off and time.monotonic() < self._next_try):
+                self._write()
 
     def _write(self) -> None:
         # The thread keeps its connection across batches whatever CONN_MAX_AGE says (a new
@@ -296,11 +294,10 @@ class CompletionWriter(threading.Thread):
         self.stopped.set()
         self.join(timeout=5)
         deadline = time.monotonic() + budget
-        self.pending.extend(self.channel.drain())
+        self._write_arrived(back_off=False)
         while self.pending and time.monotonic() < deadline:
-            self._write()
-            if self.pending:
-                time.sleep(min(self._retry_wait, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(self._retry_wait, max(0.0, deadline - time.monotonic())))
+            self._write_arrived(back_off=False)
         log_event(
             logging.INFO,
             "amortized_completion_stopped",
@@ -327,13 +324,7 @@ def record(batch: Iterable[Completion]) -> set[tuple[str, str, str]]:
         by_alias.setdefault(c.using, []).append(c)
     recorded: set[tuple[str, str, str]] = set()
     for using, completions in by_alias.items():
-        recorded |= claims.complete_many(
-            [
-                claims.Finished(c.entity, c.operation, c.owner_task_id, c.attempts, c.result_json)
-                for c in completions
-            ],
-            using=using,
-        )
+        recorded |= claims.complete_many(completions, using=using)
     return recorded
 
 
@@ -432,12 +423,12 @@ def hand_over(task: Any, ticket: claims.Ticket, result_json: str | None) -> bool
     if task.acks_late and not _holds_acks(task.Request):
         return False  # a custom Request class would acknowledge before the record is written
     completion = Completion(
-        ticket.using,
         ticket.key.entity,
         ticket.key.operation,
         ticket.owner_task_id,
         ticket.attempts,
         result_json,
+        ticket.using,
     )
     return channel.send(completion)
 

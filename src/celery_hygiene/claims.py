@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -451,7 +452,7 @@ RETURNING c.entity, c.operation, c.owner_task_id
 """
 
 
-def complete_many(finished: list[Finished], *, using: str) -> set[tuple[str, str, str]]:
+def complete_many(finished: Sequence[Finished], *, using: str) -> set[tuple[str, str, str]]:
     """Record many successes; returns ``(entity, operation, owner)`` of those still ours."""
     if not finished:
         return set()

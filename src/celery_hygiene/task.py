@@ -46,6 +46,7 @@ _CAP_REACHED = "_celery_hygiene_retry_cap_reached"
 RETRY_TOKEN_HEADER = "celery_hygiene_retry_token"
 # When a message first found the database unreachable at claim time (epoch seconds).
 CLAIM_WAIT_HEADER = "celery_hygiene_claim_wait_since"
+CLAIM_TRIES_HEADER = "celery_hygiene_claim_tries"
 # How many times this message has waited for a busy claim: its next look comes sooner than the
 # holder's lease, then later and later (the holder is usually about to finish).
 DEFERS_HEADER = "celery_hygiene_defers"
@@ -284,7 +285,7 @@ class HygieneTask(_TaskBase[_P, _R_co]):
                 key=key,
             )
             raise error
-        tries = int(_header(self.request, "celery_hygiene_claim_tries") or 0) + 1
+        tries = int(_header(self.request, CLAIM_TRIES_HEADER) or 0) + 1
         countdown = min(float(conf.get("CLAIM_RETRY_MAX_DELAY")), 0.5 * 2**tries)
         countdown += random.uniform(0, countdown / 2)
         self._log_claim(
@@ -297,7 +298,7 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         )
         headers = dict(self.request.headers or {})
         headers[CLAIM_WAIT_HEADER] = since
-        headers["celery_hygiene_claim_tries"] = tries
+        headers[CLAIM_TRIES_HEADER] = tries
         self._follow_up(countdown, headers, reason="claim_unavailable")
         raise Ignore()
 
