@@ -25,9 +25,7 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,15 +36,25 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "chaos" / "results"
-MODES = ("plain", "atomic")
-CONTROL = "control"  # --control: the same body without a claim, to show the counting sees doubles
-OPERATIONS = {"plain": "chaos-plain", "atomic": "chaos-atomic"}
-TASK_NAMES = {"plain": "chaos.plain_effect", "atomic": "chaos.atomic_effect"}
-TERMINAL = ("succeeded", "dead")
-RABBIT_VHOST = "chaos"
-QUEUE = "chaos"
+# `python chaos/run.py` puts chaos/ on sys.path, not the repository root that holds the package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from chaos.harness.brokers import PrivateRabbit, PrivateRedis  # noqa: E402
+from chaos.harness.constants import (  # noqa: E402
+    CONTROL,
+    MODES,
+    OPERATIONS,
+    QUEUE,
+    RABBIT_VHOST,
+    REPO_ROOT,
+    RESULTS_DIR,
+    TASK_NAMES,
+    TERMINAL,
+    UUID_RE,
+)
+from chaos.harness.postgres import PrivatePgBouncer, PrivatePostgres  # noqa: E402
+from chaos.harness.shell import HarnessError, log, run  # noqa: E402
+
 # A line Celery logs when an execution of a task ends (success, failure, retry, ignore, reject).
 END_RE = re.compile(
     r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [A-Z]+/[^\]]+\] "
@@ -60,324 +68,6 @@ AMORTIZED_WINDOW = 2.0
 # ... and a PostgreSQL restart overlapping that window extends it to the restart's end plus
 # the writer's longest retry wait (DB_RETRY_MAX_WAIT, 5 s by default) plus AMORTIZED_WINDOW.
 AMORTIZED_PG_EXTRA = 5.0
-UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-class HarnessError(RuntimeError):
-    """A precondition of the harness itself failed (not a finding about the library)."""
-
-
-def log(msg: str) -> None:
-    sys.stdout.write(f"[chaos {time.strftime('%H:%M:%S')}] {msg}\n")  # one write: threads log too
-    sys.stdout.flush()
-
-
-def run(
-    cmd: list[str], *, check: bool = True, timeout: float = 120, **kw
-) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise HarnessError(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
-        )
-    return proc
-
-
-def need(binary: str, hint: str) -> str:
-    path = shutil.which(binary) or next(
-        (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.path.exists(p)), None
-    )
-    if path is None:
-        raise HarnessError(f"`{binary}` not found: {hint}")
-    return path
-
-
-# -- the services it owns -----------------------------------------------------------------------
-
-
-class PrivatePostgres:
-    """A PostgreSQL cluster of the harness's own (Debian postgresql-common), created if missing."""
-
-    def __init__(self, version: str, name: str, port: int) -> None:
-        self.version, self.name, self.port = version, name, port
-        hint = "install Debian's postgresql-common and a server (apt-get install -y postgresql)"
-        need("pg_createcluster", hint)
-        need("pg_ctlcluster", hint)
-        need("pg_lsclusters", hint)
-        need("pg_isready", "install postgresql-client")
-
-    def status(self) -> str | None:
-        out = run(["pg_lsclusters", "--no-header"]).stdout
-        for line in out.splitlines():
-            cols = line.split()
-            if len(cols) >= 4 and cols[0] == self.version and cols[1] == self.name:
-                if cols[2] != str(self.port):
-                    raise HarnessError(
-                        f"cluster {self.version}/{self.name} exists on port {cols[2]}, not "
-                        f"{self.port}; pass --pg-port {cols[2]} or --pg-cluster another-name"
-                    )
-                return cols[3]
-        return None
-
-    def ensure_running(self) -> None:
-        if self.status() is None:
-            log(f"creating PostgreSQL cluster {self.version}/{self.name} on port {self.port}")
-            run(["pg_createcluster", self.version, self.name, "--port", str(self.port)])
-            hba = Path(f"/etc/postgresql/{self.version}/{self.name}/pg_hba.conf")
-            hba.write_text(
-                "# celery-hygiene chaos harness: a throwaway local cluster\n"
-                "local all all trust\n"
-                "host all all 127.0.0.1/32 trust\n"
-                "host all all ::1/128 trust\n"
-            )
-        if self.status() != "online":
-            run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "start"])
-        self.wait_ready(60)
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if (
-                run(
-                    ["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)], check=False
-                ).returncode
-                == 0
-            ):
-                return
-            time.sleep(0.3)
-        raise HarnessError(f"PostgreSQL on port {self.port} not ready after {timeout}s")
-
-    def crash_restart(self) -> None:
-        run(
-            [
-                "pg_ctlcluster",
-                "--skip-systemctl-redirect",
-                self.version,
-                self.name,
-                "restart",
-                "-m",
-                "immediate",
-            ],
-            timeout=120,
-        )
-
-    def stop(self) -> None:
-        run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "stop"],
-            check=False,
-        )
-
-    def recreate_database(self, name: str) -> None:
-        import psycopg
-
-        with psycopg.connect(
-            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
-        ) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
-class PrivateRabbit:
-    """A vhost of the harness's own on the local RabbitMQ; cutting it touches no other vhost."""
-
-    def __init__(self, vhost: str) -> None:
-        self.vhost = vhost
-        self.ctl = need(
-            "rabbitmqctl", "install rabbitmq-server (apt-get install -y rabbitmq-server)"
-        )
-        if self.vhost in ("/", ""):
-            raise HarnessError("refusing to cut the default vhost '/'")
-
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}"
-
-    def reset(self) -> None:
-        # A fresh vhost per run: no message of an earlier run can be counted in this one.
-        run([self.ctl, "-q", "delete_vhost", self.vhost], check=False)
-        run([self.ctl, "-q", "add_vhost", self.vhost])
-        run([self.ctl, "-q", "set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*"])
-
-    def cut(self) -> None:
-        run([self.ctl, "-q", "close_all_connections", "--vhost", self.vhost, "chaos"])
-
-    def queue_depth(self) -> int | None:
-        proc = run(
-            [self.ctl, "-q", "list_queues", "-p", self.vhost, "name", "messages"], check=False
-        )
-        for line in proc.stdout.splitlines():
-            cols = line.split()
-            if len(cols) == 2 and cols[0] == QUEUE and cols[1].isdigit():
-                return int(cols[1])
-        return None
-
-    def state(self) -> dict:
-        return {"messages": self.queue_depth()}
-
-    def ids_present(self) -> set[str] | None:
-        return None  # RabbitMQ cannot be read without consuming; see queue_depth
-
-    def close(self) -> None:
-        pass  # the vhost stays (empty after a drained run); the next run recreates it
-
-
-class PrivateRedis:
-    """A redis-server of the harness's own; ``CLIENT KILL TYPE normal`` cuts only its clients."""
-
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port = port
-        self.server = need("redis-server", "install redis-server (apt-get install -y redis-server)")
-        self.cli = need("redis-cli", "install redis-tools (apt-get install -y redis-tools)")
-        self.pidfile = workdir / f"redis-{port}.pid"
-        self.started = False
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _ping(self) -> bool:
-        return run([self.cli, "-p", str(self.port), "ping"], check=False).stdout.strip() == "PONG"
-
-    def reset(self) -> None:
-        if self._ping():
-            raise HarnessError(
-                f"something already listens on Redis port {self.port} (a leftover of a killed "
-                f"run? `redis-cli -p {self.port} shutdown nosave`), or pass --redis-port"
-            )
-        run(
-            [
-                self.server,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "yes",
-                "--pidfile",
-                str(self.pidfile),
-            ]
-        )
-        self.started = True
-        deadline = time.monotonic() + 20
-        while not self._ping():
-            if time.monotonic() > deadline:
-                raise HarnessError(f"private redis on {self.port} did not answer")
-            time.sleep(0.1)
-
-    def cut(self) -> None:
-        run([self.cli, "-p", str(self.port), "CLIENT", "KILL", "TYPE", "normal"])
-
-    def queue_depth(self) -> int | None:
-        out = run([self.cli, "-p", str(self.port), "LLEN", QUEUE], check=False).stdout.strip()
-        unacked = run(
-            [self.cli, "-p", str(self.port), "HLEN", "unacked"], check=False
-        ).stdout.strip()
-        try:
-            return int(out) + int(unacked)
-        except ValueError:
-            return None
-
-    def state(self) -> dict:
-        """What kombu keeps in Redis: ready messages, unacknowledged ones, the restore mutex."""
-
-        def ask(*cmd: str) -> str:
-            return run([self.cli, "-p", str(self.port), *cmd], check=False).stdout.strip()
-
-        return {
-            "ready": ask("LLEN", QUEUE),
-            "unacked": ask("HLEN", "unacked"),
-            "unacked_mutex_ttl": ask("TTL", "unacked_mutex"),
-        }
-
-    def ids_present(self) -> set[str]:
-        """Task ids of every message still in Redis: ready in the list, or unacknowledged."""
-        found: set[str] = set()
-        for cmd in (["LRANGE", QUEUE, "0", "-1"], ["HVALS", "unacked"]):
-            out = run([self.cli, "-p", str(self.port), *cmd], check=False).stdout
-            found.update(UUID_RE.findall(out))
-        return found
-
-    def close(self) -> None:
-        if not self.started:
-            return
-        run([self.cli, "-p", str(self.port), "shutdown", "nosave"], check=False)
-        with contextlib.suppress(Exception):
-            pid = int(self.pidfile.read_text())
-            os.kill(pid, signal.SIGKILL)
-
-
-class PrivatePgBouncer:
-    """PgBouncer in transaction mode in front of the private cluster, as its own process."""
-
-    def __init__(self, listen_port: int, pg_port: int, dbname: str) -> None:
-        self.listen_port, self.pg_port, self.dbname = listen_port, pg_port, dbname
-        self.binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-        self.dir = Path(tempfile.mkdtemp(prefix="chaos-pgbouncer-"))
-        self.pidfile = self.dir / "pgbouncer.pid"
-        self.started = False
-
-    def install(self) -> None:
-        if os.path.exists(self.binary):
-            return
-        if not shutil.which("apt-get"):
-            raise HarnessError(
-                "--pgbouncer needs pgbouncer, and apt-get is not available to install it"
-            )
-        log("installing pgbouncer (apt-get install -y pgbouncer)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        proc = run(
-            ["apt-get", "install", "-y", "-qq", "pgbouncer"], check=False, env=env, timeout=600
-        )
-        if proc.returncode != 0:
-            run(["apt-get", "update", "-qq"], env=env, timeout=600)
-            run(["apt-get", "install", "-y", "-qq", "pgbouncer"], env=env, timeout=600)
-        self.binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-
-    def start(self) -> None:
-        self.install()
-        (self.dir / "userlist.txt").write_text('"postgres" ""\n')
-        ini = self.dir / "pgbouncer.ini"
-        ini.write_text(
-            "[databases]\n"
-            f"{self.dbname} = host=127.0.0.1 port={self.pg_port} dbname={self.dbname} "
-            "user=postgres\n"
-            "[pgbouncer]\n"
-            f"listen_addr = 127.0.0.1\nlisten_port = {self.listen_port}\n"
-            f"auth_type = trust\nauth_file = {self.dir / 'userlist.txt'}\n"
-            "pool_mode = transaction\nmax_client_conn = 500\ndefault_pool_size = 20\n"
-            # The default of 15 s turns a 3 s PostgreSQL restart into ~15 s of refused logins.
-            "server_login_retry = 2\n"
-            "ignore_startup_parameters = extra_float_digits,options\n"
-            f"pidfile = {self.pidfile}\nlogfile = {self.dir / 'pgbouncer.log'}\n"
-            f"unix_socket_dir = {self.dir}\n"
-        )
-        shutil.chown(self.dir, "postgres")
-        for path in self.dir.iterdir():
-            shutil.chown(path, "postgres")
-        cmd = [self.binary, "-d", str(ini)]
-        if os.geteuid() == 0:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        run(cmd)
-        self.started = True
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.listen_port), 1),
-            ):
-                return
-            time.sleep(0.1)
-        raise HarnessError(f"pgbouncer did not listen on {self.listen_port}")
-
-    def close(self) -> None:
-        if not self.started:
-            return
-        with contextlib.suppress(Exception):
-            os.kill(int(self.pidfile.read_text()), signal.SIGTERM)
 
 
 # -- workers ------------------------------------------------------------------------------------
