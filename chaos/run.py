@@ -18,7 +18,6 @@ Everything it cuts is its own: PostgreSQL cluster ``15/faults`` on port 5440, Ra
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import json
@@ -26,20 +25,19 @@ import os
 import random
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 # `python chaos/run.py` puts chaos/ on sys.path, not the repository root that holds the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chaos.harness.brokers import PrivateRabbit, PrivateRedis  # noqa: E402
+from chaos.harness.cli import active_modes, parse_args  # noqa: E402
 from chaos.harness.constants import (  # noqa: E402
     CONTROL,
     MODES,
@@ -52,8 +50,16 @@ from chaos.harness.constants import (  # noqa: E402
     TERMINAL,
     UUID_RE,
 )
+from chaos.harness.database import (  # noqa: E402
+    db_call,
+    safe_counts,
+    setup_django,
+    terminal_counts,
+)
 from chaos.harness.postgres import PrivatePgBouncer, PrivatePostgres  # noqa: E402
 from chaos.harness.shell import HarnessError, log, run  # noqa: E402
+from chaos.harness.timeline import Timeline, epoch  # noqa: E402
+from chaos.harness.workers import Pool  # noqa: E402
 
 # A line Celery logs when an execution of a task ends (success, failure, retry, ignore, reject).
 END_RE = re.compile(
@@ -70,368 +76,7 @@ AMORTIZED_WINDOW = 2.0
 AMORTIZED_PG_EXTRA = 5.0
 
 
-# -- workers ------------------------------------------------------------------------------------
-
-
-class Worker:
-    """One ``celery -A chaos.celery_app worker`` in its own session (so killpg takes all of it)."""
-
-    def __init__(
-        self, n: int, run_id: str, concurrency: int, logdir: Path, env: dict[str, str]
-    ) -> None:
-        self.name = f"chaos-{run_id}-w{n}@localhost"
-        self.logfile = logdir / f"worker-{n}.log"
-        self.started_at = time.time()
-        self.command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "chaos.celery_app",
-            "worker",
-            "-Q",
-            QUEUE,
-            "-c",
-            str(concurrency),
-            "-P",
-            "prefork",
-            "-n",
-            self.name,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel=INFO",
-        ]
-        with self.logfile.open("ab") as out:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def ready(self) -> bool:
-        with contextlib.suppress(OSError):
-            return " ready." in self.logfile.read_text(errors="replace")
-        return False
-
-    def kill(self) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=30)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """Warm shutdown of the main process; the whole group is killed if it takes too long."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=timeout)
-        # Pool children left behind by a killed main process, if any.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
-
-
-@dataclass
-class Timeline:
-    t0: float = 0.0
-    kills: list[dict] = field(default_factory=list)
-    pg_restarts: list[dict] = field(default_factory=list)
-    broker_cuts: list[dict] = field(default_factory=list)
-    worker_starts: list[dict] = field(default_factory=list)
-    publish_errors: int = 0
-    published: int = 0
-    sent: dict[tuple[str, str], list[dict]] = field(default_factory=lambda: defaultdict(list))
-    order: list[str] = field(default_factory=list)  # task ids in publish order
-    in_broker: set[str] | None = None  # ids still in the broker at the end (Redis only)
-    notes: list[str] = field(default_factory=list)
-
-
-class Pool:
-    """The set of live workers; kills and replacements go through here (thread-safe)."""
-
-    def __init__(
-        self, args, run_id: str, logdir: Path, env: dict[str, str], timeline: Timeline
-    ) -> None:
-        self.args, self.run_id, self.logdir, self.env, self.timeline = (
-            args,
-            run_id,
-            logdir,
-            env,
-            timeline,
-        )
-        self.lock = threading.Lock()
-        self.live: list[Worker] = []
-        self.dead: list[Worker] = []
-        self.count = 0
-
-    def start_one(self) -> Worker:
-        with self.lock:
-            self.count += 1
-            worker = Worker(self.count, self.run_id, self.args.concurrency, self.logdir, self.env)
-            self.live.append(worker)
-        self.timeline.worker_starts.append(
-            {"t": worker.started_at, "pid": worker.pid, "name": worker.name}
-        )
-        return worker
-
-    def wait_ready(self, workers: list[Worker], timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        for worker in workers:
-            while not worker.ready():
-                if not worker.alive():
-                    raise HarnessError(
-                        f"worker exited early; see {worker.logfile}:\n"
-                        + worker.logfile.read_text()[-3000:]
-                    )
-                if time.monotonic() > deadline:
-                    raise HarnessError(f"worker not ready after {timeout}s; see {worker.logfile}")
-                time.sleep(0.2)
-
-    def kill_random(self) -> None:
-        with self.lock:
-            candidates = [w for w in self.live if w.alive()]
-            if not candidates:
-                return
-            victim = random.choice(candidates)
-            self.live.remove(victim)
-        when = time.time()
-        victim.kill()
-        self.dead.append(victim)
-        self.timeline.kills.append(
-            {"t": when, "pgid": victim.pid, "name": victim.name, "ready": victim.ready()}
-        )
-
-    def replenish(self) -> None:
-        with self.lock:
-            self.live = [w for w in self.live if w.alive() or self.dead.append(w)]
-            missing = self.args.workers - len(self.live)
-        for _ in range(missing):
-            self.start_one()
-
-    def rotate(self) -> None:
-        """Start a fresh worker and warm-stop the oldest: nudges kombu's Redis restore."""
-        fresh = self.start_one()
-        with contextlib.suppress(HarnessError):
-            self.wait_ready([fresh], timeout=60)
-        with self.lock:
-            oldest = self.live.pop(0) if len(self.live) > self.args.workers else None
-        if oldest is not None:
-            oldest.stop(timeout=15)
-            self.dead.append(oldest)
-
-    def stop_all(self) -> None:
-        with self.lock:
-            workers, self.live = self.live, []
-        for worker in workers:
-            with contextlib.suppress(ProcessLookupError):
-                if worker.alive():
-                    os.kill(worker.pid, signal.SIGTERM)
-        for worker in workers:
-            worker.stop(timeout=20)
-        for worker in self.dead:
-            worker.stop(timeout=1)
-        # The report reads the logs of pool.dead + pool.live: keep the last workers' logs in it.
-        self.dead.extend(workers)
-
-
 # -- the run ------------------------------------------------------------------------------------
-
-
-def times(value: str) -> list[float]:
-    """'20' or '20,70' -> [20.0, 70.0]; 'never', '' or a negative number -> []."""
-    if value.strip().lower() in ("", "never", "none"):
-        return []
-    out = [float(v) for v in value.split(",") if v.strip()]
-    return sorted(v for v in out if v >= 0)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--broker", choices=("rabbitmq", "redis"), default="rabbitmq")
-    p.add_argument(
-        "--keys",
-        type=int,
-        default=2000,
-        help="keys per mode (each key runs once as plain and once as atomic)",
-    )
-    p.add_argument(
-        "--duplicates", type=float, default=0.3, help="share of keys sent a second time (per mode)"
-    )
-    p.add_argument(
-        "--delayed-share",
-        type=float,
-        default=0.5,
-        help="share of duplicates sent later in the run, not right away",
-    )
-    p.add_argument(
-        "--workers", type=int, default=2, help="worker processes (each prefork -c CONCURRENCY)"
-    )
-    p.add_argument("--concurrency", type=int, default=2)
-    p.add_argument(
-        "--kill-every",
-        type=float,
-        default=3.0,
-        help="seconds between SIGKILLs of a random worker (0: no kills)",
-    )
-    p.add_argument(
-        "--chaos-seconds",
-        type=float,
-        default=150.0,
-        help="length of the fault phase (kills stop earlier once all work is done and every "
-        "scheduled fault has happened)",
-    )
-    p.add_argument(
-        "--pg-restart-at",
-        type=times,
-        default=[20.0],
-        help="seconds into the run, comma-separated for several (e.g. 20,70); 'never' or -1: none",
-    )
-    p.add_argument(
-        "--broker-cut-at",
-        type=times,
-        default=[40.0],
-        help="seconds into the run, comma-separated for several; 'never' or -1: none",
-    )
-    p.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=None,
-        help="seconds to wait for every key to reach a terminal claim after the faults "
-        "(default 240 RabbitMQ, 300 Redis)",
-    )
-    p.add_argument("--lease-seconds", type=float, default=10.0)
-    p.add_argument("--body-ms", default="50-300", help="body sleep range, ms")
-    p.add_argument(
-        "--pgbouncer",
-        action="store_true",
-        help="workers reach PostgreSQL through a private PgBouncer (transaction mode)",
-    )
-    p.add_argument(
-        "--smoke",
-        action="store_true",
-        help="small and short: 200 keys, faults at 10 s / 20 s, ~1-2 min",
-    )
-    p.add_argument(
-        "--control",
-        action="store_true",
-        help="also run the body as a plain Celery task without a claim (reported, no target): "
-        "shows that the counting sees doubles and that duplicates are not 'explained' by kills",
-    )
-    p.add_argument(
-        "--amortized",
-        action="store_true",
-        help="workers run with CELERY_HYGIENE['AMORTIZED_COMPLETION'] = True (CHAOS_AMORTIZED=1): "
-        "a kill shortly after a run's 'succeeded' line, before its completion batch committed, "
-        "also explains a plain-mode double (counted apart as 'amortized window')",
-    )
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--pg-version", default=None, help="default: the newest under /etc/postgresql")
-    p.add_argument("--pg-cluster", default="faults")
-    p.add_argument("--pg-port", type=int, default=5440)
-    p.add_argument("--pgbouncer-port", type=int, default=6441)
-    p.add_argument("--redis-port", type=int, default=6391)
-    p.add_argument("--db-name", default="chaos")
-    p.add_argument(
-        "--stop-pg",
-        action="store_true",
-        help="stop the private cluster at the end (default: leave it running)",
-    )
-    p.add_argument(
-        "--output", default=None, help="JSON report path (default chaos/results/<run>.json)"
-    )
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.keys = 200 if args.keys == 2000 else args.keys
-        args.chaos_seconds = min(args.chaos_seconds, 45.0)
-        args.pg_restart_at = [10.0] if args.pg_restart_at == [20.0] else args.pg_restart_at
-        args.broker_cut_at = [20.0] if args.broker_cut_at == [40.0] else args.broker_cut_at
-    if args.drain_timeout is None:
-        args.drain_timeout = 300.0 if args.broker == "redis" else 240.0
-    if args.pg_version is None:
-        versions = (
-            sorted(
-                os.listdir("/etc/postgresql"),
-                key=lambda v: [int(x) for x in v.split(".") if x.isdigit()],
-            )
-            if os.path.isdir("/etc/postgresql")
-            else []
-        )
-        args.pg_version = versions[-1] if versions else "15"
-    return args
-
-
-def active_modes(args: argparse.Namespace) -> tuple[str, ...]:
-    return (*MODES, CONTROL) if args.control else MODES
-
-
-def setup_django(env: dict[str, str]) -> None:
-    os.environ.update(env)
-    # `python chaos/run.py` puts chaos/ first on sys.path: its `app` and `settings` must only
-    # be importable as chaos.app and chaos.settings.
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    sys.path.insert(0, str(REPO_ROOT))
-    os.environ["DJANGO_SETTINGS_MODULE"] = "chaos.settings"
-    import django
-
-    django.setup()
-
-
-def db_call(fn, *, tries: int = 60, pause: float = 1.0):
-    """Run a harness query, reconnecting through the PostgreSQL restart."""
-    from django.db import Error, connection
-
-    for attempt in range(tries):
-        try:
-            return fn()
-        except Error:
-            connection.close()
-            if attempt == tries - 1:
-                raise
-            time.sleep(pause)
-    return None
-
-
-def terminal_counts(keys_per_mode: int) -> dict[str, int]:
-    from django.db.models import Count
-
-    from celery_hygiene.models import TaskClaim
-
-    rows = (
-        TaskClaim.objects.filter(operation__in=OPERATIONS.values(), status__in=TERMINAL)
-        .values("operation")
-        .annotate(n=Count("id"))
-    )
-    by_op = {r["operation"]: r["n"] for r in rows}
-    return {mode: by_op.get(op, 0) for mode, op in OPERATIONS.items()}
-
-
-def safe_counts(keys_per_mode: int) -> dict[str, int] | None:
-    """Terminal claims per mode, or None while the database is unreachable (reconnects later)."""
-    from django.db import connection
-
-    for _ in range(2):  # the first query after a restart fails on the old connection
-        try:
-            return terminal_counts(keys_per_mode)
-        except Exception:  # noqa: BLE001 - e.g. during the PostgreSQL restart
-            connection.close()
-    return None
 
 
 def publish(task, mode: str, key: str, timeline: Timeline, stop: threading.Event) -> None:
@@ -456,7 +101,7 @@ def publish(task, mode: str, key: str, timeline: Timeline, stop: threading.Event
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv, __doc__)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     random.seed(seed)
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{args.broker}"
@@ -727,10 +372,6 @@ def drain(args, pool: Pool, timeline: Timeline, broker, publisher: threading.Thr
 
 
 # -- the report ---------------------------------------------------------------------------------
-
-
-def epoch(value: dt.datetime | None) -> float | None:
-    return value.timestamp() if value is not None else None
 
 
 def build_report(
