@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
-from collections.abc import Callable
 
 from chaos.harness.cli import active_modes
 from chaos.harness.constants import CONTROL, OPERATIONS, TASK_NAMES, TERMINAL
 from chaos.harness.doubles import explain_double
-from chaos.harness.timeline import Timeline
+from chaos.harness.timeline import RelativeTime, Timeline
+from chaos.harness.worker_logs import ExecutionEnds
 
 
 def fetch_outcomes() -> tuple[list[dict], list[dict], list[dict]]:
@@ -57,8 +57,8 @@ def count_modes(
     claims: list[dict],
     letters: list[dict],
     timeline: Timeline,
-    rel: Callable[[float | None], float | None],
-    ends: dict[int, dict[str, list[tuple[float, str]]]],
+    rel: RelativeTime,
+    ends: ExecutionEnds,
 ) -> tuple[dict[str, dict], list[dict], dict[tuple[str, str], list[dict]]]:
     """Per mode, the counts of the report's table and the keys behind each problem; the
     explanation of every double; and the dead letters per (mode, key)."""

@@ -17,9 +17,7 @@ def times(value: str) -> list[float]:
     return sorted(v for v in out if v >= 0)
 
 
-def parse_args(
-    argv: list[str] | None = None, description: str | None = None
-) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:
     """The options of a run; ``description`` is ``chaos/run.py``'s docstring, shown by --help."""
     p = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -7,9 +7,13 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from chaos.harness.constants import CHAOS_DIR, OPERATIONS, REPO_ROOT, TERMINAL
+
+T = TypeVar("T")
 
 
 def setup_django(env: dict[str, str]) -> None:
@@ -25,7 +29,7 @@ def setup_django(env: dict[str, str]) -> None:
     django.setup()
 
 
-def db_call(fn, *, tries: int = 60, pause: float = 1.0):
+def db_call(fn: Callable[[], T], *, tries: int = 60, pause: float = 1.0) -> T | None:
     """Run a harness query, reconnecting through the PostgreSQL restart."""
     from django.db import Error, connection
 

@@ -4,7 +4,8 @@ the run's "succeeded" line in which its completion still waited for its batch.""
 
 from __future__ import annotations
 
-from chaos.harness.timeline import Timeline, epoch
+from chaos.harness.timeline import RelativeTime, Timeline, epoch
+from chaos.harness.worker_logs import ExecutionEnds
 
 # --amortized: a kill of the worker at most this long after its "succeeded" line for a run
 # explains a double (the batch with that run's completion may not have committed yet). The
@@ -29,7 +30,9 @@ def amortized_deadline(succeeded_at: float, timeline: Timeline) -> tuple[float, 
     return deadline, extended
 
 
-def kills_in_amortized_window(kills: list[dict], ends, timeline: Timeline) -> dict[str, int]:
+def kills_in_amortized_window(
+    kills: list[dict], ends: ExecutionEnds, timeline: Timeline
+) -> dict[str, int]:
     """--amortized: how many kills fell within the window after some "succeeded" line of the
     worker they killed, whether or not a double followed: an upper bound on the kills that can
     have caught a completion waiting for its batch (a busy worker logs a success every few
@@ -53,7 +56,15 @@ def kills_in_amortized_window(kills: list[dict], ends, timeline: Timeline) -> di
 
 
 def explain_double(
-    mode, key, runs, claim, kills, timeline: Timeline, rel, ends, amortized: bool = False
+    mode: str,
+    key: str,
+    runs: list[dict],
+    claim: dict | None,
+    kills: list[dict],
+    timeline: Timeline,
+    rel: RelativeTime,
+    ends: ExecutionEnds,
+    amortized: bool = False,
 ) -> dict:
     """Which kills could have caused each extra run of this key.
 

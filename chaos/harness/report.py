@@ -3,6 +3,7 @@ or the misses that fail the run), the traces, and the versions and source state 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 
@@ -18,7 +19,14 @@ from chaos.harness.workers import Pool
 
 
 def build_report(
-    args, run_id, seed, timeline: Timeline, planned, faults, drained, pool: Pool
+    args: argparse.Namespace,
+    run_id: str,
+    seed: int,
+    timeline: Timeline,
+    planned: dict[str, int],
+    faults: dict,
+    drained: dict,
+    pool: Pool,
 ) -> dict:
     effects, claims, letters = db_call(fetch_outcomes)
     t0 = timeline.t0

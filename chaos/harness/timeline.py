@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+# Seconds since the run's start (timeline.t0), rounded to the millisecond; None stays None.
+RelativeTime = Callable[[float | None], float | None]
 
 
 @dataclass
 class Timeline:
+    """Filled in by the pool, the fault phase and the publisher; read by the report."""
+
     t0: float = 0.0
     kills: list[dict] = field(default_factory=list)
     pg_restarts: list[dict] = field(default_factory=list)

@@ -10,7 +10,7 @@ import re
 from collections import defaultdict
 
 from chaos.harness.constants import MODES, UUID_RE
-from chaos.harness.timeline import Timeline
+from chaos.harness.timeline import RelativeTime, Timeline
 from chaos.harness.workers import Pool
 
 # Messages published just before and after a problem message, read to bracket when it left the
@@ -19,7 +19,9 @@ NEIGHBOURS = 4
 STAMP_RE = re.compile(r": \[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
 
 
-def trace_problem_keys(modes: dict, timeline: Timeline, pool: Pool, rel) -> list[dict]:
+def trace_problem_keys(
+    modes: dict, timeline: Timeline, pool: Pool, rel: RelativeTime
+) -> list[dict]:
     """For lost / unfinished / dead-lettered keys: every message sent, and what the workers logged.
 
     "never received" means no worker logged the message: it was lost between the broker and the
@@ -74,7 +76,7 @@ def trace_problem_keys(modes: dict, timeline: Timeline, pool: Pool, rel) -> list
     return traces
 
 
-def verdict(task_id: str, seen: list[str], timeline: Timeline, rel) -> str:
+def verdict(task_id: str, seen: list[str], timeline: Timeline, rel: RelativeTime) -> str:
     """Where the last message with this task id went: a worker, the broker, or nowhere.
 
     A retry or a deferral re-publishes the message under the same id; when the last thing any
@@ -111,7 +113,13 @@ def reached_nobody(text: str) -> bool:
     )
 
 
-def consumed_window(task_id, group, received_at, timeline: Timeline, rel) -> dict:
+def consumed_window(
+    task_id: str,
+    group: list[str],
+    received_at: dict[str, list[float]],
+    timeline: Timeline,
+    rel: RelativeTime,
+) -> dict:
     """When the neighbours of a message (in publish order) first reached a worker, and which
     faults fell in that window: where a message that no worker ever logged was probably lost."""
     if task_id not in group:

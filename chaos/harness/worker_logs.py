@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import re
 from collections import defaultdict
+from typing import TypeAlias
 
 from chaos.harness.workers import Pool
 
@@ -16,6 +17,8 @@ END_RE = re.compile(
     r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [A-Z]+/[^\]]+\] "
     r"Task chaos\.\w+\[([0-9a-f-]{36})\] (?!received$)(\w+)"
 )
+# Per worker process group, per task id: (when, how) each execution ended.
+ExecutionEnds: TypeAlias = dict[int, dict[str, list[tuple[float, str]]]]
 LOG_MARKERS = (
     "task_retry_scheduled",
     "task_claim_busy",
@@ -52,7 +55,7 @@ def worker_log_counts(pool: Pool, amortized: bool = False) -> dict[str, int]:
     return counts
 
 
-def execution_ends(pool: Pool) -> dict[int, dict[str, list[tuple[float, str]]]]:
+def execution_ends(pool: Pool) -> ExecutionEnds:
     """Per worker process group, per task id: when Celery logged the end of an execution, and
     how it ended (the word after the task id: "succeeded", "raised", "retry", ...)."""
     ends: dict[int, dict[str, list[tuple[float, str]]]] = {}

@@ -3,6 +3,7 @@ process group), and the pool that kills a random one, replaces it, rotates and s
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import random
@@ -94,7 +95,12 @@ class Pool:
     """The set of live workers; kills and replacements go through here (thread-safe)."""
 
     def __init__(
-        self, args, run_id: str, logdir: Path, env: dict[str, str], timeline: Timeline
+        self,
+        args: argparse.Namespace,
+        run_id: str,
+        logdir: Path,
+        env: dict[str, str],
+        timeline: Timeline,
     ) -> None:
         self.args, self.run_id, self.logdir, self.env, self.timeline = (
             args,
