@@ -25,7 +25,6 @@ re-created at the start):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import json
@@ -41,143 +40,25 @@ import time
 import uuid
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-RESULTS_DIR = BENCH_DIR / "results"
-
-VARIANTS = {
-    "a": ("plain Celery task", "bench.plain"),
-    "b": ("@idempotent_task, unique keys", "bench.idempotent"),
-    "c": ("@idempotent_task(atomic=True), unique keys", "bench.idempotent_atomic"),
-    "d": ("@idempotent_task, 50% duplicate messages", "bench.idempotent"),
-    "e": ("celery-once QueueOnce, unique keys", "bench.once"),
-}
-# Issue 12's targets: ratio to (a) with the same body, same round.
-TARGETS = {
-    ("micro", "b"): 0.85,
-    ("micro", "c"): 0.85,
-    ("micro", "d"): 1.2,
-    ("realistic", "b"): 0.97,
-    ("realistic", "c"): 0.97,
-}
-# With AMORTIZED_COMPLETION the issue asks more of the micro body (completion is batched away).
-AMORTIZED_TARGETS = {**TARGETS, ("micro", "b"): 0.92}
-MEASURED_AGAINST_TARGETS = ("now", "prepared", "async", "amortized")
-BODIES = ("micro", "realistic")
-# Extra workers, compared in the same rounds: the library at --before-ref on its own database
-# (its own migrations), and this tree with CELERY_HYGIENE["PREPARED_STATEMENTS"] = True.
-COMPARE = ("before", "prepared", "async", "amortized", "nocomplete")
-# Variants each extra worker runs, per body.
-COMPARED_VARIANTS = {
-    "before": {"micro": "bcd", "realistic": "bc"},
-    "prepared": {"micro": "bcd", "realistic": "bc"},
-    # ASYNC_COMPLETION: default mode only (atomic completions are part of the body's commit).
-    "async": {"micro": "bd", "realistic": "b"},
-    # AMORTIZED_COMPLETION: default mode only, like ASYNC_COMPLETION.
-    "amortized": {"micro": "bd", "realistic": "b"},
-    # The upper bound of an amortized completion: this tree with claims.complete() replaced by
-    # a no-op in the pool processes (benchproject/celery.py), i.e. a batch of infinite size.
-    # Unique keys only: duplicates of never-completed claims would wait for the lease.
-    "nocomplete": {"micro": "b", "realistic": "b"},
-}
-FLOOR_TARGET = 1.15
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, < 60 s: proves it still runs")
-    p.add_argument("-n", "--tasks", type=int, default=10_000, help="messages per throughput run")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of a,b,c,d,e")
-    p.add_argument("--variants", default="abcde", help="subset of abcde")
-    p.add_argument("--concurrency", type=int, default=4, help="prefork pool size")
-    p.add_argument("--work-ms", type=float, default=2.0, help="simulated I/O, micro body, ms")
-    p.add_argument(
-        "--real-work-ms", type=float, default=20.0, help="simulated I/O, realistic body, ms"
-    )
-    p.add_argument("--bodies", default="micro,realistic", help="comma list: micro,realistic")
-    p.add_argument(
-        "--real-tasks", type=int, default=None, help="messages per realistic run (default N/4)"
-    )
-    p.add_argument(
-        "--compare",
-        default=None,
-        help="default before,prepared (none with --smoke); extra workers in the same rounds: before (the library at --before-ref), "
-        "prepared (PREPARED_STATEMENTS on); empty for none",
-    )
-    p.add_argument("--before-ref", default="3f7c326", help="git ref measured as 'before'")
-    p.add_argument("--floor-rounds", type=int, default=9, help="in-process floor phase rounds")
-    p.add_argument("--floor-n", type=int, default=400, help="claims per variant per floor round")
-    p.add_argument("--latency-tasks", type=int, default=1000, help="per variant, paced run")
-    p.add_argument("--latency-rate", type=float, default=150.0, help="messages/s, paced run")
-    p.add_argument("--trace-tasks", type=int, default=40, help="traced tasks per variant")
-    p.add_argument("--scale-small", type=int, default=10_000)
-    p.add_argument("--scale-large", type=int, default=1_000_000)
-    p.add_argument("--scale-samples", type=int, default=2000, help="claims timed per size")
-    p.add_argument("--deadletters", type=int, default=None, help="default: --scale-large")
-    p.add_argument(
-        "--synchronous-commit",
-        choices=["on", "off"],
-        default="on",
-        help="PostgreSQL synchronous_commit for the benchmark's connections (what-if)",
-    )
-    p.add_argument(
-        "--db-per-task",
-        action="store_true",
-        help="Celery's default: a new DB connection for every task (no CELERY_DB_REUSE_MAX); "
-        "compare throughput only, the overhead split then includes the connect",
-    )
-    p.add_argument(
-        "--skip",
-        default="",
-        help="comma list of phases: floor,throughput,latency,trace,scale,deadletters "
-        "(deadletters: the dead-letter purge and admin changelist of the scale phase)",
-    )
-    # Not "celery_hygiene_bench": benchmarks/admin_changelist.py drops and re-creates that one.
-    p.add_argument("--db", default=os.environ.get("BENCH_DB_NAME", "celery_hygiene_bench_run"))
-    p.add_argument("--markdown", type=Path, default=None, help="write the report here too")
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.tasks, args.rounds = 50, 1
-        args.latency_tasks, args.latency_rate, args.trace_tasks = 20, 100.0, 6
-        args.scale_small, args.scale_large, args.scale_samples = 100, 1000, 50
-        args.floor_rounds, args.floor_n = 2, 30
-    if args.compare is None:
-        args.compare = "" if args.smoke else ",".join(COMPARE)
-    if args.deadletters is None:
-        args.deadletters = args.scale_large
-    if args.real_tasks is None:
-        args.real_tasks = max(1, args.tasks // 4)
-    args.bodies = [b for b in args.bodies.split(",") if b]
-    args.compare = [c for c in args.compare.split(",") if c]
-    if set(args.bodies) - set(BODIES) or set(args.compare) - set(COMPARE):
-        p.error(f"--bodies: choose from {BODIES}; --compare: choose from {COMPARE}")
-    bad = set(args.variants) - set(VARIANTS)
-    if bad or not args.variants:
-        p.error(f"--variants: unknown {sorted(bad)}; choose from {''.join(VARIANTS)}")
-    args.skip = {s for s in args.skip.split(",") if s}
-    return args
-
-
-ARGS = parse_args()
-QUEUE = f"hygiene-bench-{os.getpid()}"
-BEFORE_DB = f"{ARGS.db}_before"
-if "before" in ARGS.compare:
-    os.environ["BENCH_DB_BEFORE"] = BEFORE_DB
-os.environ.update(
-    BENCH_DB_NAME=ARGS.db,
-    BENCH_QUEUE=QUEUE,
-    BENCH_WORK_MS=str(ARGS.work_ms),
-    BENCH_REAL_WORK_MS=str(ARGS.real_work_ms),
-    DJANGO_SETTINGS_MODULE="benchproject.settings",
-    BENCH_SYNCHRONOUS_COMMIT=ARGS.synchronous_commit,
-    BENCH_DB_PER_TASK="1" if ARGS.db_per_task else "0",
+from harness.config import (  # parses the command line and sets the environment on import
+    ARGS,
+    BEFORE_DB,
+    BENCH_DIR,
+    QUEUE,
+    REPO,
+    RESULTS_DIR,
+    log,
 )
-sys.path.insert(0, str(BENCH_DIR))
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
+from harness.variants import (
+    AMORTIZED_TARGETS,
+    BODIES,
+    COMPARED_VARIANTS,
+    FLOOR_TARGET,
+    MEASURED_AGAINST_TARGETS,
+    TARGETS,
+    VARIANTS,
+    messages_for,
+)
 
 # -- database and broker -----------------------------------------------------------------------
 
@@ -449,26 +330,6 @@ def collect(run: str) -> dict:
 
 
 # -- phase 1: throughput -------------------------------------------------------------------------
-
-
-def messages_for(variant: str, n: int, run: str) -> list[tuple[str, str]]:
-    name = VARIANTS[variant][1]
-    if variant != "d":
-        return [(name, f"{run}:{i}") for i in range(n)]
-    # 50 % duplicates: each block of unique keys is followed by the same keys again, shuffled,
-    # so a duplicate arrives hundreds of messages after its original (a redelivery, a retried
-    # publish, a double click), not while the original is still running.
-    rng = random.Random(6)
-    out: list[tuple[str, str]] = []
-    unique = n // 2
-    block = 500
-    for start in range(0, unique, block):
-        keys = [f"{run}:{i}" for i in range(start, min(start + block, unique))]
-        again = keys[:]
-        rng.shuffle(again)
-        out += [(name, k) for k in keys] + [(name, k) for k in again]
-    out += [(name, f"{run}:extra") for _ in range(n - len(out))]  # odd n
-    return out
 
 
 def throughput_run(worker: Worker, variant: str, round_no: int, body: str = "micro") -> dict:
