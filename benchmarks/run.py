@@ -31,11 +31,9 @@ import json
 import os
 import platform
 import random
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -49,387 +47,31 @@ from harness.config import (  # parses the command line and sets the environment
     RESULTS_DIR,
     log,
 )
+from harness.runs import (
+    latency_run,
+    throughput_cases,
+    throughput_run,
+    trace_run,
+)
+from harness.services import (
+    declare_queue,
+    delete_queue,
+    export_before,
+    migrate_before,
+    recreate_database,
+    setup_django,
+    sql,
+    truncate,
+)
 from harness.variants import (
     AMORTIZED_TARGETS,
     BODIES,
-    COMPARED_VARIANTS,
     FLOOR_TARGET,
     MEASURED_AGAINST_TARGETS,
     TARGETS,
     VARIANTS,
-    messages_for,
 )
-
-# -- database and broker -----------------------------------------------------------------------
-
-
-def recreate_database(name: str) -> None:
-    import psycopg
-
-    dsn = dict(
-        host=os.environ.get("PGHOST", "127.0.0.1"),
-        port=os.environ.get("PGPORT", "5432"),
-        user=os.environ.get("PGUSER", "postgres"),
-        password=os.environ.get("PGPASSWORD", ""),
-        dbname="postgres",
-    )
-    with psycopg.connect(**dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def setup_django() -> None:
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", run_syncdb=True, verbosity=0)
-
-
-def sql(statement: str, params: object = None, fetch: bool = False) -> list[tuple]:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(statement, params)
-        return cursor.fetchall() if fetch else []
-
-
-def truncate(*models: type, using: str = "default") -> None:
-    from django.db import connections
-
-    tables = ", ".join(m._meta.db_table for m in models)
-    with connections[using].cursor() as cursor:
-        cursor.execute(f"TRUNCATE {tables} RESTART IDENTITY")
-
-
-def export_before(ref: str) -> Path:
-    """``git archive`` of the library at ``ref`` into a temporary directory (its src/ only)."""
-    target = Path(tempfile.mkdtemp(prefix="bench-before-"))
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", ref, "src"], capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    return target / "src"
-
-
-def migrate_before(src: Path) -> None:
-    """Create the 'before' database with the migrations of the exported library."""
-    recreate_database(BEFORE_DB)
-    env = {
-        **os.environ,
-        "BENCH_DB_NAME": BEFORE_DB,
-        "PYTHONPATH": os.pathsep.join([str(src), str(BENCH_DIR)]),
-    }
-    env.pop("BENCH_DB_BEFORE", None)
-    code = (
-        "import django; django.setup(); from django.core.management import call_command; "
-        "call_command('migrate', run_syncdb=True, verbosity=0)"
-    )
-    subprocess.run([sys.executable, "-c", code], cwd=BENCH_DIR, env=env, check=True)
-
-
-# -- worker --------------------------------------------------------------------------------------
-
-
-class Worker:
-    """The one ``celery -A benchproject worker`` subprocess that serves every run.
-
-    Between runs its consumer is cancelled (remote control), so the next run's messages are all
-    published before any of them starts; start-up and shutdown are never part of a measurement.
-    """
-
-    def __init__(self, kind: str = "now", src: Path | None = None) -> None:
-        self.kind = kind
-        self.alias = "before" if kind == "before" else "default"
-        self.hostname = f"bench-{kind}-{os.getpid()}@localhost"
-        self.logfile = Path(tempfile.mkstemp(prefix="bench-worker-", suffix=".log")[1])
-        self.command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "benchproject",
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            str(ARGS.concurrency),
-            "-Q",
-            QUEUE,
-            "-n",
-            self.hostname,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel=WARNING",
-        ]
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                filter(
-                    None, [str(src) if src else None, str(BENCH_DIR), os.environ.get("PYTHONPATH")]
-                )
-            ),
-        }
-        if kind == "before":
-            self.env["BENCH_DB_NAME"] = BEFORE_DB
-            self.env["BENCH_LIBRARY_REV"] = ARGS.before_ref
-        self.env["BENCH_PREPARED"] = "1" if kind == "prepared" else "0"
-        self.env["BENCH_NO_COMPLETE"] = "1" if kind == "nocomplete" else "0"
-        self.env["BENCH_ASYNC"] = "1" if kind == "async" else "0"
-        self.env["BENCH_AMORTIZED"] = "1" if kind == "amortized" else "0"
-        self.totals = self.logfile.with_suffix(".totals.json")
-        if kind == "amortized":
-            self.env["BENCH_AMORTIZED_TOTALS"] = str(self.totals)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 180.0) -> Worker:
-        from benchproject.celery import app
-
-        with self.logfile.open("ab") as out:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=BENCH_DIR,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        started = time.perf_counter()
-        deadline = time.monotonic() + timeout
-        while not app.control.ping(destination=[self.hostname], timeout=1.0):
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker not ready after {timeout:.0f}s:\n{self.errors()}")
-        self.startup_s = time.perf_counter() - started
-        return self
-
-    def _control(self, command: str) -> None:
-        from benchproject.celery import app
-
-        method = getattr(app.control, command)
-        replies = method(QUEUE, destination=[self.hostname], reply=True, timeout=30)
-        if not replies:
-            raise RuntimeError(f"worker did not answer {command}:\n{self.errors()}")
-
-    def pause(self) -> None:
-        self._control("cancel_consumer")
-
-    def resume(self) -> None:
-        self._control("add_consumer")
-
-    def check_alive(self) -> None:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"worker exited:\n{self.logfile.read_text()[-4000:]}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        # Warm shutdown through the main process only: a SIGTERM to every pool process would
-        # make the main process report their last jobs as lost.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def errors(self) -> str:
-        text = self.logfile.read_text(errors="replace")
-        return "\n".join(
-            line for line in text.splitlines() if "ERROR" in line or "Traceback" in line
-        )
-
-
-def declare_queue() -> None:
-    from benchproject.celery import app
-
-    with app.connection_for_write() as conn:
-        app.amqp.queues.select_add(QUEUE)
-        app.amqp.queues[QUEUE].bind(conn.default_channel).declare()
-        conn.default_channel.queue_purge(QUEUE)
-
-
-def delete_queue() -> None:
-    from benchproject.celery import app
-
-    with app.connection_for_write() as conn:
-        conn.default_channel.queue_delete(QUEUE)
-
-
-def publish(messages: list[tuple[str, str]], rate: float | None = None) -> tuple[float, int]:
-    """Send (task name, key) messages; returns (seconds, messages celery-once refused)."""
-    from benchapp import tasks
-    from benchproject.celery import app
-
-    by_name = {
-        "bench.plain": tasks.plain,
-        "bench.idempotent": tasks.idempotent,
-        "bench.idempotent_atomic": tasks.idempotent_atomic,
-        "bench.once": tasks.once,
-    }
-    refused = 0
-    started = time.perf_counter()
-    with app.producer_or_acquire() as producer:
-        for i, (name, key) in enumerate(messages):
-            if rate:
-                delay = started + i / rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            result = by_name[name].apply_async(kwargs={"key": key}, queue=QUEUE, producer=producer)
-            if getattr(result, "state", None) == "REJECTED":  # celery-once: already queued
-                refused += 1
-    return time.perf_counter() - started, refused
-
-
-def redis():  # noqa: ANN201
-    from benchproject.celery import redis_client
-
-    return redis_client()
-
-
-def wait_done(worker: Worker, run: str, expected: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    r = redis()
-    while True:
-        done = int(r.get(f"bench:{run}:done") or 0)
-        if done >= expected:
-            return
-        worker.check_alive()
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"run {run}: {done}/{expected} tasks done after {timeout:.0f}s; "
-                f"worker errors:\n{worker.errors()[-4000:]}"
-            )
-        time.sleep(0.05)
-
-
-def collect(run: str) -> dict:
-    r = redis()
-    firsts = [float(v) for v in r.hvals(f"bench:{run}:first")]
-    lasts = [float(v) for v in r.hvals(f"bench:{run}:last")]
-    samples = []
-    for raw in r.lrange(f"bench:{run}:samples", 0, -1):
-        name, total, body = raw.decode().split(",")
-        samples.append((name, float(total), float(body)))
-    traces = [json.loads(raw) for raw in r.lrange(f"bench:{run}:trace", 0, -1)]
-    deferred = int(r.get(f"bench:{run}:deferred") or 0)
-    for suffix in ("first", "last", "samples", "trace", "deferred", "done"):
-        r.delete(f"bench:{run}:{suffix}")
-    return {
-        "first": min(firsts) if firsts else None,
-        "last": max(lasts) if lasts else None,
-        "samples": samples,
-        "traces": traces,
-        "deferred": deferred,
-    }
-
-
-# -- phase 1: throughput -------------------------------------------------------------------------
-
-
-def throughput_run(worker: Worker, variant: str, round_no: int, body: str = "micro") -> dict:
-    from benchapp.models import Effect
-
-    from celery_hygiene.models import TaskClaim
-
-    # The first letter of the key picks the body (benchapp/tasks.py): r = realistic.
-    run = f"{body[0]}{variant}{round_no}{worker.kind[0]}-{uuid.uuid4().hex[:6]}"
-    truncate(TaskClaim, Effect, using=worker.alias)
-    n = ARGS.real_tasks if body == "realistic" else ARGS.tasks
-    messages = messages_for(variant, n, run)
-    publish_s, refused = publish(messages)
-    worker.resume()
-    try:
-        wait_done(worker, run, len(messages) - refused, timeout=120 + len(messages) / 20)
-    finally:
-        worker.pause()
-    data = collect(run)
-    elapsed = data["last"] - data["first"]
-    effects = Effect.objects.using(worker.alias).count()
-    expected = len({k for _, k in messages})
-    result = {
-        "variant": variant,
-        "body": body,
-        "worker": worker.kind,
-        "round": round_no,
-        "messages": len(messages),
-        "seconds": elapsed,
-        "tasks_per_s": len(messages) / elapsed,
-        "publish_s": publish_s,
-        "publish_per_s": len(messages) / publish_s,
-        "refused": refused,
-        "effects": effects,
-        "expected_effects": expected,
-        "deferred": data["deferred"],
-        "samples": data["samples"],
-        "errors": worker.errors()[-2000:],
-    }
-    if effects != expected:
-        raise RuntimeError(
-            f"run {run}: {effects} side effects, expected {expected}: {result['errors']}"
-        )
-    return result
-
-
-# -- phase 2: worker-side cost at low load, and round trips --------------------------------------
-
-
-def latency_run(worker: Worker, variants: str) -> dict:
-    """Interleaved variants, paced well below capacity: the cost of hygiene without queueing."""
-    from benchapp.models import Effect
-
-    from celery_hygiene.models import TaskClaim
-
-    run = f"lat-{uuid.uuid4().hex[:6]}"
-    truncate(TaskClaim, Effect)
-    messages = [
-        (VARIANTS[v][1], f"{run}:{v}:{i}") for i in range(ARGS.latency_tasks) for v in variants
-    ]
-    worker.resume()
-    try:
-        publish(messages, rate=ARGS.latency_rate)
-        wait_done(worker, run, len(messages), timeout=120)
-    finally:
-        worker.pause()
-    return collect(run)
-
-
-def trace_run(worker: Worker, variants: str) -> dict:
-    """Wire-level trace of each task's PostgreSQL traffic; duplicates are traced in a second pass.
-
-    Runs first, on the fresh worker, so it also warms every pool process's connection.
-    """
-    from benchapp.models import Effect
-
-    from celery_hygiene.models import TaskClaim
-
-    run = f"trace-{uuid.uuid4().hex[:6]}"
-    truncate(TaskClaim, Effect)
-    first = [
-        (VARIANTS[v][1], f"{run}:{v}:{i}")
-        for i in range(ARGS.trace_tasks)
-        for v in variants
-        if v != "d"
-    ]
-    publish(first)
-    worker.resume()
-    try:
-        wait_done(worker, run, len(first), timeout=120)
-        expected = len(first)
-        if "d" in variants:  # the same keys again: every one of these is a duplicate
-            again = [(VARIANTS["b"][1], f"{run}:b:{i}") for i in range(ARGS.trace_tasks)]
-            publish(again)
-            expected += len(again)
-            wait_done(worker, run, expected, timeout=120)
-    finally:
-        worker.pause()
-    return collect(run)
-
+from harness.worker import Worker, amortized_batches
 
 # -- phase 0: the floor, in one process, no broker ----------------------------------------------
 
@@ -1275,15 +917,6 @@ def report(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def amortized_batches(worker: Worker) -> dict | None:
-    """What the AMORTIZED_COMPLETION worker's main process wrote over the whole run (written
-    at its warm shutdown by benchproject/celery.py): completions and statements."""
-    try:
-        return json.loads(worker.totals.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def trace_groups(traces: list[dict]) -> list[tuple[str, list[dict]]]:
     groups: list[tuple[str, list[dict]]] = []
     names = {VARIANTS[v][1]: v for v in "abce"}
@@ -1309,17 +942,6 @@ def short_sql(statement: str) -> str:
         return head
     target = next((t for w in words for t in ("taskclaim", "effect") if t in w), "?")
     return f"{head} {target}"
-
-
-def throughput_cases(
-    body: str, variants: str, worker: Worker, extra: dict[str, Worker]
-) -> list[tuple[str, Worker]]:
-    """One round's runs for one body: every variant on this tree, then the compared workers."""
-    own = [v for v in variants if body == "micro" or v != "d"]
-    cases = [(v, worker) for v in own]
-    for w in extra.values():
-        cases += [(v, w) for v in COMPARED_VARIANTS[w.kind][body] if v in own]
-    return cases
 
 
 # -- main ----------------------------------------------------------------------------------------
