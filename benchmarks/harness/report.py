@@ -17,8 +17,30 @@ from harness.variants import (
     VARIANTS,
 )
 
+# (target, measured, met); met is None when it was not measured.
+Targets = list[tuple[str, str, bool | None]]
+
 
 def report(results: dict) -> str:
+    """The whole report: the machine and worker, one section per phase that ran, the targets."""
+    lines = header_section(results)
+    targets: Targets = []
+    floor_section(results, lines, targets)
+    throughput_section(results, lines, targets)
+    latency_section(results, lines, targets)
+    round_trips_section(results, lines, targets)
+    amortized_batches_section(results, lines)
+    scale_section(results, lines, targets)
+    lines += ["### Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for name, value, ok in targets:
+        lines.append(
+            f"| {name} | {value} | {'yes' if ok else ('n/a' if ok is None else '**no**')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def header_section(results: dict) -> list[str]:
+    """When, on what machine and versions, with which worker command line."""
     m = results["machine"]
     lines = [
         f"Run {m['date']}: `{m['command']}`",
@@ -37,7 +59,11 @@ def report(results: dict) -> str:
         f"synchronous_commit={ARGS.synchronous_commit}; bodies below.",
         "",
     ]
-    targets: list[tuple[str, str, bool | None]] = []
+    return lines
+
+
+def floor_section(results: dict, lines: list[str], targets: Targets) -> None:
+    """Phase 0: per claim + completion in one process, ratios to the raw statements."""
     fl = results.get("floor")
     if fl:
         lines += [
@@ -68,6 +94,10 @@ def report(results: dict) -> str:
                 fl["decorator"]["ratio"] <= FLOOR_TARGET,
             )
         )
+
+
+def throughput_section(results: dict, lines: list[str], targets: Targets) -> None:
+    """Phase 1: tasks/s per body, variant and worker, ratios to (a) of the same round."""
     runs = results.get("throughput", [])
     if runs:
         groups: dict[tuple[str, str, str], list[dict]] = {}
@@ -137,6 +167,11 @@ def report(results: dict) -> str:
             lines.append("")
         deferred = sum(r["deferred"] for r in runs)
         lines += [f"Deferred (busy-claim) re-publishes across all runs: {deferred}.", ""]
+
+
+def latency_section(results: dict, lines: list[str], targets: Targets) -> None:
+    """Phase 2: the worker-side cost per task at low load, and (b)'s under full load."""
+    runs = results.get("throughput", [])
     lat = results.get("latency")
     if lat:
         lines += [
@@ -199,6 +234,10 @@ def report(results: dict) -> str:
                         )
                     )
         lines.append("")
+
+
+def round_trips_section(results: dict, lines: list[str], targets: Targets) -> None:
+    """Phase 2: PostgreSQL round trips per task from the wire trace."""
     tr = results.get("trace")
     if tr:
         lines += [
@@ -234,6 +273,10 @@ def report(results: dict) -> str:
                     ("(b) happy path <= 2 round trips beyond the body", str(typical), typical <= 2)
                 )
         lines.append("")
+
+
+def amortized_batches_section(results: dict, lines: list[str]) -> None:
+    """What the AMORTIZED_COMPLETION worker's main process wrote over the whole run."""
     ab = results.get("amortized_batches")
     if ab:
         per = ab["recorded"] / ab["batches"] if ab["batches"] else 0.0
@@ -243,6 +286,10 @@ def report(results: dict) -> str:
             f"1 + {1 / per if per else 0:.2f} statements per task with the pool's claim.",
             "",
         ]
+
+
+def scale_section(results: dict, lines: list[str], targets: Targets) -> None:
+    """Phase 3: claim latency at two sizes, retention purges, the admin changelist."""
     sc = results.get("scale")
     if sc:
         s, lg = sc["small"], sc["large"]
@@ -310,12 +357,6 @@ def report(results: dict) -> str:
             if adm.get("output"):
                 lines += ["```", adm["output"], "```", ""]
             targets.append(("dead-letter changelist <= 300 ms at large", "not measured", None))
-    lines += ["### Targets", "", "| target | measured | met |", "|---|---|---|"]
-    for name, value, ok in targets:
-        lines.append(
-            f"| {name} | {value} | {'yes' if ok else ('n/a' if ok is None else '**no**')} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def trace_groups(traces: list[dict]) -> list[tuple[str, list[dict]]]:
