@@ -43,7 +43,7 @@ test-lowest: services
 	.venv-lowest/bin/python -m pytest $(or $(PYTEST_ARGS),$(LOWEST_ARGS))
 
 lint: bootstrap
-	$(VENV)/bin/ruff check src tests example_worker benchmarks
+	$(VENV)/bin/ruff check src tests example_worker benchmarks chaos
 	$(VENV)/bin/mypy $(TYPECHECK_PATHS)
 
 ## mypy (strict, django-stubs' plugin, celery-types) over the package and the typing test, whose
