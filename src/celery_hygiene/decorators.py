@@ -244,7 +244,9 @@ def _register(
             f"got {expected_duration!r}."
         )
     options["base"] = _hygienic_base(options.get("base") or _app_task_class(app), name)
-    options["hygiene_retry"] = policy
+    # "default": CELERY_HYGIENE["DEFAULT_RETRY_POLICY"], read when a failure asks for it. (A
+    # task without any hygiene_retry keeps Celery's own retries: task_cls, base=.)
+    options["hygiene_retry"] = policy if policy is not None else "default"
     options["hygiene_idempotency"] = idempotency
     options["expected_duration"] = expected_duration
     if policy is not None:

@@ -1,0 +1,52 @@
+"""Tasks that get HygieneTask through ``base=`` without choosing a hygiene policy (issue 23)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+from celery.exceptions import MaxRetriesExceededError
+
+from celery_hygiene import HygieneTask
+from tests.testapp.models import Attempt, SideEffect
+
+ERRORS: dict[str, type[Exception]] = {"io": OSError, "value": ValueError}
+
+
+def _attempt(task: str, key: str) -> None:
+    Attempt.objects.create(task=task, key=key)
+
+
+@shared_task(base=HygieneTask, name="fleet.plain_fails")
+def plain_fails(key: str) -> None:
+    _attempt("fleet.plain_fails", key)
+    raise ValueError(f"plain failure {key}")
+
+
+@shared_task(
+    base=HygieneTask,
+    name="fleet.autoretry_io",
+    autoretry_for=(IOError,),
+    max_retries=1,
+    default_retry_delay=0.2,
+)
+def autoretry_io(key: str, error: str) -> None:
+    _attempt("fleet.autoretry_io", key)
+    raise ERRORS[error](f"{error} failure {key}")
+
+
+@shared_task(base=HygieneTask, name="fleet.self_retry", bind=True, max_retries=2)
+def self_retry(self: Any, key: str) -> None:
+    _attempt("fleet.self_retry", key)
+    raise self.retry(exc=ConnectionError(f"partner down {key}"), countdown=0.1)
+
+
+@shared_task(base=HygieneTask, name="fleet.self_retry_forever", bind=True, max_retries=None)
+def self_retry_forever(self: Any, key: str) -> None:
+    """Celery would retry this forever; hygiene holds it to the default policy's cap."""
+    _attempt("fleet.self_retry_forever", key)
+    try:
+        raise self.retry(countdown=0.1)
+    except MaxRetriesExceededError:
+        SideEffect.objects.create(entity=key, kind="forever-capped")
+        raise
