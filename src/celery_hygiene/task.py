@@ -96,6 +96,8 @@ class HygieneTask(_TaskBase[_P, _R_co]):
     hygiene_retry: RetryPolicy | dict[str, Any] | Literal["default"] | None = None
     hygiene_idempotency: IdempotencySpec | None = None
     expected_duration: float | None = None
+    # The Celery retry options a decorator translated (and removed), for the dry-run view.
+    hygiene_celery_options: dict[str, Any] | None = None
     # Celery's Request, except that with AMORTIZED_COMPLETION an acks-late message waits for its
     # batched completion before it is acknowledged (amortized.py). Unchanged behaviour otherwise.
     Request = "celery_hygiene.amortized:HygieneRequest"
