@@ -196,3 +196,62 @@ def test_through_a_task_cls_with_a_base_of_its_own(
     assert _runs("fleet.app.autoretry_io", "tc-io") == 2
     assert _runs("fleet.app.autoretry_io", "tc-value") == 1
     delete_queue(f.app, queue_name)
+
+
+# -- taskhygiene check --tasks: the dry run of the migration -----------------------------------
+
+
+def _dry_run(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    from django.core.management import call_command
+
+    call_command("taskhygiene", "check", "--tasks", "--task", "fleet.*", *args)
+    return capsys.readouterr().out
+
+
+def _block(output: str, task: str) -> str:
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{task}  ["))
+    end = next(
+        (i for i in range(start + 1, len(lines)) if not lines[i].startswith("  ")), len(lines)
+    )
+    return "\n".join(lines[start:end])
+
+
+def test_check_tasks_lists_what_hygiene_does_to_each_task(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    output = _dry_run(capsys)
+    plain = _block(output, "fleet.plain_fails")
+    assert "[hygienic, Celery's retries]" in plain
+    assert "retries:     no automatic retry (a failure is final); self.retry(): up to 3" in plain
+    assert "dead letter: yes, after the final failure" in plain
+    assert "differs from Celery" not in plain
+
+    io = _block(output, "fleet.autoretry_io")
+    assert "on OSError: up to 2 attempts, countdowns 0.2s each; self.retry(): up to 1 retry" in io
+
+    before = _block(output, "fleet.not_yet_hygienic")
+    assert "[plain Celery]" in before
+    assert "none today; with task_cls: a dead letter after the final failure" in before
+    assert "on ConnectionError: up to 5 attempts, countdowns 1s, 2s, 4s, 8s" in before
+    assert "time limits: soft 20s, hard 30s" in before
+    assert "! differs from Celery: max_retries=None: Celery retries forever" in before
+
+    moved = _block(output, "fleet.decorated_with_a_delay")
+    assert "[hygienic, hygiene policy]" in moved
+    assert "on Exception: up to 6 attempts, countdowns 60s each" in moved
+    assert "retried only on an explicit self.retry() (no autoretry_for)" in moved
+    assert "1 plain Celery (shown as task_cls would run them)" in output
+    # The audit still runs after the listing: W010 names the forever task.
+    assert "celery_hygiene.W010" in output
+
+
+def test_check_tasks_json(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    payload = json.loads(_dry_run(capsys, "--json"))
+    plans = {plan["name"]: plan for plan in payload["tasks"]}
+    assert plans["fleet.plain_fails"]["kind"] == "hygienic, Celery's retries"
+    assert plans["fleet.not_yet_hygienic"]["kind"] == "plain Celery"
+    assert plans["fleet.not_yet_hygienic"]["differences"]
+    assert any(m["id"] == "celery_hygiene.W010" for m in payload["messages"])

@@ -237,6 +237,8 @@ def _register(
 ) -> HygieneTask[Any, Any]:
     name = f"{fun.__module__}.{fun.__qualname__}"
     options = dict(options)
+    # Kept on the task for `taskhygiene check --tasks`: what plain Celery did with these options.
+    celery_options = {key: options[key] for key in CELERY_RETRY_OPTIONS if key in options}
     policy = _policy(retry, options, options.get("name") or name)
     if expected_duration is not None and not expected_duration > 0:
         raise HygieneConfigurationError(
@@ -248,6 +250,7 @@ def _register(
     # task without any hygiene_retry keeps Celery's own retries: task_cls, base=.)
     options["hygiene_retry"] = policy if policy is not None else "default"
     options["hygiene_idempotency"] = idempotency
+    options["hygiene_celery_options"] = celery_options
     options["expected_duration"] = expected_duration
     if policy is not None:
         # Celery's own counter agrees with the policy's cap, so audits and Flower see a bound,

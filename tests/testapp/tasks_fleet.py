@@ -7,7 +7,7 @@ from typing import Any
 from celery import shared_task
 from celery.exceptions import MaxRetriesExceededError
 
-from celery_hygiene import HygieneTask
+from celery_hygiene import HygieneTask, hygienic_task
 from tests.testapp.models import Attempt, SideEffect
 
 ERRORS: dict[str, type[Exception]] = {"io": OSError, "value": ValueError}
@@ -50,3 +50,21 @@ def self_retry_forever(self: Any, key: str) -> None:
     except MaxRetriesExceededError:
         SideEffect.objects.create(entity=key, kind="forever-capped")
         raise
+
+
+# For `taskhygiene check --tasks` (never run): a task not hygienic yet, and a decorated one whose
+# policy retries where plain Celery did not.
+@shared_task(
+    name="fleet.not_yet_hygienic",
+    autoretry_for=(ConnectionError,),
+    retry_backoff=True,
+    retry_jitter=False,
+    max_retries=None,
+    soft_time_limit=20,
+    time_limit=30,
+)
+def not_yet_hygienic() -> None: ...
+
+
+@hygienic_task(name="fleet.decorated_with_a_delay", default_retry_delay=60, max_retries=5)
+def decorated_with_a_delay() -> None: ...

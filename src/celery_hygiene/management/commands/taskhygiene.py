@@ -8,7 +8,9 @@
   them (workers do this on their own every ``OUTBOX_SWEEP_SECONDS``; this is for when none runs).
 - ``purge-claims --older-than 30d``: retention for finished claims, in short batches.
 - ``check``: the hygiene audit (the ``celery_hygiene`` system checks). Exits 1 when a message is
-  at or above ``--fail-level`` (default ERROR), so it can gate a deploy.
+  at or above ``--fail-level`` (default ERROR), so it can gate a deploy. ``--tasks`` first lists
+  what hygiene does to each task (retries, dead letter, time limits, queue) and where that
+  differs from plain Celery: the dry run of a fleet-wide (``task_cls``) migration.
 """
 
 from __future__ import annotations
@@ -89,6 +91,12 @@ class Command(BaseCommand):
         check.add_argument(
             "--task",
             help="Audit only tasks matching this glob, e.g. 'shop.*' (config rules still run).",
+        )
+        check.add_argument(
+            "--tasks",
+            action="store_true",
+            help="Also list what hygiene does to each task (retries, dead letter, time limits) "
+            "and where it differs from plain Celery: a dry run before deploying task_cls.",
         )
 
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
@@ -196,13 +204,23 @@ class Command(BaseCommand):
             messages = _audit_only(options["task"])
         else:
             messages = checks.run_checks(tags=["celery_hygiene"], include_deployment_checks=True)
+        plans = _task_plans(options["task"]) if options["tasks"] else None
         if options["json"]:
-            self.stdout.write(json.dumps([_as_dict(m) for m in messages], indent=2))
-        elif not messages:
-            self.stdout.write("Celery hygiene: no issues found.")
-        for message in [] if options["json"] else messages:
-            stream = self.stderr if message.is_serious() else self.stdout
-            stream.write(f"{_level_name(message.level)} {message}")
+            found = [_as_dict(m) for m in messages]
+            tasks = None if plans is None else [plan.as_dict() for plan in plans]
+            payload: Any = found if tasks is None else {"tasks": tasks, "messages": found}
+            self.stdout.write(json.dumps(payload, indent=2))
+        else:
+            if plans is not None:
+                from celery_hygiene.task_plan import render, setting_note
+
+                self.stdout.write(setting_note())
+                self.stdout.write(render(plans) + "\n")
+            if not messages:
+                self.stdout.write("Celery hygiene: no issues found.")
+            for message in messages:
+                stream = self.stderr if message.is_serious() else self.stdout
+                stream.write(f"{_level_name(message.level)} {message}")
         fail_level = LEVELS[options["fail_level"]]
         failing = [m for m in messages if m.level >= fail_level and not m.is_silenced()]
         if failing:
@@ -210,6 +228,22 @@ class Command(BaseCommand):
                 f"{len(failing)} hygiene issue(s) at {options['fail_level']} or above.",
                 returncode=1,
             )
+
+
+def _task_plans(pattern: str | None) -> list[Any]:
+    from celery_hygiene import audit, task_plan
+    from celery_hygiene.checks import load_celery_app
+    from celery_hygiene.exceptions import HygieneConfigurationError
+    from celery_hygiene.routing import declared_queues
+
+    app, problem = load_celery_app()
+    if problem is not None:
+        raise CommandError(str(problem.msg))
+    try:
+        specs = declared_queues(app)
+    except HygieneConfigurationError:
+        specs = {}  # E001 is reported by the audit below
+    return task_plan.plan(app, audit.project_tasks(app, pattern), specs)
 
 
 def _audit_only(pattern: str) -> list[checks.CheckMessage]:
