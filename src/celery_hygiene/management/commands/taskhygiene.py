@@ -122,8 +122,9 @@ class Command(BaseCommand):
             return
         if not rows:
             self.stdout.write(f"No task runs recorded since {format_utc(since)}.")
-            return
-        self.stdout.write(_table(rows))
+        else:
+            self.stdout.write(_table(rows))
+        self.stdout.write(_freshness())
 
     def _stale_claims(self, options: dict[str, Any]) -> None:
         from celery_hygiene.claims import stale_claims
@@ -254,6 +255,28 @@ def _audit_only(pattern: str) -> list[checks.CheckMessage]:
     if problem is not None:
         return [problem]
     return [*check_settings(), *audit.audit(app, task_pattern=pattern)]
+
+
+def _freshness() -> str:
+    """Why the report can lag behind the workers: each process writes its statistics in batches."""
+    from django.db.models import Max
+    from django.utils import timezone
+
+    from celery_hygiene import conf
+    from celery_hygiene.models import TaskRunStats
+
+    every = float(conf.get("RUN_STATS_FLUSH_SECONDS"))
+    last = TaskRunStats.objects.aggregate(last=Max("updated_at"))["last"]
+    when = (
+        "none yet"
+        if last is None
+        else f"{format_utc(last)} ({(timezone.now() - last).total_seconds():.0f} s ago)"
+    )
+    return (
+        f"Run statistics are written by each worker process every {every:g} s "
+        f"(RUN_STATS_FLUSH_SECONDS) and when it exits: runs of the last {every:g} s may not be "
+        f"counted yet. Last write: {when}."
+    )
 
 
 def _seconds(value: float | None) -> str:
