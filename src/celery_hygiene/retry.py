@@ -12,11 +12,44 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenacity import RetryCallState, wait_fixed
+from tenacity import (
+    RetryCallState,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_chain,
+    wait_exponential,
+    wait_fixed,
+    wait_incrementing,
+    wait_random,
+    wait_random_exponential,
+)
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from .exceptions import HygieneConfigurationError
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "Decision",
+    "RetryPolicy",
+    "coerce_policy",
+    "policy_from_celery_options",
+    "celery_retries",
+    "CeleryRetries",
+    "wait_celery_backoff",
+    "wait_exponential_capped",
+    # tenacity's waits and stops that behave the same on every supported tenacity (>= 9.0),
+    # re-exported so a project that installs only celery-hygiene writes its policies without
+    # importing (and having to declare) tenacity itself.
+    "stop_after_attempt",
+    "stop_after_delay",
+    "wait_chain",
+    "wait_exponential",
+    "wait_fixed",
+    "wait_incrementing",
+    "wait_random",
+    "wait_random_exponential",
+]
 
 # Why a ceiling on the ceiling: a countdown longer than a day is almost always a unit mistake
 # (milliseconds for seconds), and RabbitMQ/Redis hold ETA messages in worker memory meanwhile.
