@@ -110,6 +110,46 @@ def test_an_explicit_choice_and_the_decorators_default() -> None:
     assert decorated.hygiene_policy() == DEFAULT_POLICY  # 5 attempts, every Exception
 
 
+def test_a_retry_delay_without_autoretry_for_still_means_no_automatic_retry() -> None:
+    app = _app()
+
+    @app.task(
+        base=HygieneTask,
+        shared=False,
+        default_retry_delay=60,
+        retry_kwargs={"countdown": 5, "queue": "elsewhere"},
+    )
+    def delayed() -> None: ...
+
+    retries = delayed.celery_retries()
+    assert retries.policy.retry_on == () and retries.retry_cap == 3
+    assert delayed.hygiene_policy().decide(attempt=1, exc=RuntimeError()).reason == "gave_up"
+    [note] = retries.differences
+    assert "retry_kwargs ['queue'] are not applied to automatic retries" in note
+
+
+def test_eager_mode_keeps_celerys_own_autoretry() -> None:
+    app = _app()
+    app.conf.task_always_eager = True
+    runs: list[int] = []
+
+    @app.task(
+        base=HygieneTask,
+        shared=False,
+        autoretry_for=(KeyError,),
+        max_retries=2,
+        default_retry_delay=0,
+    )
+    def flaky() -> str:
+        runs.append(1)
+        if len(runs) < 3:
+            raise KeyError("not yet")
+        return "done"
+
+    assert flaky.apply().get() == "done"
+    assert len(runs) == 3
+
+
 # -- through a real worker ---------------------------------------------------------------------
 
 worker_test = pytest.mark.worker
@@ -161,6 +201,17 @@ def test_self_retry_is_capped_by_max_retries_as_in_celery(
     assert _runs("fleet.self_retry_forever", "s2") == DEFAULT_POLICY.max_attempts
     assert held.reason == "exhausted" and held.exception_type.endswith("MaxRetriesExceededError")
     assert SideEffect.objects.filter(entity="s2", kind="forever-capped").count() == 1
+
+
+@worker_test
+def test_a_message_that_keeps_killing_its_worker_ends_as_a_dead_letter(
+    worker: WorkerProcess, queue_name: str
+) -> None:
+    result = t.kills_its_worker.apply_async(("k1",), queue=queue_name)
+    [dead] = _dead_letters(result.id, timeout=90)
+    assert dead.reason == "worker_lost"
+    assert _runs("fleet.kills_its_worker", "k1") == 2  # max_retries=1: two runs
+    assert dead.attempts == 3  # the third delivery was refused before running
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 from celery import shared_task
@@ -68,3 +70,16 @@ def not_yet_hygienic() -> None: ...
 
 @hygienic_task(name="fleet.decorated_with_a_delay", default_retry_delay=60, max_retries=5)
 def decorated_with_a_delay() -> None: ...
+
+
+@shared_task(
+    base=HygieneTask,
+    name="fleet.kills_its_worker",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=1,
+)
+def kills_its_worker(key: str) -> None:
+    """Plain Celery would redeliver this forever; hygiene stops after max_retries + 1 runs."""
+    _attempt("fleet.kills_its_worker", key)
+    os.kill(os.getpid(), signal.SIGKILL)  # as an OOM kill or a segfault would
