@@ -177,7 +177,9 @@ class HygieneTask(_TaskBase[_P, _R_co]):
 
     def retry(self, *args: Any, **kwargs: Any) -> Any:
         """``self.retry()`` from a body: the retry message carries the claim's retry token, and
-        past ``max_retries`` the exception Celery raises is marked "exhausted" (not "gave up")."""
+        past ``max_retries`` the exception Celery raises is marked "exhausted" (not "gave up").
+        Without an explicit ``max_retries`` it is held to the task's cap: Celery's own for a task
+        that keeps Celery's retries (``max_retries=None`` bounded), else the policy's."""
         if len(args) < 7 and kwargs.get("max_retries") is None:
             # Celery's cap is the task's max_retries; a task whose policy caps otherwise (or
             # that Celery would retry forever) is held to its policy's cap.
