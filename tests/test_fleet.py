@@ -78,6 +78,19 @@ def test_celerys_backoff_retry_kwargs_and_dont_autoretry_for() -> None:
     assert fixed.hygiene_policy().max_attempts == 4  # Celery's default max_retries=3
     assert fixed.hygiene_policy().countdown(1) == 7
 
+    # retry_kwargs={"max_retries": None} means "the task's own" to Task.retry, not forever.
+    @app.task(
+        base=HygieneTask,
+        shared=False,
+        autoretry_for=(KeyError,),
+        max_retries=2,
+        retry_kwargs={"max_retries": None},
+    )
+    def inherits() -> None: ...
+
+    assert inherits.celery_retries().policy.max_attempts == 3
+    assert inherits.celery_retries().differences == ()
+
 
 def test_forever_is_held_to_the_default_policys_cap_without_an_import_error() -> None:
     app = _app()

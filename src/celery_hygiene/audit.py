@@ -89,7 +89,7 @@ def check_retry_forever(scope: Scope) -> Messages:
     # know before deploying, not find in the dead letters.
     messages: Messages = []
     for task in scope.tasks:
-        if task.max_retries is not None and not _forever_retry_kwargs(task):
+        if task.max_retries is not None:
             continue
         if not is_hygienic(task):
             messages.append(
@@ -117,11 +117,6 @@ def check_retry_forever(scope: Scope) -> Messages:
                 )
             )
     return messages
-
-
-def _forever_retry_kwargs(task: Any) -> bool:
-    retry_kwargs = getattr(task, "retry_kwargs", None) or {}
-    return "max_retries" in retry_kwargs and retry_kwargs["max_retries"] is None
 
 
 def check_acks_late(scope: Scope) -> Messages:

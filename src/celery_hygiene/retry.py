@@ -393,8 +393,11 @@ def celery_retries(task: Any, *, forever_attempts: int) -> CeleryRetries:
             "countdown are): the retry keeps the message's own options"
         )
     autoretry_for = _lenient_classes(getattr(task, "autoretry_for", ()))
-    max_retries = retry_kwargs.get("max_retries", getattr(task, "max_retries", None))
     body_cap = getattr(task, "max_retries", None)
+    # As Task.retry(max_retries=None): "use the task's", not "forever".
+    max_retries = retry_kwargs.get("max_retries")
+    if max_retries is None:
+        max_retries = body_cap
     forever = max(0, int(forever_attempts) - 1)
     if max_retries is None or body_cap is None:
         notes.append(
