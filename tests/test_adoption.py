@@ -97,7 +97,7 @@ def test_installed_from_the_wheel_with_declared_dependencies(adoption: Adoption)
 def test_the_projects_own_eager_tests_pass(adoption: Adoption) -> None:
     env = adoption.env(ADOPT_DB_NAME=f"hyg_adopt_own_{uuid.uuid4().hex[:8]}")
     output = adoption.run("-m", "pytest", "-q", env=env)
-    assert "7 passed" in output
+    assert "8 passed" in output
 
 
 @contextlib.contextmanager
@@ -170,6 +170,11 @@ def test_a_real_worker_and_beat_run_the_projects_tasks(adoption: Adoption) -> No
         # The audit's warnings stay out of ordinary commands; its own command is clean.
         assert "no issues" in adoption.run("manage.py", "check", env=env)
         assert "no issues found" in adoption.run("manage.py", "taskhygiene", "check", env=env)
+        # The dry run of task_cls: each plain task keeps its own Celery retries.
+        dry_run = adoption.run("manage.py", "taskhygiene", "check", "--tasks", env=env)
+        assert "shop.tasks.import_feed  [hygienic, Celery's retries]" in dry_run
+        assert "no automatic retry (a failure is final)" in dry_run
+        assert "on OSError: up to 2 attempts, countdowns 0.1s each" in dry_run
         processes = [
             _Process(
                 adoption,
@@ -200,6 +205,8 @@ def test_a_real_worker_and_beat_run_the_projects_tasks(adoption: Adoption) -> No
                 "tasks.charge_order.delay(41, 1999)\n"
                 "tasks.charge_order.delay(41, 1999)\n"
                 "tasks.import_feed.delay('feed-1')\n"
+                "tasks.notify_partner.delay('p-io', 'io')\n"
+                "tasks.notify_partner.delay('p-value', 'value')\n"
                 "tasks.sync_stock.delay('sku-9')\n",
                 env=env,
             )
@@ -211,16 +218,28 @@ def test_a_real_worker_and_beat_run_the_projects_tasks(adoption: Adoption) -> No
                 return _query(
                     name,
                     "SELECT reason, attempts, exception_type FROM celery_hygiene_deadletter "
-                    f"WHERE task_name = 'shop.tasks.{task}'",
+                    f"WHERE task_name = 'shop.tasks.{task}' ORDER BY exception_type",
                 )
 
-            wait_until(lambda: dead("import_feed") and dead("sync_stock"), timeout=60)
-            # A plain @app.task, hygienic through task_cls: retried, then a dead letter.
-            assert dead("import_feed") == [("exhausted", 3, "ValueError")]
-            # Celery's retry options: max_retries=2 -> 3 attempts, then a dead letter.
+            wait_until(
+                lambda: dead("import_feed")
+                and dead("sync_stock")
+                and len(dead("notify_partner")) == 2,
+                timeout=60,
+            )
+            # A plain @app.task, hygienic through task_cls: one run (as in Celery), a dead letter.
+            assert dead("import_feed") == [("gave_up", 1, "ValueError")]
+            # autoretry_for=(IOError,), max_retries=1: twice on IOError, once on ValueError.
+            assert dead("notify_partner") == [
+                ("exhausted", 2, "OSError"),
+                ("gave_up", 1, "ValueError"),
+            ]
+            # A decorated task's Celery retry options: max_retries=2 -> 3 attempts.
             assert dead("sync_stock") == [("exhausted", 3, "ConnectionError")]
-            attempts = _query(name, "SELECT task, count(*) FROM shop_attempt GROUP BY task")
-            assert dict(attempts) == {"import_feed": 3, "sync_stock": 3}
+            attempts = _query(
+                name, "SELECT key, count(*) FROM shop_attempt GROUP BY key ORDER BY key"
+            )
+            assert dict(attempts) == {"feed-1": 1, "p-io": 2, "p-value": 1, "sku-9": 3}
             assert _query(name, "SELECT page FROM shop_visit") == [("/pricing",)]
             wait_until(lambda: _query(name, "SELECT count(*) FROM shop_charge")[0][0] >= 1)
             # Beat publishes the periodic task to the declared queue; the worker runs it.

@@ -155,3 +155,62 @@ def test_warnings_only_where_asked_for_not_before_every_command() -> None:
             ).count("celery_hygiene.W013")
             == 1
         )
+
+
+# -- issue 23: fleet-wide hygiene and the audit ------------------------------------------------
+
+
+def test_w010_flags_forever_retry_on_a_task_cls_task_with_the_cap_it_gets() -> None:
+    app = make_app()
+    app.Task = type("ProjectTask", (HygieneTask,), {"__module__": __name__})
+
+    @app.task(shared=False, name="adopt.forever", autoretry_for=(KeyError,), max_retries=None)
+    def forever() -> None: ...
+
+    @app.task(shared=False, name="adopt.bounded", autoretry_for=(KeyError,), max_retries=3)
+    def bounded() -> None: ...
+
+    [message] = found(app, "celery_hygiene.W010")
+    assert message.obj == "adopt.forever"
+    assert "plain Celery retries it forever" in message.msg
+    assert "stops after 5 attempts" in message.msg
+    assert "max_retries=" in message.hint and "hygiene_retry=RetryPolicy" in message.hint
+
+
+def test_w012_calls_a_singleton_a_singleton() -> None:
+    from celery_hygiene import singleton_task
+
+    app = make_app()
+
+    @singleton_task(app=app, shared=False, name="adopt.sync")
+    def sync() -> None: ...
+
+    @idempotent_task(entity="key", app=app, shared=False, name="adopt.charge")
+    def charge(key: str) -> None: ...
+
+    messages = {m.obj: m.msg for m in found(app, "celery_hygiene.W012")}
+    assert "is a singleton task" in messages["adopt.sync"]
+    assert "idempotent" not in messages["adopt.sync"]
+    assert "is idempotent" in messages["adopt.charge"]
+
+
+def test_w051_names_the_setting_celerys_django_fixup_reads() -> None:
+    from celery.fixups.django import DjangoWorkerFixup
+
+    app = Celery("adopt", set_as_current=False)
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    app.conf.task_time_limit = 60
+
+    @idempotent_task(entity="key", app=app, shared=False, name="adopt.claiming")
+    def claiming(key: str) -> None: ...
+
+    [message] = found(app, "celery_hygiene.W051")
+    assert "CELERY_DB_REUSE_MAX = 100" in message.hint
+    # The name in the hint is the one the installed Celery reads: followed, the warning goes.
+    with override_settings(CELERY_DB_REUSE_MAX=100):
+        fixed = Celery("adopt", set_as_current=False)
+        fixed.config_from_object("django.conf:settings", namespace="CELERY")
+        assert DjangoWorkerFixup(fixed).db_reuse_max == 100
+        fixed.conf.task_time_limit = 60
+        idempotent_task(entity="key", app=fixed, shared=False, name="adopt.claiming")(claiming.run)
+        assert found(fixed, "celery_hygiene.W051") == []

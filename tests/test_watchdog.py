@@ -260,3 +260,27 @@ def test_admin_shows_the_report_and_flagged_runs(admin_client) -> None:  # noqa:
     assert "malformed time" in bad
     flags = admin_client.get("/admin/celery_hygiene/taskdurationflag/").content.decode()
     assert "abc" in flags
+
+
+@pytest.mark.django_db
+def test_the_report_says_how_fresh_its_statistics_are() -> None:
+    out = io.StringIO()
+    call_command("taskhygiene", "report", "--since", "1d", stdout=out)
+    assert "No task runs recorded since" in out.getvalue()
+    assert "written by each worker process every 60 s (RUN_STATS_FLUSH_SECONDS)" in out.getvalue()
+    assert "Last write: none yet." in out.getvalue()
+
+    TaskRunStats.objects.create(
+        task_name="shop.fresh",
+        window_start=timezone.now().replace(minute=0, second=0, microsecond=0),
+        worker="w1:1",
+        runs=1,
+        max_seconds=1,
+        histogram={"72": 1},
+    )
+    out = io.StringIO()
+    call_command("taskhygiene", "report", "--since", "1d", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[1].split()[:2] == ["shop.fresh", "1"]
+    assert lines[-1].startswith("Run statistics are written by each worker process every 60 s")
+    assert "Last write: 20" in lines[-1] and " s ago)." in lines[-1]

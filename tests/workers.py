@@ -26,6 +26,7 @@ class WorkerProcess:
         pool: str = "prefork",
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        app: str = "tests.celery_app",
     ) -> None:
         self.queues = queues
         self.logfile = Path(tempfile.mkstemp(prefix="hygiene-worker-", suffix=".log")[1])
@@ -35,7 +36,7 @@ class WorkerProcess:
             "-m",
             "celery",
             "-A",
-            "tests.celery_app",
+            app,
             "worker",
             "-Q",
             queues,

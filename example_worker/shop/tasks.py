@@ -2,9 +2,8 @@
 
 import time
 
-from tenacity import wait_exponential_jitter
-
 from celery_hygiene import RetryPolicy, hygienic_task, idempotent_task, singleton_task
+from celery_hygiene.retry import wait_exponential_capped
 
 from .models import Charge, PartnerCall, Receipt
 
@@ -27,7 +26,7 @@ def send_receipt(order_id: int) -> str:
     name="shop.call_partner",
     retry=RetryPolicy(
         max_attempts=3,
-        wait=wait_exponential_jitter(multiplier=1, max=4),
+        wait=wait_exponential_capped(multiplier=1, max=4),
         retry_on=(ConnectionError,),
         give_up_on=(ValueError,),
         min_delay=1,

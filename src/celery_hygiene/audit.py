@@ -11,7 +11,7 @@ celery_hygiene.E002    the Celery app named by ``CELERY_HYGIENE["CELERY_APP"]`` 
 celery_hygiene.W002    no project tasks found in the Celery app (wrong app?)
 celery_hygiene.W010    a task can retry forever
 celery_hygiene.W011    ``acks_late`` on a task that is not idempotent (redelivery runs it twice)
-celery_hygiene.W012    an idempotent task that a crash loses (no ``acks_late`` +
+celery_hygiene.W012    an idempotent or singleton task that a crash loses (no ``acks_late`` +
                        ``reject_on_worker_lost``)
 celery_hygiene.W013    tasks that can fail without leaving a dead letter (not ``HygieneTask``)
 celery_hygiene.W020    no time limit on any queue, nor a global one
@@ -78,19 +78,45 @@ def is_hygienic(task: Any) -> bool:
 # -- tasks -------------------------------------------------------------------------------------
 
 
+def keeps_celery_retries(task: Any) -> bool:
+    """A HygieneTask that chose no policy (``task_cls``, ``base=``): Celery's own retries."""
+    return is_hygienic(task) and getattr(task, "hygiene_retry", None) is None
+
+
 def check_retry_forever(scope: Scope) -> Messages:
-    # Hygiene tasks always have a RetryPolicy, whose max_attempts is a required, bounded number.
-    return [
-        checks.Warning(
-            f"Task {task.name!r} has max_retries=None: once it starts retrying, it never stops.",
-            hint="Set max_retries (e.g. max_retries=5), or use @hygienic_task(retry=RetryPolicy("
-            "max_attempts=5)) so the last failure becomes a dead letter instead of a loop.",
-            obj=task.name,
-            id="celery_hygiene.W010",
-        )
-        for task in scope.tasks
-        if not is_hygienic(task) and task.max_retries is None
-    ]
+    # A hygiene policy's max_attempts is a required, bounded number; a task that keeps Celery's
+    # retries (task_cls) is held to the default policy's cap at run time, which the team should
+    # know before deploying, not find in the dead letters.
+    messages: Messages = []
+    for task in scope.tasks:
+        if task.max_retries is not None:
+            continue
+        if not is_hygienic(task):
+            messages.append(
+                checks.Warning(
+                    f"Task {task.name!r} has max_retries=None: once it starts retrying, it never "
+                    "stops.",
+                    hint="Set max_retries (e.g. max_retries=5), or use @hygienic_task(retry="
+                    "RetryPolicy(max_attempts=5)) so the last failure becomes a dead letter "
+                    "instead of a loop.",
+                    obj=task.name,
+                    id="celery_hygiene.W010",
+                )
+            )
+        elif keeps_celery_retries(task):
+            attempts = task.celery_retries().policy.max_attempts
+            messages.append(
+                checks.Warning(
+                    f"Task {task.name!r} has max_retries=None: plain Celery retries it forever; "
+                    f"with hygiene it stops after {attempts} attempts and becomes a dead letter.",
+                    hint="Set the cap you mean on the task (e.g. max_retries=10), or choose a "
+                    "policy: @app.task(hygiene_retry=RetryPolicy(max_attempts=..., ...)). The "
+                    "cap used meanwhile is CELERY_HYGIENE['DEFAULT_RETRY_POLICY']'s max_attempts.",
+                    obj=task.name,
+                    id="celery_hygiene.W010",
+                )
+            )
+    return messages
 
 
 def check_acks_late(scope: Scope) -> Messages:
@@ -123,9 +149,15 @@ def _acks_late_not_idempotent(task: Any, reject: bool) -> checks.CheckMessage:
 
 def _idempotent_acks_early(task: Any, late: bool) -> checks.CheckMessage:
     missing = "reject_on_worker_lost=False" if late else "acks_late=False"
+    spec = getattr(task, "hygiene_idempotency", None)
+    if getattr(spec, "singleton", False):
+        what = "is a singleton task (one run at a time)"
+        safe = "the claim keeps a redelivered copy from running next to a live run"
+    else:
+        what = "is idempotent"
+        safe = "running it again would be safe"
     return checks.Warning(
-        f"Task {task.name!r} is idempotent but a worker crash loses it ({missing}), although "
-        "running it again would be safe.",
+        f"Task {task.name!r} {what} but a worker crash loses it ({missing}), although {safe}.",
         hint="Set acks_late=True and reject_on_worker_lost=True on the task (or "
         "CELERY_TASK_ACKS_LATE / CELERY_TASK_REJECT_ON_WORKER_LOST).",
         obj=task.name,
@@ -483,7 +515,9 @@ def _reuse_hint(app: Any) -> str:
         where = "In your Celery config (or Django settings): "
     return (
         where + "CELERY_DB_REUSE_MAX = 100 (each worker process reuses its connection, "
-        "recycled every 100 tasks), or put PgBouncer in front of PostgreSQL."
+        "recycled every 100 tasks; this upper-case name is the current one: Celery's Django "
+        "fixup reads exactly it and has no lower-case setting for it), or put PgBouncer in "
+        "front of PostgreSQL."
     )
 
 

@@ -237,6 +237,8 @@ def _register(
 ) -> HygieneTask[Any, Any]:
     name = f"{fun.__module__}.{fun.__qualname__}"
     options = dict(options)
+    # Kept on the task for `taskhygiene check --tasks`: what plain Celery did with these options.
+    celery_options = {key: options[key] for key in CELERY_RETRY_OPTIONS if key in options}
     policy = _policy(retry, options, options.get("name") or name)
     if expected_duration is not None and not expected_duration > 0:
         raise HygieneConfigurationError(
@@ -244,8 +246,11 @@ def _register(
             f"got {expected_duration!r}."
         )
     options["base"] = _hygienic_base(options.get("base") or _app_task_class(app), name)
-    options["hygiene_retry"] = policy
+    # "default": CELERY_HYGIENE["DEFAULT_RETRY_POLICY"], read when a failure asks for it. (A
+    # task without any hygiene_retry keeps Celery's own retries: task_cls, base=.)
+    options["hygiene_retry"] = policy if policy is not None else "default"
     options["hygiene_idempotency"] = idempotency
+    options["hygiene_celery_options"] = celery_options
     options["expected_duration"] = expected_duration
     if policy is not None:
         # Celery's own counter agrees with the policy's cap, so audits and Flower see a bound,

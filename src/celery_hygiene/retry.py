@@ -12,11 +12,44 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenacity import RetryCallState, wait_fixed
+from tenacity import (
+    RetryCallState,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_chain,
+    wait_exponential,
+    wait_fixed,
+    wait_incrementing,
+    wait_random,
+    wait_random_exponential,
+)
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from .exceptions import HygieneConfigurationError
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "Decision",
+    "RetryPolicy",
+    "coerce_policy",
+    "policy_from_celery_options",
+    "celery_retries",
+    "CeleryRetries",
+    "wait_celery_backoff",
+    "wait_exponential_capped",
+    # tenacity's waits and stops that behave the same on every supported tenacity (>= 9.0),
+    # re-exported so a project that installs only celery-hygiene writes its policies without
+    # importing (and having to declare) tenacity itself.
+    "stop_after_attempt",
+    "stop_after_delay",
+    "wait_chain",
+    "wait_exponential",
+    "wait_fixed",
+    "wait_incrementing",
+    "wait_random",
+    "wait_random_exponential",
+]
 
 # Why a ceiling on the ceiling: a countdown longer than a day is almost always a unit mistake
 # (milliseconds for seconds), and RabbitMQ/Redis hold ETA messages in worker memory meanwhile.
@@ -307,3 +340,102 @@ def _exception_classes(value: Any, where: str, name: str) -> tuple[type[BaseExce
             f"{where}: {name} must be a tuple of exception classes, got {value!r}."
         )
     return classes
+
+
+# -- a task that chose no hygiene policy: Celery's own semantics -------------------------------
+
+CELERY_TASK_RETRY_ATTRIBUTES = (
+    "autoretry_for",
+    "dont_autoretry_for",
+    "retry_backoff",
+    "retry_backoff_max",
+    "retry_jitter",
+    "max_retries",
+    "default_retry_delay",
+    "retry_kwargs",
+)
+"""Attributes of a Celery task that decide how Celery retries it (``celery/app/autoretry.py``,
+``Task.retry``)."""
+
+
+@dataclass(frozen=True)
+class CeleryRetries:
+    """How Celery itself retries a task, as a RetryPolicy, and where hygiene cannot follow it.
+
+    ``policy`` retries exactly the exceptions Celery's autoretry retries (none without
+    ``autoretry_for``), as often and as far apart. ``retry_cap`` is the ``max_retries`` a body's
+    own ``self.retry()`` is held to. ``differences`` says, in words, what hygiene changes.
+    """
+
+    policy: RetryPolicy
+    retry_cap: int
+    differences: tuple[str, ...] = ()
+
+
+def celery_retries(task: Any, *, forever_attempts: int) -> CeleryRetries:
+    """Celery's retry semantics for ``task`` (read from its attributes, at call time).
+
+    - no ``autoretry_for``: ``retry_on=()``, no automatic retry; a failure is final;
+    - ``autoretry_for``/``dont_autoretry_for``/``retry_backoff*``/``retry_jitter``/
+      ``default_retry_delay``/``retry_kwargs``: the same attempts and countdowns as Celery's
+      autoretry (``retry_kwargs["max_retries"]`` over ``max_retries``, the backoff over
+      ``retry_kwargs["countdown"]`` over ``default_retry_delay``);
+    - ``max_retries=None`` (Celery: forever) is held to ``forever_attempts`` runs; the audit
+      (W010) and ``taskhygiene check --tasks`` say so before deploying. Never an import error:
+      an existing project must keep starting.
+    """
+    notes: list[str] = []
+    retry_kwargs = dict(getattr(task, "retry_kwargs", None) or {})
+    ignored = sorted(set(retry_kwargs) - {"max_retries", "countdown"})
+    if ignored:
+        notes.append(
+            f"retry_kwargs {ignored} are not applied to automatic retries (only max_retries and "
+            "countdown are): the retry keeps the message's own options"
+        )
+    autoretry_for = _lenient_classes(getattr(task, "autoretry_for", ()))
+    body_cap = getattr(task, "max_retries", None)
+    # As Task.retry(max_retries=None): "use the task's", not "forever".
+    max_retries = retry_kwargs.get("max_retries")
+    if max_retries is None:
+        max_retries = body_cap
+    forever = max(0, int(forever_attempts) - 1)
+    if max_retries is None or body_cap is None:
+        notes.append(
+            f"max_retries=None: Celery retries forever; hygiene stops after {forever_attempts} "
+            "attempts and keeps a dead letter"
+        )
+    retries = forever if not isinstance(max_retries, int) else max(0, max_retries)
+    backoff = getattr(task, "retry_backoff", False)
+    wait: wait_base
+    if backoff:
+        maximum = int(getattr(task, "retry_backoff_max", CELERY_RETRY_BACKOFF_MAX))
+        wait = wait_celery_backoff(
+            factor=int(max(1.0, float(backoff))),
+            maximum=maximum,
+            full_jitter=bool(getattr(task, "retry_jitter", True)),
+        )
+        ceiling = float(maximum)
+    else:
+        delay = retry_kwargs.get("countdown", getattr(task, "default_retry_delay", None))
+        # Celery retries at once when neither a countdown nor a default delay is set.
+        seconds = float(delay) if isinstance(delay, int | float) and delay > 0 else 0.0
+        wait = wait_fixed(seconds)
+        ceiling = seconds
+    policy = RetryPolicy(
+        max_attempts=min(ABSOLUTE_MAX_ATTEMPTS, retries + 1),
+        wait=wait,
+        retry_on=autoretry_for,
+        give_up_on=_lenient_classes(getattr(task, "dont_autoretry_for", ())),
+        min_delay=0.0,
+        max_delay=min(ABSOLUTE_MAX_DELAY, max(1.0, ceiling)),
+        max_elapsed=None,
+    )
+    cap = forever if not isinstance(body_cap, int) else max(0, body_cap)
+    return CeleryRetries(policy, min(ABSOLUTE_MAX_ATTEMPTS - 1, cap), tuple(notes))
+
+
+def _lenient_classes(value: Any) -> tuple[type[BaseException], ...]:
+    """Exception classes as Celery reads them (``tuple(...)``); anything else is left out, as
+    Celery's ``except`` would fail on it only when an exception is raised."""
+    classes = (value,) if isinstance(value, type) else tuple(value or ())
+    return tuple(c for c in classes if isinstance(c, type) and issubclass(c, BaseException))

@@ -12,9 +12,9 @@ import numbers
 import random
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
@@ -30,13 +30,21 @@ from .events import log_event
 from .exceptions import (
     ClaimBusy,
     EntityKeyError,
+    HygieneConfigurationError,
     IdempotencyConflict,
     NotFinished,
     ResultNotStorable,
 )
 from .idempotency import IdempotencySpec
 from .models import DeadLetterReason, TaskClaim
-from .retry import DEFAULT_POLICY, Decision, RetryPolicy, coerce_policy
+from .retry import (
+    DEFAULT_POLICY,
+    CeleryRetries,
+    Decision,
+    RetryPolicy,
+    celery_retries,
+    coerce_policy,
+)
 
 FIRST_FAILED_HEADER = "celery_hygiene_first_failed_at"
 FIRST_STARTED_HEADER = "celery_hygiene_first_started_at"
@@ -73,17 +81,23 @@ else:
 class HygieneTask(_TaskBase[_P, _R_co]):
     """Base class for tasks with bounded retries and dead letters (and claims, if idempotent).
 
-    Use it directly (``@app.task(base=HygieneTask)``) or through the ``hygienic_task`` and
-    ``idempotent_task`` decorators. Class attributes, set by the decorators:
+    Use it directly (``@app.task(base=HygieneTask)``, ``Celery(task_cls=...)``) or through the
+    ``hygienic_task`` and ``idempotent_task`` decorators. Class attributes, set by the decorators
+    (or as task options, ``@app.task(hygiene_retry=...)``):
 
-    - ``hygiene_retry``: a RetryPolicy, or None for ``CELERY_HYGIENE["DEFAULT_RETRY_POLICY"]``.
+    - ``hygiene_retry``: the retry policy the task chose: a RetryPolicy (or a dict of its
+      arguments), or ``"default"`` for ``CELERY_HYGIENE["DEFAULT_RETRY_POLICY"]`` (what the
+      decorators set without ``retry=`` or Celery options). None (no choice, e.g. every task of
+      a ``task_cls`` app): Celery's own retries for this task, unchanged (``celery_retries``).
     - ``hygiene_idempotency``: an IdempotencySpec, or None for tasks without a claim.
     - ``expected_duration``: seconds before the duration watchdog flags a run (None: default).
     """
 
-    hygiene_retry: RetryPolicy | None = None
+    hygiene_retry: RetryPolicy | dict[str, Any] | Literal["default"] | None = None
     hygiene_idempotency: IdempotencySpec | None = None
     expected_duration: float | None = None
+    # The Celery retry options a decorator translated (and removed), for the dry-run view.
+    hygiene_celery_options: dict[str, Any] | None = None
     # Celery's Request, except that with AMORTIZED_COMPLETION an acks-late message waits for its
     # batched completion before it is acknowledged (amortized.py). Unchanged behaviour otherwise.
     Request = "celery_hygiene.amortized:HygieneRequest"
@@ -116,10 +130,39 @@ class HygieneTask(_TaskBase[_P, _R_co]):
     # -- policy and context --------------------------------------------------------------
 
     def hygiene_policy(self) -> RetryPolicy:
-        if self.hygiene_retry is not None:
-            return self.hygiene_retry
-        configured = conf.get("DEFAULT_RETRY_POLICY")
-        return DEFAULT_POLICY if configured is None else coerce_policy(configured)
+        """The policy asked after a failure; Celery's own retries if the task chose none."""
+        chosen = self.hygiene_retry
+        if chosen is None:
+            return self.celery_retries().policy
+        if isinstance(chosen, str):
+            if chosen != "default":
+                raise HygieneConfigurationError(
+                    f"{self.name}: hygiene_retry={chosen!r}: use a RetryPolicy, a dict of its "
+                    "arguments, \"default\" (CELERY_HYGIENE['DEFAULT_RETRY_POLICY']), or None "
+                    "(Celery's own retries)."
+                )
+            return default_policy()
+        return coerce_policy(chosen)
+
+    def celery_retries(self) -> CeleryRetries:
+        """How Celery would retry this task (its autoretry options, ``max_retries``) as a policy:
+        what a task without ``hygiene_retry`` keeps. ``max_retries=None`` is held to the default
+        policy's ``max_attempts``."""
+        return celery_retries(self, forever_attempts=default_policy().max_attempts)
+
+    def _retry_cap(self) -> int:
+        """The ``max_retries`` a body's own ``self.retry()`` is held to."""
+        if self.hygiene_retry is None:
+            return self.celery_retries().retry_cap
+        return self.hygiene_policy().max_attempts - 1
+
+    def _body(self) -> Callable[..., Any]:
+        """The task's own ``run``. Celery wraps ``run`` in its autoretry for a task with
+        ``autoretry_for`` that reached it unchanged (``task_cls``, ``base=``); in a worker the
+        policy retries instead (same attempts and delays, plus parking and attempt counting).
+        Eager mode keeps Celery's wrapper: there, retries run in place as Celery runs them."""
+        original = self.__dict__.get("_orig_run")
+        return cast("Callable[..., Any]", original) if original is not None else self.run
 
     def hygiene_lease_seconds(self) -> float:
         """The claim lease: ``lease_seconds=``, else ``DEFAULT_LEASE_SECONDS``.
@@ -134,7 +177,15 @@ class HygieneTask(_TaskBase[_P, _R_co]):
 
     def retry(self, *args: Any, **kwargs: Any) -> Any:
         """``self.retry()`` from a body: the retry message carries the claim's retry token, and
-        past ``max_retries`` the exception Celery raises is marked "exhausted" (not "gave up")."""
+        past ``max_retries`` the exception Celery raises is marked "exhausted" (not "gave up").
+        Without an explicit ``max_retries`` it is held to the task's cap: Celery's own for a task
+        that keeps Celery's retries (``max_retries=None`` bounded), else the policy's."""
+        if len(args) < 7 and kwargs.get("max_retries") is None:
+            # Celery's cap is the task's max_retries; a task whose policy caps otherwise (or
+            # that Celery would retry forever) is held to its policy's cap.
+            cap = self._retry_cap()
+            if cap != self.max_retries:
+                kwargs["max_retries"] = cap
         ticket = getattr(self.request, "hygiene_ticket", None)
         if ticket is not None:
             headers = dict(kwargs.get("headers") or {})
@@ -166,12 +217,14 @@ class HygieneTask(_TaskBase[_P, _R_co]):
     # -- plain tasks (no claim) ----------------------------------------------------------
 
     def _call_plain(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        policy = self.hygiene_policy()
-        attempt = self.request.retries + 1 + redeliveries.count(self.request, self.name)
-        if attempt > policy.max_attempts:
+        lost = redeliveries.count(self.request, self.name)
+        attempt = self.request.retries + 1 + lost
+        # Only lost deliveries make a message give up unrun: retries past the cap come from a
+        # body's own self.retry(max_retries=...), which Celery honours.
+        if lost and attempt > self.hygiene_policy().max_attempts:
             return self._give_up_lost(attempt, ticket=None, key=None)
         try:
-            return self.run(*args, **kwargs)
+            return self._body()(*args, **kwargs)
         except _CONTROL_FLOW:
             raise
         except Exception as exc:
@@ -198,7 +251,7 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             return self._give_up_lost(ticket.attempts, ticket=ticket, key=key)
         self.request.hygiene_ticket = ticket  # type: ignore[attr-defined]  # ours, on the Context
         try:
-            value = self.run(*args, **kwargs)
+            value = self._body()(*args, **kwargs)
         except Retry as retry:
             self._release(ticket, countdown=_retry_delay(retry), error=repr(retry.exc))
             raise
@@ -240,7 +293,7 @@ class HygieneTask(_TaskBase[_P, _R_co]):
                         raise _GiveUpLost(ticket.attempts + lost_before)
                     self.request.hygiene_ticket = ticket  # type: ignore[attr-defined]
                     try:
-                        value = self.run(*args, **kwargs)
+                        value = self._body()(*args, **kwargs)
                     except NotFinished as not_finished:
                         # The body's own writes commit; the claim does not.
                         return self._not_finished(ticket, not_finished)
@@ -816,6 +869,12 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         return (
             _load_result(claim.existing.result_json) if claim.outcome is Outcome.SUCCEEDED else None
         )
+
+
+def default_policy() -> RetryPolicy:
+    """``CELERY_HYGIENE["DEFAULT_RETRY_POLICY"]``, else ``RetryPolicy(max_attempts=5)``."""
+    configured = conf.get("DEFAULT_RETRY_POLICY")
+    return DEFAULT_POLICY if configured is None else coerce_policy(configured)
 
 
 def _owner_closer(key: ClaimKey, task_id: str, error: str, worker: str | None) -> Any:

@@ -12,7 +12,7 @@ every expected failure specific.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, assert_type
+from typing import Any, Literal, assert_type
 
 from celery import Celery, Task
 from celery.result import AsyncResult
@@ -117,7 +117,9 @@ charge_order.si("o-1", "100")  # type: ignore[arg-type]
 
 # -- the hygiene attributes are there, typed ------------------------------------------------------
 
-assert_type(charge_order.hygiene_retry, RetryPolicy | None)
+assert_type(
+    charge_order.hygiene_retry, RetryPolicy | dict[str, Any] | Literal["default"] | None
+)
 assert_type(charge_order.expected_duration, float | None)
 assert_type(charge_order.hygiene_policy().max_attempts, int)
 

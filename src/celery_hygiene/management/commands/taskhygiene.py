@@ -8,7 +8,9 @@
   them (workers do this on their own every ``OUTBOX_SWEEP_SECONDS``; this is for when none runs).
 - ``purge-claims --older-than 30d``: retention for finished claims, in short batches.
 - ``check``: the hygiene audit (the ``celery_hygiene`` system checks). Exits 1 when a message is
-  at or above ``--fail-level`` (default ERROR), so it can gate a deploy.
+  at or above ``--fail-level`` (default ERROR), so it can gate a deploy. ``--tasks`` first lists
+  what hygiene does to each task (retries, dead letter, time limits, queue) and where that
+  differs from plain Celery: the dry run of a fleet-wide (``task_cls``) migration.
 """
 
 from __future__ import annotations
@@ -90,6 +92,12 @@ class Command(BaseCommand):
             "--task",
             help="Audit only tasks matching this glob, e.g. 'shop.*' (config rules still run).",
         )
+        check.add_argument(
+            "--tasks",
+            action="store_true",
+            help="Also list what hygiene does to each task (retries, dead letter, time limits) "
+            "and where it differs from plain Celery: a dry run before deploying task_cls.",
+        )
 
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
         if subcommand == "report":
@@ -114,8 +122,9 @@ class Command(BaseCommand):
             return
         if not rows:
             self.stdout.write(f"No task runs recorded since {format_utc(since)}.")
-            return
-        self.stdout.write(_table(rows))
+        else:
+            self.stdout.write(_table(rows))
+        self.stdout.write(_freshness())
 
     def _stale_claims(self, options: dict[str, Any]) -> None:
         from celery_hygiene.claims import stale_claims
@@ -196,13 +205,23 @@ class Command(BaseCommand):
             messages = _audit_only(options["task"])
         else:
             messages = checks.run_checks(tags=["celery_hygiene"], include_deployment_checks=True)
+        plans = _task_plans(options["task"]) if options["tasks"] else None
         if options["json"]:
-            self.stdout.write(json.dumps([_as_dict(m) for m in messages], indent=2))
-        elif not messages:
-            self.stdout.write("Celery hygiene: no issues found.")
-        for message in [] if options["json"] else messages:
-            stream = self.stderr if message.is_serious() else self.stdout
-            stream.write(f"{_level_name(message.level)} {message}")
+            found = [_as_dict(m) for m in messages]
+            tasks = None if plans is None else [plan.as_dict() for plan in plans]
+            payload: Any = found if tasks is None else {"tasks": tasks, "messages": found}
+            self.stdout.write(json.dumps(payload, indent=2))
+        else:
+            if plans is not None:
+                from celery_hygiene.task_plan import render, setting_note
+
+                self.stdout.write(setting_note())
+                self.stdout.write(render(plans) + "\n")
+            if not messages:
+                self.stdout.write("Celery hygiene: no issues found.")
+            for message in messages:
+                stream = self.stderr if message.is_serious() else self.stdout
+                stream.write(f"{_level_name(message.level)} {message}")
         fail_level = LEVELS[options["fail_level"]]
         failing = [m for m in messages if m.level >= fail_level and not m.is_silenced()]
         if failing:
@@ -210,6 +229,22 @@ class Command(BaseCommand):
                 f"{len(failing)} hygiene issue(s) at {options['fail_level']} or above.",
                 returncode=1,
             )
+
+
+def _task_plans(pattern: str | None) -> list[Any]:
+    from celery_hygiene import audit, task_plan
+    from celery_hygiene.checks import load_celery_app
+    from celery_hygiene.exceptions import HygieneConfigurationError
+    from celery_hygiene.routing import declared_queues
+
+    app, problem = load_celery_app()
+    if problem is not None:
+        raise CommandError(str(problem.msg))
+    try:
+        specs = declared_queues(app)
+    except HygieneConfigurationError:
+        specs = {}  # E001 is reported by the audit below
+    return task_plan.plan(app, audit.project_tasks(app, pattern), specs)
 
 
 def _audit_only(pattern: str) -> list[checks.CheckMessage]:
@@ -220,6 +255,28 @@ def _audit_only(pattern: str) -> list[checks.CheckMessage]:
     if problem is not None:
         return [problem]
     return [*check_settings(), *audit.audit(app, task_pattern=pattern)]
+
+
+def _freshness() -> str:
+    """Why the report can lag behind the workers: each process writes its statistics in batches."""
+    from django.db.models import Max
+    from django.utils import timezone
+
+    from celery_hygiene import conf
+    from celery_hygiene.models import TaskRunStats
+
+    every = float(conf.get("RUN_STATS_FLUSH_SECONDS"))
+    last = TaskRunStats.objects.aggregate(last=Max("updated_at"))["last"]
+    when = (
+        "none yet"
+        if last is None
+        else f"{format_utc(last)} ({(timezone.now() - last).total_seconds():.0f} s ago)"
+    )
+    return (
+        f"Run statistics are written by each worker process every {every:g} s "
+        f"(RUN_STATS_FLUSH_SECONDS) and when it exits: runs of the last {every:g} s may not be "
+        f"counted yet. Last write: {when}."
+    )
 
 
 def _seconds(value: float | None) -> str:

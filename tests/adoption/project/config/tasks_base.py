@@ -15,4 +15,5 @@ class AuditedTask(Task):
 
 
 class ProjectTask(HygieneTask, AuditedTask):
-    """HygieneTask in front: bounded retries and a dead letter for every task of the app."""
+    """HygieneTask in front: a dead letter for every task of the app, each keeping its own
+    Celery retries (no hygiene_retry chosen here)."""

@@ -14,9 +14,17 @@ def record_visit(page):
 
 @app.task
 def import_feed(key):
-    """A plain @app.task that always fails: it must end as a dead letter, not vanish."""
+    """A plain @app.task that always fails: it never retried, and still does not (task_cls
+    changes nothing else); its failure ends as a dead letter instead of vanishing."""
     Attempt.objects.create(task="import_feed", key=key)
     raise ValueError(f"feed {key} is malformed")
+
+
+@app.task(autoretry_for=(IOError,), max_retries=1, default_retry_delay=0.1)
+def notify_partner(key, error):
+    """Celery's own retry options on a plain @app.task: retried on IOError only, as before."""
+    Attempt.objects.create(task="notify_partner", key=key)
+    raise {"io": OSError, "value": ValueError}[error](f"partner {key}: {error}")
 
 
 @hygienic_task(

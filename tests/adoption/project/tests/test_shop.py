@@ -27,11 +27,19 @@ def test_an_idempotent_task_charges_once_even_in_eager_mode():
 def test_every_task_of_the_app_is_hygienic():
     app.loader.import_default_modules()
     shop_tasks = {name: task for name, task in app.tasks.items() if name.startswith("shop.")}
-    assert len(shop_tasks) == 5
+    assert len(shop_tasks) == 6
     assert all(isinstance(task, HygieneTask) for task in shop_tasks.values())
     # Our decorators (bound with for_app) keep the project's task_cls too.
     assert all(isinstance(task, AuditedTask) for task in shop_tasks.values())
     assert not tasks.record_visit.typing  # the project's own base class is still there
+
+
+def test_task_cls_tasks_keep_their_celery_retries_and_decorators_the_default():
+    assert tasks.import_feed.hygiene_retry is None
+    assert tasks.import_feed.hygiene_policy().retry_on == ()  # never retried, still does not
+    partner = tasks.notify_partner.hygiene_policy()
+    assert (partner.max_attempts, partner.retry_on) == (2, (OSError,))
+    assert tasks.charge_order.hygiene_policy().max_attempts == 3  # DEFAULT_RETRY_POLICY
 
 
 def test_celery_retry_options_became_a_policy():

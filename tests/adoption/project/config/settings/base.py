@@ -47,7 +47,8 @@ CELERY_BEAT_SCHEDULE = {
 
 CELERY_HYGIENE = {
     "CELERY_APP": "config.celery.app",
-    # Every task of the app (task_cls) gets this policy unless it sets its own.
+    # Decorated tasks without retry= or Celery options get this policy; the app's plain
+    # @app.task tasks (task_cls) keep their own Celery retries.
     "DEFAULT_RETRY_POLICY": {
         "max_attempts": 3,
         "min_delay": float(os.environ.get("ADOPT_MIN_RETRY_DELAY", 5)),
