@@ -340,6 +340,7 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             retry_token=int(token) if token is not None else None,
             reclaim_after=0.0 if singleton else (spec.window if spec else None),
             reclaim_dead=singleton,
+            any_fingerprint=singleton,
         )
 
     def _not_finished(self, ticket: Ticket, reason: NotFinished) -> None:
