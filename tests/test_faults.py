@@ -7,7 +7,11 @@ a refused publish, the worker's own database connection cut.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -115,6 +119,84 @@ def test_a_retry_whose_publish_fails_is_parked_and_resent_not_lost(
     assert not OutboxMessage.objects.exists()
     assert not DeadLetter.objects.exists()
     assert TaskClaim.objects.get(entity="parked-1").status == ClaimStatus.SUCCEEDED
+
+
+@pytest.fixture
+def full_queue(queue_name: str) -> Iterator[Callable[[], None]]:
+    """A RabbitMQ policy caps the test queue at one ready message and refuses publishes past
+    it (``overflow: reject-publish``): a publisher with ``confirm_publish`` gets a nack, the
+    way a broker at its queue-length limit answers in production. Returns a function that
+    fills the queue (one message the worker has not taken yet)."""
+    from tests.celery_app import app
+
+    policy = f"hygiene-test-{uuid.uuid4().hex[:6]}"
+    subprocess.run(
+        [
+            "rabbitmqctl",
+            "-q",
+            "set_policy",
+            "--apply-to",
+            "queues",
+            policy,
+            f"^{queue_name}$",
+            json.dumps({"max-length": 1, "overflow": "reject-publish"}),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+    def ready() -> int:
+        with app.connection_for_write() as conn:
+            return int(conn.default_channel.queue_declare(queue_name, passive=True).message_count)
+
+    def fill() -> None:
+        f.record_handover.apply_async(("filler",), queue=queue_name)
+        wait_until(lambda: ready() == 1, timeout=10)
+
+    yield fill
+    subprocess.run(["rabbitmqctl", "-q", "clear_policy", policy], capture_output=True)
+
+
+@pytest.mark.rabbitmq
+def test_a_bodys_own_retry_refused_by_the_broker_is_parked_not_lost(
+    worker_factory, queue_name, full_queue
+):
+    """``raise self.retry()`` while the broker refuses the retry's publish (a real nack): the
+    retry is parked in the outbox and re-sent; the message keeps the request's headers."""
+    from celery_hygiene.deadletters import REPLAY_OF_HEADER
+
+    worker = worker_factory(queue_name, concurrency=1, env={"HYGIENE_CONFIRM_PUBLISH": "1"})
+    result = f.retries_itself.apply_async(
+        ("refused-1",), queue=queue_name, headers={REPLAY_OF_HEADER: 7}
+    )
+    wait_until(lambda: Attempt.objects.filter(key="refused-1").exists(), timeout=30)
+    full_queue()  # the running message is unacknowledged (acks_late): the filler waits
+    SideEffect.objects.create(entity="refused-1", kind="go")
+    worker.wait_for_log("publish_failed_parked")
+    assert result.get(timeout=60) == "done:refused-1"
+    assert Attempt.objects.filter(key="refused-1").count() == 2
+    headers = SideEffect.objects.get(entity="refused-1", kind="second-run").payload["headers"]
+    assert headers[REPLAY_OF_HEADER] == 7
+    assert {"celery_hygiene_first_failed_at", "celery_hygiene_first_started_at"} <= set(headers)
+    claim = TaskClaim.objects.get(entity="refused-1")
+    assert (claim.status, claim.attempts) == (ClaimStatus.SUCCEEDED, 2)
+    assert not DeadLetter.objects.exists()
+    wait_until(lambda: not OutboxMessage.objects.exists(), timeout=10)
+
+
+def test_a_bodys_own_retry_keeps_the_requests_headers(worker, queue_name):
+    """The replay origin and the policy's deadline headers survive ``raise self.retry()``."""
+    from celery_hygiene.deadletters import REPLAY_OF_HEADER
+
+    SideEffect.objects.create(entity="headers-1", kind="go")
+    result = f.retries_itself.apply_async(
+        ("headers-1",), queue=queue_name, headers={REPLAY_OF_HEADER: 7}
+    )
+    assert result.get(timeout=60) == "done:headers-1"
+    headers = SideEffect.objects.get(entity="headers-1", kind="second-run").payload["headers"]
+    assert headers[REPLAY_OF_HEADER] == 7
+    assert {"celery_hygiene_first_failed_at", "celery_hygiene_first_started_at"} <= set(headers)
+    assert headers["celery_hygiene_retry_token"] == 1
 
 
 def test_the_main_process_reconnects_after_its_connection_is_cut(worker, queue_name):

@@ -289,3 +289,26 @@ def test_database_down_at_claim_time_is_retried_not_lost(worker, queue_name, tas
     claim = TaskClaim.objects.get(entity="db-claim")
     assert claim.attempts == 1  # the outage cost the body none of its attempts
     assert not DeadLetter.objects.exists()
+
+
+def test_a_short_outage_long_after_an_old_one_gets_the_whole_claim_budget(
+    worker_factory, queue_name
+):
+    """A message waits out a database outage at claim time, runs, fails, and its retry meets a
+    4 s blip more than CLAIM_RETRY_SECONDS (5 s here) after the old outage began: the retry
+    waits the blip out (the old wait is over), it is not dead-lettered at once."""
+    worker = worker_factory(queue_name, env={"HYGIENE_CLAIM_RETRY_SECONDS": "5"})
+    connection.close()
+    _set_db_connections(False)
+    try:
+        result = t.blip_on_retry.apply_async(("blip-1", 6.0), queue=queue_name)
+        worker.wait_for_log(f"task_claim_unavailable task={t.blip_on_retry.name}")
+    finally:
+        _set_db_connections(True)
+        connection.close()
+    assert result.get(timeout=90) == "done:blip-1"
+    assert worker.log().count(f"task_claim_unavailable task={t.blip_on_retry.name}") >= 2
+    assert SideEffect.objects.filter(entity="blip-1", kind="blip-retry").count() == 1
+    claim = TaskClaim.objects.get(entity="blip-1")
+    assert (claim.status, claim.attempts) == (ClaimStatus.SUCCEEDED, 2)
+    assert not DeadLetter.objects.exists()

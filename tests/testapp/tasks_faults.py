@@ -83,3 +83,21 @@ def outage_before_completion(key: str, outage_seconds: float) -> str:
     assert helper.stdout is not None
     helper.stdout.readline()  # the database is down now; the body returns into the outage
     return f"done:{key}"
+
+
+@idempotent_task(entity="key", acks_late=True, bind=True, retry=QUICK)
+def retries_itself(self, key: str) -> str:  # noqa: ANN001 - Celery's bound task
+    """Asks for its own retry (``raise self.retry()``) on its first run, once the test says so
+    (a ``go`` row): by then the test has filled the queue so that the broker refuses it."""
+    Attempt.objects.create(task="retries_itself", key=key)
+    if Attempt.objects.filter(task="retries_itself", key=key).count() == 1:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if SideEffect.objects.filter(entity=key, kind="go").exists():
+                break
+            time.sleep(0.1)
+        raise self.retry(countdown=0.2)
+    SideEffect.objects.create(
+        entity=key, kind="second-run", payload={"headers": dict(self.request.headers or {})}
+    )
+    return f"done:{key}"
