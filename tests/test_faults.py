@@ -86,17 +86,42 @@ def test_async_completion_survives_killing_the_worker_right_after_the_body(
 def test_atomic_message_that_kills_its_worker_ends_as_worker_lost_after_max_attempts(
     worker, queue_name
 ):
-    """The atomic claim rolls back with each crash; the deliveries are still counted."""
+    """The atomic claim rolls back with each crash; the redelivered runs are still counted.
+    The first delivery's start is recorded nowhere (the happy path writes nothing), so it is
+    not counted: max_attempts + 1 runs, never a run fewer than the policy owes."""
     result = f.atomic_poison.apply_async(("poison-1",), queue=queue_name)
     wait_until(lambda: DeadLetter.objects.filter(task_id=result.id).exists(), timeout=90)
     dead = DeadLetter.objects.get(task_id=result.id)
     assert dead.reason == "worker_lost"
     runs = Attempt.objects.filter(task="atomic_poison", key="poison-1").count()
-    assert runs == 3  # max_attempts deliveries ran the body; the next one gave up
+    assert runs == 4  # the first delivery and max_attempts redelivered runs; then gave up
     claim = TaskClaim.objects.get(entity="poison-1")
     assert claim.status == ClaimStatus.DEAD
     time.sleep(2)
     assert Attempt.objects.filter(task="atomic_poison", key="poison-1").count() == runs
+
+
+def test_copies_that_were_only_prefetched_by_killed_workers_cost_no_attempt(
+    worker_factory, queue_name
+):
+    """A plain task fails on its first two runs (max_attempts=3). Each retry waits, prefetched
+    but not started, on a worker whose only process is busy, and that worker is SIGKILLed: the
+    redelivered retry must still get its own attempt (third run succeeds, no dead letter)."""
+    task = f.fails_twice_behind_a_blocker
+    result = task.apply_async(("prefetched-1", queue_name), queue=queue_name)
+    for run in (1, 2):
+        worker = worker_factory(queue_name, concurrency=1)
+        wait_until(
+            lambda run=run: SideEffect.objects.filter(kind=f"blocker-{run}").exists(), timeout=90
+        )
+        # The retry reached this worker (received, waiting for the busy process) before the kill.
+        wait_until(lambda: worker.log().count(f"{task.name}[{result.id}] received") >= 2)
+        assert Attempt.objects.filter(key="prefetched-1").count() == run
+        worker.kill()
+    worker_factory(queue_name, concurrency=1)
+    assert result.get(timeout=120) == "done:prefetched-1"
+    assert Attempt.objects.filter(key="prefetched-1").count() == 3
+    assert not DeadLetter.objects.exists()
 
 
 def test_a_retry_whose_publish_fails_is_parked_and_resent_not_lost(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from celery_hygiene import RetryPolicy, idempotent_task
+from celery_hygiene import RetryPolicy, hygienic_task, idempotent_task
 from tests.testapp.models import Attempt, SideEffect
 
 QUICK = RetryPolicy(max_attempts=3, min_delay=0.5, max_delay=0.5)
@@ -101,3 +101,22 @@ def retries_itself(self, key: str) -> str:  # noqa: ANN001 - Celery's bound task
         entity=key, kind="second-run", payload={"headers": dict(self.request.headers or {})}
     )
     return f"done:{key}"
+
+
+@hygienic_task(acks_late=True, retry=RetryPolicy(max_attempts=3, min_delay=2, max_delay=2))
+def fails_twice_behind_a_blocker(key: str, queue: str) -> str:
+    """Fails on its first two runs; each time it first sends a blocker, so that its retry waits
+    (prefetched, not started) behind it on a one-process worker the test then kills."""
+    Attempt.objects.create(task="fails_twice_behind_a_blocker", key=key)
+    runs = Attempt.objects.filter(task="fails_twice_behind_a_blocker", key=key).count()
+    if runs < 3:
+        blocker.apply_async((key, runs), queue=queue)
+        raise ConnectionError(f"planned failure {runs}")
+    return f"done:{key}"
+
+
+@hygienic_task(acks_late=False)
+def blocker(key: str, run: int) -> None:
+    """Keeps the worker's only process busy (acknowledged early: a killed worker loses it)."""
+    SideEffect.objects.create(entity=key, kind=f"blocker-{run}")
+    time.sleep(300)
