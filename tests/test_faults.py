@@ -115,7 +115,8 @@ def test_copies_that_were_only_prefetched_by_killed_workers_cost_no_attempt(
             lambda run=run: SideEffect.objects.filter(kind=f"blocker-{run}").exists(), timeout=90
         )
         # The retry reached this worker (received, waiting for the busy process) before the kill.
-        wait_until(lambda: worker.log().count(f"{task.name}[{result.id}] received") >= 2)
+        received = f"{task.name}[{result.id}] received"
+        wait_until(lambda w=worker: w.log().count(received) >= 2)
         assert Attempt.objects.filter(key="prefetched-1").count() == run
         worker.kill()
     worker_factory(queue_name, concurrency=1)
