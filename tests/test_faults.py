@@ -109,13 +109,13 @@ def test_copies_that_were_only_prefetched_by_killed_workers_cost_no_attempt(
     redelivered retry must still get its own attempt (third run succeeds, no dead letter)."""
     task = f.fails_twice_behind_a_blocker
     result = task.apply_async(("prefetched-1", queue_name), queue=queue_name)
+    received = f"{task.name}[{result.id}] received"
     for run in (1, 2):
         worker = worker_factory(queue_name, concurrency=1)
         wait_until(
             lambda run=run: SideEffect.objects.filter(kind=f"blocker-{run}").exists(), timeout=90
         )
         # The retry reached this worker (received, waiting for the busy process) before the kill.
-        received = f"{task.name}[{result.id}] received"
         wait_until(lambda w=worker: w.log().count(received) >= 2)
         assert Attempt.objects.filter(key="prefetched-1").count() == run
         worker.kill()
