@@ -225,6 +225,29 @@ def test_a_bodys_own_retry_keeps_the_requests_headers(worker, queue_name):
     assert headers["celery_hygiene_retry_token"] == 1
 
 
+def test_an_outbox_row_sent_twice_runs_a_claimless_task_once(worker_factory, queue_name):
+    """A sweep publishes a parked message, then its writes never commit (its connection
+    dropped): the row is still there and the next sweep sends it again. Two copies reach the
+    worker; the body runs once."""
+    from django.db import transaction
+
+    from celery_hygiene import outbox
+    from tests.celery_app import app
+
+    sig = f.counts_its_runs.signature(("twice-1",), queue=queue_name, countdown=0)
+    outbox.park(sig, reason="retry", error=OSError("broker away"))
+    with transaction.atomic():
+        assert outbox.resend_due(app) == 1
+        transaction.set_rollback(True)  # ... and nothing the sweep wrote commits
+    assert outbox.resend_due(app) == 1  # the row was still due: a second copy
+    worker = worker_factory(queue_name)
+    worker.wait_for_log("outbox_copy_skipped task=tests.testapp.tasks_faults.counts_its_runs")
+    wait_until(lambda: Attempt.objects.filter(key="twice-1").exists(), timeout=30)
+    assert Attempt.objects.filter(key="twice-1").count() == 1
+    assert not OutboxMessage.objects.exists()
+    assert not DeadLetter.objects.exists()
+
+
 def test_the_main_process_reconnects_after_its_connection_is_cut(worker, queue_name):
     """pg_terminate_backend of every worker connection, then a hard time limit: the main
     process still closes the claim and stores the dead letter."""
@@ -282,7 +305,7 @@ def test_taskhygiene_resend_publishes_parked_messages_once(
     outbox.park(sig, reason="retry", error=OSError("broker away"))
     call_command("taskhygiene", "claims", "--stale")  # mentions the waiting message
     call_command("taskhygiene", "resend")
-    assert not OutboxMessage.objects.exists()
+    assert outbox.waiting() == 0  # sent; the row waits for its task to take it
     with app.connection_for_write() as conn:
         message = wait_until(lambda: conn.default_channel.basic_get(queue_name, no_ack=True))
         assert message.headers["task"] == f.fails_once_then_succeeds.name

@@ -154,7 +154,7 @@ class RedeliveryCount(models.Model):
     task_id = models.CharField(max_length=255, unique=True)
     task_name = models.CharField(max_length=255)
     deliveries = models.PositiveIntegerField(default=1)
-    retries = models.PositiveIntegerField(default=0)
+    retries = models.PositiveIntegerField(db_default=0)
     updated_at = models.DateTimeField(db_default=Now())
 
     class Meta:
@@ -240,6 +240,9 @@ class OutboxMessage(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     next_try_at = models.DateTimeField(db_default=Now())
     created_at = models.DateTimeField(db_default=Now())
+    # Set when a sweep published it: the row then waits for its task to take (delete) it.
+    sent_at = models.DateTimeField(null=True, blank=True)
+    sends = models.PositiveIntegerField(db_default=0)
 
     class Meta:
         verbose_name = "unsent message"

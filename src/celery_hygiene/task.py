@@ -23,7 +23,17 @@ from django.utils import timezone
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
-from . import amortized, claims, conf, deadletters, publishing, redeliveries, signals, upkeep
+from . import (
+    amortized,
+    claims,
+    conf,
+    deadletters,
+    outbox,
+    publishing,
+    redeliveries,
+    signals,
+    upkeep,
+)
 from .claims import ClaimKey, ClaimResult, Outcome, Ticket
 from .dbretry import DB_ERRORS, with_db_retries
 from .events import log_event
@@ -55,8 +65,10 @@ DEFERS_HEADER = "celery_hygiene_defers"
 # short blip long after an old outage gets the whole CLAIM_RETRY_SECONDS budget again.
 _CLAIM_WAIT_HEADERS = (CLAIM_WAIT_HEADER, CLAIM_TRIES_HEADER)
 _ATTEMPT_WAIT_HEADERS = (*_CLAIM_WAIT_HEADERS, DEFERS_HEADER)
-# RabbitMQ's dead-lettering history: copied into a new message it trips cycle detection.
-_X_DEATH_HEADERS = (
+# Never copied into a follow-up message: the outbox row this copy was sent for (the follow-up
+# is another message), and RabbitMQ's dead-lettering history (it trips cycle detection).
+_NOT_CARRIED = (
+    outbox.ROW_HEADER,
     "x-death",
     "x-first-death-exchange",
     "x-first-death-queue",
@@ -112,6 +124,10 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         # do for any Celery task.
         if request.is_eager:
             return cast(_R_co, self._call_eager(args, kwargs))
+        if not outbox.take(request, self.name):
+            # A second copy of a message re-sent from the outbox: another copy has run it. Ignore
+            # leaves the result that copy stored alone.
+            raise Ignore()
         spec = self.hygiene_idempotency
         if spec is None:
             return cast(_R_co, self._call_plain(args, kwargs))
@@ -943,7 +959,7 @@ def _retry_delay(retry: Retry) -> float:
 def _carried_headers(request: Any, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """The request's own headers, for a follow-up of this message (minus those in ``drop``)."""
     headers = dict(request.headers or {})
-    for name in (*_X_DEATH_HEADERS, *drop):
+    for name in (*_NOT_CARRIED, *drop):
         headers.pop(name, None)
     return headers
 

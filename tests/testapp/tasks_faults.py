@@ -120,3 +120,10 @@ def blocker(key: str, run: int) -> None:
     """Keeps the worker's only process busy (acknowledged early: a killed worker loses it)."""
     SideEffect.objects.create(entity=key, kind=f"blocker-{run}")
     time.sleep(300)
+
+
+@hygienic_task(acks_late=True)
+def counts_its_runs(key: str) -> str:
+    """No claim: every run of the body is recorded."""
+    Attempt.objects.create(task="counts_its_runs", key=key)
+    return f"ran:{key}"
