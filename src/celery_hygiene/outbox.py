@@ -35,9 +35,9 @@ BATCH = 100
 # The header that ties a re-sent message to its row; never copied into a follow-up message.
 ROW_HEADER = "celery_hygiene_outbox_row"
 # A sent row whose message no task has taken after this long (past its ETA) is sent again:
-# the broker may have lost it. Doubles with each send; after MAX_SENDS the row is dropped.
+# the broker may have lost it. Doubles with each send, up to about a day. Such a row is never
+# dropped: its copies may still wait in a queue nobody consumes, and they need it to run.
 UNTAKEN_RESEND_SECONDS = 600.0
-MAX_SENDS = 5
 
 
 def park(sig: Signature, *, reason: str, error: BaseException) -> OutboxMessage:
@@ -69,12 +69,6 @@ def resend_due(app: Celery, *, limit: int = BATCH) -> int:
         row = _take_due(using)
         if row is None:
             break
-        if row.sends > MAX_SENDS:
-            OutboxMessage.objects.using(using).filter(pk=row.pk).delete()
-            log_event(
-                logging.ERROR, "outbox_untaken", task=row.task_name, id=row.task_id, sends=MAX_SENDS
-            )
-            continue
         try:
             _publish(app, row)
         except Exception as exc:  # noqa: BLE001 - the broker is still away: try later
@@ -82,7 +76,9 @@ def resend_due(app: Celery, *, limit: int = BATCH) -> int:
             log_event(logging.WARNING, "outbox_resend_failed", id=row.task_id, error=repr(exc))
             break  # the rest would fail the same way
         sent += 1
-        log_event(logging.INFO, "outbox_resent", task=row.task_name, id=row.task_id)
+        log_event(
+            logging.INFO, "outbox_resent", task=row.task_name, id=row.task_id, sends=row.sends
+        )
     return sent
 
 
@@ -128,7 +124,7 @@ def _take_due(using: str) -> OutboxMessage | None:
         now = timezone.now()
         row.sends += 1
         row.sent_at = now
-        resend_after = UNTAKEN_RESEND_SECONDS * 2 ** min(row.sends - 1, 8)
+        resend_after = UNTAKEN_RESEND_SECONDS * 2 ** min(row.sends - 1, 7)
         row.next_try_at = max(now, _eta(row) or now) + dt.timedelta(seconds=resend_after)
         row.save(update_fields=["sends", "sent_at", "next_try_at"])
     return row
