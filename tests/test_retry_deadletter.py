@@ -118,24 +118,45 @@ def test_total_elapsed_bound_stops_retries_before_max_attempts(worker, queue_nam
 def test_non_json_payload_is_stored_as_repr_and_flagged(worker_factory, queue_name):
     # Pickle is only accepted by this test's own worker (Celery refuses it as root otherwise).
     worker_factory(queue_name, env={"HYGIENE_ACCEPT_PICKLE": "1", "C_FORCE_ROOT": "1"})
-    result = t.odd_payload.apply_async(("odd",), {"blob": {1, 2, 3}}, queue=queue_name)
+    result = t.odd_payload.apply_async(
+        ("odd",), {"blob": {1, 2, 3}, "api_key": "k-odd-1"}, queue=queue_name
+    )
     with pytest.raises(ValueError):
         result.get(timeout=30)
     dead = dead_letter_for(result.id)
     assert dead.payload_truncated
     assert "repr" in dead.payload_note
     assert "{1, 2, 3}" in json.dumps(dead.kwargs)
+    # Stored as a repr() string, the secret is still masked on screen.
+    shown = _shown(dead)
+    assert "{1, 2, 3}" in shown and "k-odd-1" not in shown
 
 
 def test_huge_payload_is_truncated_with_a_marker_and_flagged(worker, queue_name):
     blob = "x" * 400_000  # over the default 256 KiB PAYLOAD_MAX_BYTES
-    result = t.huge_payload.apply_async(("big", blob), queue=queue_name)
+    result = t.huge_payload.apply_async(
+        ("big", blob), {"client_secret": "k-huge-1"}, queue=queue_name
+    )
     with pytest.raises(ValueError):
         result.get(timeout=30)
     dead = dead_letter_for(result.id)
     assert dead.payload_truncated and "exceeds PAYLOAD_MAX_BYTES" in dead.payload_note
     assert dead.args[0] == "<truncated>"
     assert len(json.dumps(dead.args)) + len(json.dumps(dead.kwargs)) < 300_000
+    # Stored as truncated JSON text, the secret is still masked on screen.
+    assert "k-huge-1" in json.dumps(dead.kwargs)
+    assert "k-huge-1" not in _shown(dead)
+
+
+def _shown(dead: DeadLetter) -> str:
+    """What an operator sees: ``deadletter show --json``."""
+    import io
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("deadletter", "show", str(dead.pk), "--json", stdout=out)
+    return out.getvalue()
 
 
 def test_message_that_keeps_killing_its_worker_is_dead_lettered_after_the_cap(worker, queue_name):
@@ -256,7 +277,9 @@ def test_database_down_during_dead_letter_write_keeps_the_message_until_it_answe
     connection.close()
     _set_db_connections(False)
     try:
-        result = t.fails_while_db_is_down.apply_async(("db-held",), queue=queue_name)
+        result = t.fails_while_db_is_down.apply_async(
+            ("db-held",), {"password": "pw-held-1"}, queue=queue_name
+        )
         worker.wait_for_log("deadletter_write_failed", timeout=60)
         wait_until(lambda: worker.log().count("deadletter_write_failed") >= 2, timeout=60)
     finally:
@@ -264,6 +287,9 @@ def test_database_down_during_dead_letter_write_keeps_the_message_until_it_answe
         connection.close()
     dead = dead_letter_for(result.id, timeout=60)
     assert dead.args == ["db-held"]
+    log = worker.log()
+    assert '\\"args\\": [\\"db-held\\"]' in log  # the ERROR line carries the payload...
+    assert "pw-held-1" not in log  # ... with its secrets masked
     assert DeadLetter.objects.filter(task_id=result.id).count() == 1
 
 

@@ -53,17 +53,17 @@ def not_retryable(key: str) -> None:
 
 
 @hygienic_task(retry=RetryPolicy(max_attempts=3, **QUICK), acks_late=True, serializer="pickle")
-def odd_payload(key: str, blob: object = None) -> None:
+def odd_payload(key: str, blob: object = None, **details: object) -> None:
     raise ValueError("payload test")
 
 
 @hygienic_task(retry=RetryPolicy(max_attempts=1, **QUICK), acks_late=True)
-def huge_payload(key: str, blob: str) -> None:
+def huge_payload(key: str, blob: str, **details: object) -> None:
     raise ValueError("payload test")
 
 
 @hygienic_task(retry=RetryPolicy(max_attempts=1, **QUICK), acks_late=True)
-def fails_while_db_is_down(key: str) -> None:
+def fails_while_db_is_down(key: str, **details: object) -> None:
     raise ValueError("final failure while the database is unavailable")
 
 
