@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 
 import psycopg
@@ -163,8 +164,10 @@ def test_message_that_keeps_killing_its_worker_is_dead_lettered_after_the_cap(wo
     plain = t.kills_its_worker_plain.apply_async(("boom",), queue=queue_name)
     dead = dead_letter_for(plain.id, timeout=60)
     assert dead.reason == "worker_lost"
-    assert attempts("kills_its_worker_plain", "boom") == 3
-    assert dead.attempts == 4  # the fourth delivery was refused before running
+    # The first delivery records nothing (the happy path writes nothing), so it is not counted:
+    # max_attempts + 1 runs, then the next delivery is refused before running.
+    assert attempts("kills_its_worker_plain", "boom") == 4
+    assert dead.attempts == 4
 
     keyed = t.kills_its_worker_idempotent.apply_async(("boom-2",), queue=queue_name)
     dead = dead_letter_for(keyed.id, timeout=60)
@@ -337,4 +340,36 @@ def test_a_short_outage_long_after_an_old_one_gets_the_whole_claim_budget(
     assert SideEffect.objects.filter(entity="blip-1", kind="blip-retry").count() == 1
     claim = TaskClaim.objects.get(entity="blip-1")
     assert (claim.status, claim.attempts) == (ClaimStatus.SUCCEEDED, 2)
+    assert not DeadLetter.objects.exists()
+
+
+def test_a_deferred_duplicate_gets_the_whole_claim_budget_for_a_later_outage(
+    worker_factory, queue_name
+):
+    """A duplicate first waits out a database outage at claim time, then waits (deferred) for
+    the owner's long body. A 3 s blip more than CLAIM_RETRY_SECONDS (5 s) after the first outage
+    began must not dead-letter it: the deferral ended that wait."""
+    worker = worker_factory(queue_name, env={"HYGIENE_CLAIM_RETRY_SECONDS": "5"})
+    owner = t.holds_its_key.apply_async(("defer-1", 20.0), queue=queue_name)
+    worker.wait_for_log(f"{t.holds_its_key.name}[{owner.id}] received")
+    time.sleep(1)  # the owner holds the claim and sleeps (no database work)
+    connection.close()
+    _set_db_connections(False)
+    outage_began = time.monotonic()
+    try:
+        duplicate = t.holds_its_key.apply_async(("defer-1", 20.0), queue=queue_name)
+        worker.wait_for_log(f"task_claim_unavailable task={t.holds_its_key.name} id={duplicate.id}")
+    finally:
+        _set_db_connections(True)
+        connection.close()
+    worker.wait_for_log(f"task_claim_busy task={t.holds_its_key.name} id={duplicate.id}")
+    time.sleep(max(0.0, outage_began + 6 - time.monotonic()))
+    _set_db_connections(False)
+    try:
+        time.sleep(3)  # the deferred duplicate looks again at least once in here
+    finally:
+        _set_db_connections(True)
+        connection.close()
+    assert owner.get(timeout=60) == "held:defer-1"
+    assert duplicate.get(timeout=60) == "held:defer-1"  # a duplicate: the owner's result
     assert not DeadLetter.objects.exists()

@@ -189,3 +189,10 @@ run("postgres", drop, "{name}")
 time.sleep(4)
 run("postgres", 'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
 """
+
+
+@idempotent_task(entity="key", acks_late=True, retry=RetryPolicy(max_attempts=2, **QUICK))
+def holds_its_key(key: str, seconds: float) -> str:
+    """A long body without database work: duplicates wait for it."""
+    time.sleep(seconds)
+    return f"held:{key}"
