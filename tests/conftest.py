@@ -29,7 +29,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     policies that refuse publishes) are skipped."""
     if not broker_is_redis():
         return
-    skip = pytest.mark.skip(reason="needs a RabbitMQ-only feature (dead-letter exchange, queue-length policy)")
+    skip = pytest.mark.skip(
+        reason="needs a RabbitMQ-only feature (dead-letter exchange, queue-length policy)"
+    )
     for item in items:
         if "rabbitmq" in item.keywords:
             item.add_marker(skip)
