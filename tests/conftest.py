@@ -25,10 +25,13 @@ def broker_is_redis() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On the Redis leg, tests of RabbitMQ-only features (dead-letter exchanges) are skipped."""
+    """On the Redis leg, tests of RabbitMQ-only features (dead-letter exchanges, queue-length
+    policies that refuse publishes) are skipped."""
     if not broker_is_redis():
         return
-    skip = pytest.mark.skip(reason="needs RabbitMQ (dead-letter exchange); Redis has none")
+    skip = pytest.mark.skip(
+        reason="needs a RabbitMQ-only feature (dead-letter exchange, queue-length policy)"
+    )
     for item in items:
         if "rabbitmq" in item.keywords:
             item.add_marker(skip)

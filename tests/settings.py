@@ -83,6 +83,8 @@ if CELERY_BROKER_URL.startswith("redis"):
         "visibility_timeout": int(os.environ.get("HYGIENE_VISIBILITY_TIMEOUT", "20")),
         "unacked_mutex_expire": 10,
     }
+if os.environ.get("HYGIENE_CONFIRM_PUBLISH"):  # one test's worker sees refused publishes
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("HYGIENE_TEST_QUEUE", "hygiene-tests")
@@ -111,6 +113,8 @@ if os.environ.get("HYGIENE_DEADLETTER_FALLBACK"):  # one test's worker uses "rej
     CELERY_HYGIENE["DEADLETTER_FALLBACK"] = os.environ["HYGIENE_DEADLETTER_FALLBACK"]
 if os.environ.get("HYGIENE_DB_RETRY_SECONDS"):  # one test's worker rides out a longer outage
     CELERY_HYGIENE["DB_RETRY_SECONDS"] = float(os.environ["HYGIENE_DB_RETRY_SECONDS"])
+if os.environ.get("HYGIENE_CLAIM_RETRY_SECONDS"):  # one test's worker: a short claim budget
+    CELERY_HYGIENE["CLAIM_RETRY_SECONDS"] = float(os.environ["HYGIENE_CLAIM_RETRY_SECONDS"])
 if os.environ.get("HYGIENE_AMORTIZED_COMPLETION"):  # workers hand completions to the main process
     CELERY_HYGIENE["AMORTIZED_COMPLETION"] = True
     CELERY_HYGIENE["AMORTIZED_COMPLETION_GATHER_MS"] = float(

@@ -386,6 +386,33 @@ def test_recurring_work_restarts_a_claim_that_finished_long_enough_ago(alias):
     assert singleton.outcome is Outcome.ACQUIRED  # ... but not singletons
 
 
+@BOTH
+@pytest.mark.django_db(databases=["default", "sqlite"], transaction=True)
+def test_a_singleton_takes_over_an_expired_lease_whatever_the_arguments(alias):
+    crashed = acquire(alias, key(fp="tick-1"), "t1", lease=0.0)  # its owner stopped renewing
+    assert crashed.outcome is Outcome.ACQUIRED
+
+    def take(owner: str, fp: str, *, singleton: bool) -> claims.ClaimResult:
+        return claims.acquire(
+            key(fp=fp),
+            owner_task_id=owner,
+            owner_worker="w@test",
+            lease_seconds=30,
+            using=alias,
+            any_fingerprint=singleton,
+        )
+
+    # An idempotent task's other arguments are other work: they wait for the owner's key.
+    assert take("t2", "tick-2", singleton=False).outcome is Outcome.IN_PROGRESS
+    taken = take("t3", "tick-2", singleton=True)
+    assert taken.outcome is Outcome.ACQUIRED
+    assert taken.ticket.attempts == 1  # a new run: the whole retry policy
+    row = TaskClaim.objects.using(alias).get(entity="order-1")
+    assert (row.owner_task_id, row.fingerprint) == ("t3", "tick-2")
+    assert take("t4", "tick-3", singleton=True).outcome is Outcome.IN_PROGRESS  # live lease
+    assert not claims.complete(crashed.ticket, "1")  # the crashed owner is fenced off
+
+
 @pytest.mark.django_db(transaction=True)
 def test_async_completion_is_one_statement_and_leaves_no_session_state(settings):
     """ASYNC_COMPLETION: same fencing, visible at once, synchronous_commit back to 'on' after."""

@@ -375,6 +375,41 @@ def test_publish_failure_puts_everything_back():
     assert claim.status == ClaimStatus.DEAD  # a duplicate cannot take over a half-done replay
 
 
+class ClaimsOnTheirOwnDatabase:
+    """A router that keeps claims on another database than the dead letters."""
+
+    def db_for_read(self, model, **hints):  # noqa: ANN001, ANN201
+        return "sqlite" if model is TaskClaim else None
+
+    def db_for_write(self, model, **hints):  # noqa: ANN001, ANN201
+        return "sqlite" if model is TaskClaim else None
+
+
+@pytest.mark.django_db(databases=["default", "sqlite"], transaction=True)
+def test_publish_failure_puts_the_claim_back_on_the_claims_database():
+    with override_settings(
+        DATABASE_ROUTERS=[ClaimsOnTheirOwnDatabase()],
+        CELERY_HYGIENE={"CELERY_APP": "tests.test_deadletter_cli.unreachable_app"},
+    ):
+        TaskClaim.objects.create(
+            entity="order-7",
+            operation="charge",
+            task_name=RECORD,
+            status=ClaimStatus.DEAD,
+            fingerprint="f" * 64,
+            owner_task_id="original",
+            attempts=3,
+        )
+        dl = make(entity="order-7", operation="charge")
+        result = replay(dl.pk)
+    assert result.outcome is Outcome.PUBLISH_FAILED
+    dl.refresh_from_db()
+    assert dl.status == DeadLetterStatus.PENDING
+    claim = TaskClaim.objects.using("sqlite").get(entity="order-7")
+    assert claim.status == ClaimStatus.DEAD  # not left "retrying" for a replay that never went
+    assert not TaskClaim.objects.using("default").exists()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_replay_inside_a_callers_transaction_waits_for_its_commit(hygiene_app, queue_name):
     dl = make(queue=queue_name)

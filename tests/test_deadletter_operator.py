@@ -411,3 +411,22 @@ def test_run_statistics_report_needs_a_permission():
     page = client.get(report, {"since": "1d"})
     assert page.status_code == 200
     assert re.search(r"Runs since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", page.content.decode())
+
+
+def test_secrets_inside_payload_text_are_masked(settings):
+    """Payloads kept as text (truncated JSON, escaped JSON, repr) or string arguments that hold
+    JSON or key=value pairs: the value after a sensitive key is masked, even when cut off."""
+    settings.CELERY_HYGIENE = {}
+    shown = redact(
+        [
+            '["x", {"password": "hunter2", "n": 1}]',
+            "{'secret': 's3', 'o': <object>}",
+            '{"Authorization": "Bearer abc',  # truncated inside the value
+            json.dumps({"payload": json.dumps({"client_secret": "zz", "a": 1})}),
+            "dsn=postgres://u:p@h/db&user=bob",
+        ]
+    )
+    text = json.dumps(shown)
+    for secret in ("hunter2", "s3'", "Bearer abc", "zz", "postgres://"):
+        assert secret not in text
+    assert '"n": 1' in shown[0] and "user=bob" in shown[4]

@@ -7,7 +7,11 @@ a refused publish, the worker's own database connection cut.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -82,17 +86,43 @@ def test_async_completion_survives_killing_the_worker_right_after_the_body(
 def test_atomic_message_that_kills_its_worker_ends_as_worker_lost_after_max_attempts(
     worker, queue_name
 ):
-    """The atomic claim rolls back with each crash; the deliveries are still counted."""
+    """The atomic claim rolls back with each crash; the redelivered runs are still counted.
+    The first delivery's start is recorded nowhere (the happy path writes nothing), so it is
+    not counted: max_attempts + 1 runs, never a run fewer than the policy owes."""
     result = f.atomic_poison.apply_async(("poison-1",), queue=queue_name)
     wait_until(lambda: DeadLetter.objects.filter(task_id=result.id).exists(), timeout=90)
     dead = DeadLetter.objects.get(task_id=result.id)
     assert dead.reason == "worker_lost"
     runs = Attempt.objects.filter(task="atomic_poison", key="poison-1").count()
-    assert runs == 3  # max_attempts deliveries ran the body; the next one gave up
+    assert runs == 4  # the first delivery and max_attempts redelivered runs; then gave up
     claim = TaskClaim.objects.get(entity="poison-1")
     assert claim.status == ClaimStatus.DEAD
     time.sleep(2)
     assert Attempt.objects.filter(task="atomic_poison", key="poison-1").count() == runs
+
+
+def test_copies_that_were_only_prefetched_by_killed_workers_cost_no_attempt(
+    worker_factory, queue_name
+):
+    """A plain task fails on its first two runs (max_attempts=3). Each retry waits, prefetched
+    but not started, on a worker whose only process is busy, and that worker is SIGKILLed: the
+    redelivered retry must still get its own attempt (third run succeeds, no dead letter)."""
+    task = f.fails_twice_behind_a_blocker
+    result = task.apply_async(("prefetched-1", queue_name), queue=queue_name)
+    received = f"{task.name}[{result.id}] received"
+    for run in (1, 2):
+        worker = worker_factory(queue_name, concurrency=1)
+        wait_until(
+            lambda run=run: SideEffect.objects.filter(kind=f"blocker-{run}").exists(), timeout=90
+        )
+        # The retry reached this worker (received, waiting for the busy process) before the kill.
+        wait_until(lambda w=worker: w.log().count(received) >= 2)
+        assert Attempt.objects.filter(key="prefetched-1").count() == run
+        worker.kill()
+    worker_factory(queue_name, concurrency=1)
+    assert result.get(timeout=120) == "done:prefetched-1"
+    assert Attempt.objects.filter(key="prefetched-1").count() == 3
+    assert not DeadLetter.objects.exists()
 
 
 def test_a_retry_whose_publish_fails_is_parked_and_resent_not_lost(
@@ -115,6 +145,107 @@ def test_a_retry_whose_publish_fails_is_parked_and_resent_not_lost(
     assert not OutboxMessage.objects.exists()
     assert not DeadLetter.objects.exists()
     assert TaskClaim.objects.get(entity="parked-1").status == ClaimStatus.SUCCEEDED
+
+
+@pytest.fixture
+def full_queue(queue_name: str) -> Iterator[Callable[[], None]]:
+    """A RabbitMQ policy caps the test queue at one ready message and refuses publishes past
+    it (``overflow: reject-publish``): a publisher with ``confirm_publish`` gets a nack, the
+    way a broker at its queue-length limit answers in production. Returns a function that
+    fills the queue (one message the worker has not taken yet)."""
+    from tests.celery_app import app
+
+    policy = f"hygiene-test-{uuid.uuid4().hex[:6]}"
+    subprocess.run(
+        [
+            "rabbitmqctl",
+            "-q",
+            "set_policy",
+            "--apply-to",
+            "queues",
+            policy,
+            f"^{queue_name}$",
+            json.dumps({"max-length": 1, "overflow": "reject-publish"}),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+    def ready() -> int:
+        with app.connection_for_write() as conn:
+            return int(conn.default_channel.queue_declare(queue_name, passive=True).message_count)
+
+    def fill() -> None:
+        f.record_handover.apply_async(("filler",), queue=queue_name)
+        wait_until(lambda: ready() == 1, timeout=10)
+
+    yield fill
+    subprocess.run(["rabbitmqctl", "-q", "clear_policy", policy], capture_output=True)
+
+
+@pytest.mark.rabbitmq
+def test_a_bodys_own_retry_refused_by_the_broker_is_parked_not_lost(
+    worker_factory, queue_name, full_queue
+):
+    """``raise self.retry()`` while the broker refuses the retry's publish (a real nack): the
+    retry is parked in the outbox and re-sent; the message keeps the request's headers."""
+    from celery_hygiene.deadletters import REPLAY_OF_HEADER
+
+    worker = worker_factory(queue_name, concurrency=1, env={"HYGIENE_CONFIRM_PUBLISH": "1"})
+    result = f.retries_itself.apply_async(
+        ("refused-1",), queue=queue_name, headers={REPLAY_OF_HEADER: 7}
+    )
+    wait_until(lambda: Attempt.objects.filter(key="refused-1").exists(), timeout=30)
+    full_queue()  # the running message is unacknowledged (acks_late): the filler waits
+    SideEffect.objects.create(entity="refused-1", kind="go")
+    worker.wait_for_log("publish_failed_parked")
+    assert result.get(timeout=60) == "done:refused-1"
+    assert Attempt.objects.filter(key="refused-1").count() == 2
+    headers = SideEffect.objects.get(entity="refused-1", kind="second-run").payload["headers"]
+    assert headers[REPLAY_OF_HEADER] == 7
+    assert {"celery_hygiene_first_failed_at", "celery_hygiene_first_started_at"} <= set(headers)
+    claim = TaskClaim.objects.get(entity="refused-1")
+    assert (claim.status, claim.attempts) == (ClaimStatus.SUCCEEDED, 2)
+    assert not DeadLetter.objects.exists()
+    wait_until(lambda: not OutboxMessage.objects.exists(), timeout=10)
+
+
+def test_a_bodys_own_retry_keeps_the_requests_headers(worker, queue_name):
+    """The replay origin and the policy's deadline headers survive ``raise self.retry()``."""
+    from celery_hygiene.deadletters import REPLAY_OF_HEADER
+
+    SideEffect.objects.create(entity="headers-1", kind="go")
+    result = f.retries_itself.apply_async(
+        ("headers-1",), queue=queue_name, headers={REPLAY_OF_HEADER: 7}
+    )
+    assert result.get(timeout=60) == "done:headers-1"
+    headers = SideEffect.objects.get(entity="headers-1", kind="second-run").payload["headers"]
+    assert headers[REPLAY_OF_HEADER] == 7
+    assert {"celery_hygiene_first_failed_at", "celery_hygiene_first_started_at"} <= set(headers)
+    assert headers["celery_hygiene_retry_token"] == 1
+
+
+def test_an_outbox_row_sent_twice_runs_a_claimless_task_once(worker_factory, queue_name):
+    """A sweep publishes a parked message, then its writes never commit (its connection
+    dropped): the row is still there and the next sweep sends it again. Two copies reach the
+    worker; the body runs once."""
+    from django.db import transaction
+
+    from celery_hygiene import outbox
+    from tests.celery_app import app
+
+    sig = f.counts_its_runs.signature(("twice-1",), queue=queue_name, countdown=0)
+    outbox.park(sig, reason="retry", error=OSError("broker away"))
+    with transaction.atomic():
+        assert outbox.resend_due(app) == 1
+        transaction.set_rollback(True)  # ... and nothing the sweep wrote commits
+    assert outbox.resend_due(app) == 1  # the row was still due: a second copy
+    worker = worker_factory(queue_name)
+    worker.wait_for_log("outbox_copy_skipped task=tests.testapp.tasks_faults.counts_its_runs")
+    wait_until(lambda: Attempt.objects.filter(key="twice-1").exists(), timeout=30)
+    assert Attempt.objects.filter(key="twice-1").count() == 1
+    assert not OutboxMessage.objects.exists()
+    assert not DeadLetter.objects.exists()
 
 
 def test_the_main_process_reconnects_after_its_connection_is_cut(worker, queue_name):
@@ -174,7 +305,7 @@ def test_taskhygiene_resend_publishes_parked_messages_once(
     outbox.park(sig, reason="retry", error=OSError("broker away"))
     call_command("taskhygiene", "claims", "--stale")  # mentions the waiting message
     call_command("taskhygiene", "resend")
-    assert not OutboxMessage.objects.exists()
+    assert outbox.waiting() == 0  # sent; the row waits for its task to take it
     with app.connection_for_write() as conn:
         message = wait_until(lambda: conn.default_channel.basic_get(queue_name, no_ack=True))
         assert message.headers["task"] == f.fails_once_then_succeeds.name

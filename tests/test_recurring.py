@@ -61,3 +61,49 @@ def test_not_finished_leaves_the_key_to_the_next_message(worker, queue_name, tas
     assert task.apply_async(("b-1",), queue=queue_name).get(timeout=30) == "closed:b-1"
     assert SideEffect.objects.filter(entity="b-1", kind="closed").count() == 1
     assert not DeadLetter.objects.exists()
+
+
+def test_a_crashed_singleton_frees_its_key_for_ticks_with_other_arguments(
+    worker_factory, queue_name
+):
+    """A run is SIGKILLed mid-body (acks early: its message is gone). Later ticks carry other
+    arguments (``sync(account, since)``); one of them runs once the 3 s lease has lapsed."""
+    first_worker = worker_factory(queue_name, concurrency=1)
+    r.crash_prone_sync.apply_async(("acme", 1, 120.0), queue=queue_name)
+    wait_until(lambda: Attempt.objects.filter(key="acme:1").exists(), timeout=30)
+    first_worker.kill()
+    worker_factory(queue_name, concurrency=1)
+    ticks: list[int] = []
+
+    def a_tick_ran() -> bool:
+        ticks.append(len(ticks) + 2)
+        r.crash_prone_sync.apply_async(("acme", ticks[-1]), queue=queue_name)
+        return SideEffect.objects.filter(entity="acme", kind="crash_prone_sync").exists()
+
+    wait_until(a_tick_ran, timeout=60, interval=1.0)  # beat: one tick a second
+    ran = SideEffect.objects.get(entity="acme", kind="crash_prone_sync")
+    assert ran.payload["since"] != 1  # a later tick, with its own arguments
+    claim = TaskClaim.objects.get(entity="acme")
+    wait_until(lambda: TaskClaim.objects.get(entity="acme").status == ClaimStatus.SUCCEEDED)
+    claim.refresh_from_db()
+    assert claim.attempts == 1  # a new run, with the whole retry policy
+    assert not DeadLetter.objects.exists()
+
+
+def test_a_waiting_singleton_takes_over_a_crashed_run_with_other_arguments(
+    worker_factory, queue_name
+):
+    """``wait=True``: the next tick waits for the crashed run's lease, then runs (it does not
+    re-publish itself forever)."""
+    first_worker = worker_factory(queue_name, concurrency=1)
+    r.crash_prone_sync_waiting.apply_async(("acme", 1, 120.0), queue=queue_name)
+    wait_until(lambda: Attempt.objects.filter(key="acme:1").exists(), timeout=30)
+    first_worker.kill()
+    second_worker = worker_factory(queue_name, concurrency=1)
+    tick = r.crash_prone_sync_waiting.apply_async(("acme", 2), queue=queue_name)
+    assert tick.get(timeout=60) == "synced:acme:2"
+    busy = second_worker.log().count("task_claim_busy")
+    time.sleep(3)  # more than the 2 s DEFER_MAX_SECONDS: a copy still waiting would show
+    assert second_worker.log().count("task_claim_busy") == busy
+    assert SideEffect.objects.filter(entity="acme", kind="crash_prone_sync_waiting").count() == 1
+    assert not DeadLetter.objects.exists()

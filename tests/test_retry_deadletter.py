@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 
 import psycopg
@@ -118,32 +119,55 @@ def test_total_elapsed_bound_stops_retries_before_max_attempts(worker, queue_nam
 def test_non_json_payload_is_stored_as_repr_and_flagged(worker_factory, queue_name):
     # Pickle is only accepted by this test's own worker (Celery refuses it as root otherwise).
     worker_factory(queue_name, env={"HYGIENE_ACCEPT_PICKLE": "1", "C_FORCE_ROOT": "1"})
-    result = t.odd_payload.apply_async(("odd",), {"blob": {1, 2, 3}}, queue=queue_name)
+    result = t.odd_payload.apply_async(
+        ("odd",), {"blob": {1, 2, 3}, "api_key": "k-odd-1"}, queue=queue_name
+    )
     with pytest.raises(ValueError):
         result.get(timeout=30)
     dead = dead_letter_for(result.id)
     assert dead.payload_truncated
     assert "repr" in dead.payload_note
     assert "{1, 2, 3}" in json.dumps(dead.kwargs)
+    # Stored as a repr() string, the secret is still masked on screen.
+    shown = _shown(dead)
+    assert "{1, 2, 3}" in shown and "k-odd-1" not in shown
 
 
 def test_huge_payload_is_truncated_with_a_marker_and_flagged(worker, queue_name):
     blob = "x" * 400_000  # over the default 256 KiB PAYLOAD_MAX_BYTES
-    result = t.huge_payload.apply_async(("big", blob), queue=queue_name)
+    result = t.huge_payload.apply_async(
+        ("big", blob), {"client_secret": "k-huge-1"}, queue=queue_name
+    )
     with pytest.raises(ValueError):
         result.get(timeout=30)
     dead = dead_letter_for(result.id)
     assert dead.payload_truncated and "exceeds PAYLOAD_MAX_BYTES" in dead.payload_note
     assert dead.args[0] == "<truncated>"
     assert len(json.dumps(dead.args)) + len(json.dumps(dead.kwargs)) < 300_000
+    # Stored as truncated JSON text, the secret is still masked on screen.
+    assert "k-huge-1" in json.dumps(dead.kwargs)
+    assert "k-huge-1" not in _shown(dead)
+
+
+def _shown(dead: DeadLetter) -> str:
+    """What an operator sees: ``deadletter show --json``."""
+    import io
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("deadletter", "show", str(dead.pk), "--json", stdout=out)
+    return out.getvalue()
 
 
 def test_message_that_keeps_killing_its_worker_is_dead_lettered_after_the_cap(worker, queue_name):
     plain = t.kills_its_worker_plain.apply_async(("boom",), queue=queue_name)
     dead = dead_letter_for(plain.id, timeout=60)
     assert dead.reason == "worker_lost"
-    assert attempts("kills_its_worker_plain", "boom") == 3
-    assert dead.attempts == 4  # the fourth delivery was refused before running
+    # The first delivery records nothing (the happy path writes nothing), so it is not counted:
+    # max_attempts + 1 runs, then the next delivery is refused before running.
+    assert attempts("kills_its_worker_plain", "boom") == 4
+    assert dead.attempts == 4
 
     keyed = t.kills_its_worker_idempotent.apply_async(("boom-2",), queue=queue_name)
     dead = dead_letter_for(keyed.id, timeout=60)
@@ -256,7 +280,9 @@ def test_database_down_during_dead_letter_write_keeps_the_message_until_it_answe
     connection.close()
     _set_db_connections(False)
     try:
-        result = t.fails_while_db_is_down.apply_async(("db-held",), queue=queue_name)
+        result = t.fails_while_db_is_down.apply_async(
+            ("db-held",), {"password": "pw-held-1"}, queue=queue_name
+        )
         worker.wait_for_log("deadletter_write_failed", timeout=60)
         wait_until(lambda: worker.log().count("deadletter_write_failed") >= 2, timeout=60)
     finally:
@@ -264,6 +290,9 @@ def test_database_down_during_dead_letter_write_keeps_the_message_until_it_answe
         connection.close()
     dead = dead_letter_for(result.id, timeout=60)
     assert dead.args == ["db-held"]
+    log = worker.log()
+    assert '\\"args\\": [\\"db-held\\"]' in log  # the ERROR line carries the payload...
+    assert "pw-held-1" not in log  # ... with its secrets masked
     assert DeadLetter.objects.filter(task_id=result.id).count() == 1
 
 
@@ -288,4 +317,59 @@ def test_database_down_at_claim_time_is_retried_not_lost(worker, queue_name, tas
     assert SideEffect.objects.filter(entity="db-claim", kind="claim-db").count() == 1
     claim = TaskClaim.objects.get(entity="db-claim")
     assert claim.attempts == 1  # the outage cost the body none of its attempts
+    assert not DeadLetter.objects.exists()
+
+
+def test_a_short_outage_long_after_an_old_one_gets_the_whole_claim_budget(
+    worker_factory, queue_name
+):
+    """A message waits out a database outage at claim time, runs, fails, and its retry meets a
+    4 s blip more than CLAIM_RETRY_SECONDS (5 s here) after the old outage began: the retry
+    waits the blip out (the old wait is over), it is not dead-lettered at once."""
+    worker = worker_factory(queue_name, env={"HYGIENE_CLAIM_RETRY_SECONDS": "5"})
+    connection.close()
+    _set_db_connections(False)
+    try:
+        result = t.blip_on_retry.apply_async(("blip-1", 6.0), queue=queue_name)
+        worker.wait_for_log(f"task_claim_unavailable task={t.blip_on_retry.name}")
+    finally:
+        _set_db_connections(True)
+        connection.close()
+    assert result.get(timeout=90) == "done:blip-1"
+    assert worker.log().count(f"task_claim_unavailable task={t.blip_on_retry.name}") >= 2
+    assert SideEffect.objects.filter(entity="blip-1", kind="blip-retry").count() == 1
+    claim = TaskClaim.objects.get(entity="blip-1")
+    assert (claim.status, claim.attempts) == (ClaimStatus.SUCCEEDED, 2)
+    assert not DeadLetter.objects.exists()
+
+
+def test_a_deferred_duplicate_gets_the_whole_claim_budget_for_a_later_outage(
+    worker_factory, queue_name
+):
+    """A duplicate first waits out a database outage at claim time, then waits (deferred) for
+    the owner's long body. A 3 s blip more than CLAIM_RETRY_SECONDS (5 s) after the first outage
+    began must not dead-letter it: the deferral ended that wait."""
+    worker = worker_factory(queue_name, env={"HYGIENE_CLAIM_RETRY_SECONDS": "5"})
+    owner = t.holds_its_key.apply_async(("defer-1", 20.0), queue=queue_name)
+    worker.wait_for_log(f"{t.holds_its_key.name}[{owner.id}] received")
+    time.sleep(1)  # the owner holds the claim and sleeps (no database work)
+    connection.close()
+    _set_db_connections(False)
+    outage_began = time.monotonic()
+    try:
+        duplicate = t.holds_its_key.apply_async(("defer-1", 20.0), queue=queue_name)
+        worker.wait_for_log(f"task_claim_unavailable task={t.holds_its_key.name} id={duplicate.id}")
+    finally:
+        _set_db_connections(True)
+        connection.close()
+    worker.wait_for_log(f"task_claim_busy task={t.holds_its_key.name} id={duplicate.id}")
+    time.sleep(max(0.0, outage_began + 6 - time.monotonic()))
+    _set_db_connections(False)
+    try:
+        time.sleep(3)  # the deferred duplicate looks again at least once in here
+    finally:
+        _set_db_connections(True)
+        connection.close()
+    assert owner.get(timeout=60) == "held:defer-1"
+    assert duplicate.get(timeout=60) == "held:defer-1"  # a duplicate: the owner's result
     assert not DeadLetter.objects.exists()

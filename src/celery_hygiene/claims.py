@@ -119,15 +119,18 @@ UPDATE {table} SET
     owner_task_id = %(owner)s,
     owner_worker = %(worker)s,
     lease_expires_at = {lease_until},
-    attempts = attempts + 1,
+    -- other arguments (a singleton's next tick) are a new run: it gets the whole retry policy
+    attempts = CASE WHEN fingerprint = %(fingerprint)s THEN attempts + 1 ELSE 1 END,
+    fingerprint = %(fingerprint)s,
     updated_at = {now}
 WHERE entity = %(entity)s AND operation = %(operation)s AND attempts = %(seen_attempts)s
   AND (
     -- the scheduled retry (or a replay) of the same task id picks its own claim back up
     (status = 'retrying' AND owner_task_id = %(owner)s)
-    -- anyone with the same arguments takes over a claim whose owner stopped renewing it
+    -- anyone with the same arguments (a singleton: any arguments) takes over a claim whose
+    -- owner stopped renewing it
     OR (status IN ('running', 'retrying') AND lease_expires_at <= {now}
-        AND fingerprint = %(fingerprint)s)
+        AND (fingerprint = %(fingerprint)s OR %(any_fingerprint)s))
   )
 RETURNING attempts
 """
@@ -278,6 +281,7 @@ def acquire(
     retry_token: int | None = None,
     reclaim_after: float | None = None,
     reclaim_dead: bool = False,
+    any_fingerprint: bool = False,
 ) -> ClaimResult:
     """Try to own the claim.
 
@@ -288,6 +292,9 @@ def acquire(
     Recurring work: with ``reclaim_after`` (seconds), a claim that succeeded at least that long
     ago starts a new run instead of answering "duplicate"; with ``reclaim_dead`` a dead claim
     does too (singletons: a failed run must not block the next one until a replay).
+    ``any_fingerprint`` (singletons) lets a message with other arguments take over a claim
+    whose lease expired: a singleton is about one run at a time, not about these arguments, so
+    a crashed run must not block later ticks that carry other arguments.
     """
     params = {
         "entity": key.entity,
@@ -307,10 +314,10 @@ def acquire(
                 completed = connections[using].ops.adapt_datetimefield_value(existing.completed_at)
                 seen = {"seen_attempts": existing.attempts, "seen_completed": completed}
                 attempts = _returning(_RESTART_SQL, {**params, **seen}, using, lease_seconds)
-            elif not _may_take_over(existing, key, owner_task_id, retry_token):
+            elif not _may_take_over(existing, key, owner_task_id, retry_token, any_fingerprint):
                 return _describe(existing)
             else:
-                seen = {"seen_attempts": existing.attempts}
+                seen = {"seen_attempts": existing.attempts, "any_fingerprint": any_fingerprint}
                 attempts = _returning(_TAKE_OVER_SQL, {**params, **seen}, using, lease_seconds)
         if attempts is not None:
             ticket = Ticket(key, owner_task_id, owner_worker, attempts, lease_seconds, using)
@@ -354,7 +361,11 @@ def _existing(key: ClaimKey, using: str) -> TaskClaim | None:
 
 
 def _may_take_over(
-    existing: TaskClaim, key: ClaimKey, owner_task_id: str, retry_token: int | None
+    existing: TaskClaim,
+    key: ClaimKey,
+    owner_task_id: str,
+    retry_token: int | None,
+    any_fingerprint: bool = False,
 ) -> bool:
     """The same rules as the UPDATE's WHERE: read first, so duplicates never write.
 
@@ -372,7 +383,7 @@ def _may_take_over(
         existing.status in (ClaimStatus.RUNNING, ClaimStatus.RETRYING)
         and existing.lease_expires_at is not None
         and existing.lease_expires_at <= existing.db_now  # type: ignore[attr-defined]
-        and existing.fingerprint == key.fingerprint
+        and (any_fingerprint or existing.fingerprint == key.fingerprint)
     )
 
 

@@ -24,6 +24,7 @@ from . import conf
 from .dbretry import with_db_retries
 from .events import log_event
 from .models import DeadLetter
+from .redaction import redact
 
 TRACEBACK_MAX_CHARS = 64 * 1024
 REPLAY_OF_HEADER = "celery_hygiene_replay_of"
@@ -218,7 +219,8 @@ def log_unstorable(failed: FailedTask, error: BaseException) -> None:
         "deadletter_write_failed",
         **failed.log_fields(),
         error=repr(error),
-        payload=json.dumps(payload, default=repr),
+        # Logs travel further than the database: secrets are masked (REDACT_KEYS), as on screen.
+        payload=json.dumps(redact(payload), default=repr),
     )
 
 

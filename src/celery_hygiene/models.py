@@ -142,15 +142,19 @@ class DeadLetter(models.Model):
 
 
 class RedeliveryCount(models.Model):
-    """How often the broker redelivered one task message (same task id), for tasks without a claim.
+    """How many redelivered copies of one task message (same task id) started its body, for
+    tasks without a claim (or whose claim rolls back: atomic).
 
-    Only written when a message arrives marked as redelivered, so the happy path pays nothing;
-    it is what lets a message that keeps killing its worker be dead-lettered after the cap.
+    Written by a redelivered delivery as its body starts (so the happy path pays nothing, and a
+    copy that only sat in a killed worker's prefetch never counts), per retry (``retries``: a
+    retry's deliveries start from zero, its earlier runs are in ``request.retries``). It is what
+    lets a message that keeps killing its worker be dead-lettered after the cap.
     """
 
     task_id = models.CharField(max_length=255, unique=True)
     task_name = models.CharField(max_length=255)
     deliveries = models.PositiveIntegerField(default=1)
+    retries = models.PositiveIntegerField(db_default=0)
     updated_at = models.DateTimeField(db_default=Now())
 
     class Meta:
@@ -236,6 +240,9 @@ class OutboxMessage(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     next_try_at = models.DateTimeField(db_default=Now())
     created_at = models.DateTimeField(db_default=Now())
+    # Set when a sweep published it: the row then waits for its task to take (delete) it.
+    sent_at = models.DateTimeField(null=True, blank=True)
+    sends = models.PositiveIntegerField(db_default=0)
 
     class Meta:
         verbose_name = "unsent message"

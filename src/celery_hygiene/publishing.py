@@ -19,6 +19,7 @@ from celery.exceptions import Reject
 from . import outbox
 from .dbretry import with_db_retries
 from .events import log_event
+from .redaction import redact
 
 
 def send_or_keep(sig: Signature, *, task: Any, reason: str) -> None:
@@ -64,5 +65,9 @@ def _keep_delivery(
         log_event(logging.ERROR, "publish_failed_requeued", **fields)
         raise Reject(error, requeue=True)
     log_event(
-        logging.ERROR, "publish_failed_lost", **fields, payload=json.dumps(dict(sig), default=repr)
+        logging.ERROR,
+        "publish_failed_lost",
+        **fields,
+        # Masked like the dead-letter views (REDACT_KEYS): logs travel further than the database.
+        payload=json.dumps(redact(dict(sig)), default=repr),
     )

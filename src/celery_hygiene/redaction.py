@@ -1,7 +1,12 @@
-"""Mask secrets in payloads before a human sees them (CLI output, admin pages).
+"""Mask secrets in payloads before a human sees them (CLI output, admin pages, ERROR logs).
 
 Only what is *shown* is redacted: the stored dead letter keeps the real values, because a replay
 must send exactly what the task was first sent.
+
+A payload can also be *text*: stored truncated, escaped or as a ``repr()`` (a dead letter whose
+payload could not be kept as JSON), or a string argument that holds JSON. In text, a sensitive
+key followed by ``:`` or ``=`` has its value masked (``"password": "..."``, ``'token': '...'``,
+``api_key=...``), even when the text is cut off in the middle of the value.
 
 Keys and patterns are compared normalized: lower-cased, with ``-``, ``_``, ``.`` and spaces
 removed, so the pattern ``apikey`` catches ``api_key``, ``X-Api-Key``, ``APIKEY`` and
@@ -72,6 +77,14 @@ def redact(value: Any, patterns: Iterable[str] | None = None) -> Any:
     return _walk(value, keys)
 
 
+def redact_text(text: str, patterns: Iterable[str] | None = None) -> str:
+    """``text`` with the value after every sensitive ``key:`` / ``key=`` replaced by ``MASK``."""
+    keys = tuple(patterns) if patterns is not None else redact_keys()
+    if not keys:
+        return text
+    return _scrub(text, keys)
+
+
 def _walk(value: Any, keys: tuple[str, ...]) -> Any:
     if isinstance(value, dict):
         return {
@@ -80,4 +93,33 @@ def _walk(value: Any, keys: tuple[str, ...]) -> Any:
         }
     if isinstance(value, (list, tuple)):
         return [_walk(item, keys) for item in value]
+    if isinstance(value, str):
+        return _scrub(value, keys)
     return value
+
+
+# In text: a key (quoted with " or ', the quote possibly backslash-escaped as in JSON inside
+# JSON, or bare), then ':' or '=', then its value: a quoted string, possibly cut off by
+# truncation (no closing quote), or a bare token (a number, an unquoted value).
+_KEY_VALUE = re.compile(
+    r"""(?P<key>(?P<kq>\\?["'])(?P<quoted>[^"'\\]{1,100})(?P=kq)|(?P<bare>[A-Za-z_][\w.\-]{0,99}))"""
+    r"""(?P<sep>\s*[:=]\s*)"""
+    r"""(?P<value>(?P<vq>\\")(?:[^\\]|\\(?!"))*?(?:\\"|$)"""
+    r"""|(?P<dq>")(?:[^"\\]|\\.)*(?:"|$)"""
+    r"""|(?P<sq>')(?:[^'\\]|\\.)*(?:'|$)"""
+    r"""|[^\s,;&}\]]+)"""
+)
+
+
+def _scrub(text: str, keys: tuple[str, ...]) -> str:
+    if ":" not in text and "=" not in text:
+        return text
+
+    def mask(match: re.Match[str]) -> str:
+        if not is_sensitive(match.group("quoted") or match.group("bare"), keys):
+            # The value may hold text of its own (JSON inside a JSON string).
+            return f"{match.group('key')}{match.group('sep')}{_scrub(match.group('value'), keys)}"
+        quote = match.group("vq") or match.group("dq") or match.group("sq") or ""
+        return f"{match.group('key')}{match.group('sep')}{quote}{MASK}{quote}"
+
+    return _KEY_VALUE.sub(mask, text)

@@ -353,9 +353,11 @@ def _undo(dead_letter: DeadLetter, task_id: str, using: str, *, keep_task_id: bo
     """Back to pending, and the claim back to dead so a duplicate cannot take over its lease.
 
     ``keep_task_id``: ``recover`` keeps the id of the replay that never ran, as evidence (the
-    message may still surface; the next replay overwrites it).
+    message may still surface; the next replay overwrites it). The claim is written where the
+    router sends claim writes, which need not be the dead letter's database (``using``).
     """
-    with transaction.atomic(using=using):
+    claims_alias = claims.write_alias()
+    with transaction.atomic(using=using), transaction.atomic(using=claims_alias):
         DeadLetter.objects.using(using).filter(
             pk=dead_letter.pk, status=DeadLetterStatus.REPLAYING, replayed_task_id=task_id
         ).update(status=DeadLetterStatus.PENDING, replayed_task_id=task_id if keep_task_id else "")
@@ -365,7 +367,7 @@ def _undo(dead_letter: DeadLetter, task_id: str, using: str, *, keep_task_id: bo
                 dead_letter.operation,
                 owner_task_id=task_id,
                 error="replay could not be published",
-                using=using,
+                using=claims_alias,
             )
 
 
@@ -422,7 +424,7 @@ def recover(dead_letter_id: int, *, force: bool = False) -> str:
             )
         task_id = dead_letter.replayed_task_id
         if dead_letter.entity and dead_letter.operation:
-            if _replay_ran(dead_letter, task_id, using):
+            if _replay_ran(dead_letter, task_id):
                 dead_letter.status = DeadLetterStatus.REPLAYED
                 dead_letter.replayed_at = dead_letter.replayed_at or timezone.now()
                 dead_letter.save(using=using, update_fields=["status", "replayed_at"])
@@ -441,9 +443,9 @@ class RecoverError(Exception):
     """A dead letter cannot be recovered as asked (unknown, not replaying, or needs --force)."""
 
 
-def _replay_ran(dead_letter: DeadLetter, task_id: str, using: str) -> bool:
+def _replay_ran(dead_letter: DeadLetter, task_id: str) -> bool:
     claim = (
-        TaskClaim.objects.using(using)
+        TaskClaim.objects.using(claims.write_alias())
         .filter(entity=dead_letter.entity, operation=dead_letter.operation)
         .first()
     )

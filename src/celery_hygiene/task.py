@@ -23,7 +23,17 @@ from django.utils import timezone
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
-from . import amortized, claims, conf, deadletters, publishing, redeliveries, signals, upkeep
+from . import (
+    amortized,
+    claims,
+    conf,
+    deadletters,
+    outbox,
+    publishing,
+    redeliveries,
+    signals,
+    upkeep,
+)
 from .claims import ClaimKey, ClaimResult, Outcome, Ticket
 from .dbretry import DB_ERRORS, with_db_retries
 from .events import log_event
@@ -58,6 +68,23 @@ CLAIM_TRIES_HEADER = "celery_hygiene_claim_tries"
 # How many times this message has waited for a busy claim: its next look comes sooner than the
 # holder's lease, then later and later (the holder is usually about to finish).
 DEFERS_HEADER = "celery_hygiene_defers"
+# Headers that describe one wait (for the database at claim time, for a busy claim). A message
+# that got past it (its claim was read, or its body ran) does not carry it into the next one: a
+# short blip long after an old outage gets the whole CLAIM_RETRY_SECONDS budget again.
+_CLAIM_WAIT_HEADERS = (CLAIM_WAIT_HEADER, CLAIM_TRIES_HEADER)
+_ATTEMPT_WAIT_HEADERS = (*_CLAIM_WAIT_HEADERS, DEFERS_HEADER)
+# Never copied into a follow-up message: the outbox row this copy was sent for (the follow-up
+# is another message), and RabbitMQ's dead-lettering history (it trips cycle detection).
+_NOT_CARRIED = (
+    outbox.ROW_HEADER,
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+)
 FIRST_DEFER_SECONDS = 0.5
 _CONTROL_FLOW = (Retry, Ignore, Reject)
 _TIME_LIMITS = (SoftTimeLimitExceeded, TimeLimitExceeded)
@@ -111,6 +138,10 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         # do for any Celery task.
         if request.is_eager:
             return cast(_R_co, self._call_eager(args, kwargs))
+        if not outbox.take(request, self.name):
+            # A second copy of a message re-sent from the outbox: another copy has run it. Ignore
+            # leaves the result that copy stored alone.
+            raise Ignore()
         spec = self.hygiene_idempotency
         if spec is None:
             return cast(_R_co, self._call_plain(args, kwargs))
@@ -176,28 +207,46 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         return float(conf.get("DEFAULT_LEASE_SECONDS"))
 
     def retry(self, *args: Any, **kwargs: Any) -> Any:
-        """``self.retry()`` from a body: the retry message carries the claim's retry token, and
-        past ``max_retries`` the exception Celery raises is marked "exhausted" (not "gave up").
-        Without an explicit ``max_retries`` it is held to the task's cap: Celery's own for a task
-        that keeps Celery's retries (``max_retries=None`` bounded), else the policy's."""
+        """``self.retry()`` from a body, published like the library's own retries.
+
+        The retry message keeps the request's headers (replay origin, first-failed and
+        first-started times: the policy's deadlines) and carries the claim's retry token. A
+        publish the broker refuses parks the message in the outbox (Celery's own retry would
+        reject the delivery and lose the work). Past ``max_retries`` the exception Celery
+        raises is marked "exhausted" (not "gave up"). Without an explicit ``max_retries`` it is
+        held to the task's cap: Celery's own for a task that keeps Celery's retries
+        (``max_retries=None`` bounded), else the policy's.
+        """
         if len(args) < 7 and kwargs.get("max_retries") is None:
             # Celery's cap is the task's max_retries; a task whose policy caps otherwise (or
             # that Celery would retry forever) is held to its policy's cap.
             cap = self._retry_cap()
             if cap != self.max_retries:
                 kwargs["max_retries"] = cap
-        ticket = getattr(self.request, "hygiene_ticket", None)
-        if ticket is not None:
-            headers = dict(kwargs.get("headers") or {})
-            headers[RETRY_TOKEN_HEADER] = ticket.attempts
-            kwargs["headers"] = headers
+        kwargs["headers"] = _body_retry_headers(self.request, kwargs.get("headers"))
+        # Eager or called directly there is no broker: Celery raises or runs the retry itself.
+        on_broker = not (self.request.is_eager or self.request.called_directly)
+        throw = True
+        if on_broker:
+            throw, args, kwargs = _without_throw(args, kwargs)
         try:
-            return super().retry(*args, **kwargs)
+            # Celery builds the retry message (arguments, countdown, max_retries) but does not
+            # send it: publishing.send_or_keep does, so a refused publish is parked, not lost.
+            with _unsent(self.request) if on_broker else nullcontext():
+                planned = super().retry(*args, **kwargs)
         except Retry:
             raise
         except Exception as exc:
             setattr(exc, _CAP_REACHED, True)
             raise
+        if not on_broker:
+            return planned
+        sig = cast(Any, planned).sig  # celery-types does not declare Retry.sig
+        publishing.send_or_keep(sig, task=self, reason="retry")
+        retry = Retry(exc=planned.exc, when=planned.when, sig=sig)
+        if throw:
+            raise retry
+        return retry
 
     def _worker_name(self) -> str:
         return self.request.hostname or socket.gethostname()
@@ -349,7 +398,7 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             retry_in=round(countdown, 2),
             error=repr(error),
         )
-        headers = dict(self.request.headers or {})
+        headers = _carried_headers(self.request)
         headers[CLAIM_WAIT_HEADER] = since
         headers[CLAIM_TRIES_HEADER] = tries
         self._follow_up(countdown, headers, reason="claim_unavailable")
@@ -393,6 +442,7 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             retry_token=int(token) if token is not None else None,
             reclaim_after=0.0 if singleton else (spec.window if spec else None),
             reclaim_dead=singleton,
+            any_fingerprint=singleton,
         )
 
     def _not_finished(self, ticket: Ticket, reason: NotFinished) -> None:
@@ -502,7 +552,8 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         retry count (this is not a failed attempt), then the current delivery is acknowledged
         via Ignore. Never sleeps in the worker.
         """
-        headers = dict(self.request.headers or {})
+        # The claim was read: whatever outage this message waited out is over.
+        headers = _carried_headers(self.request, drop=_CLAIM_WAIT_HEADERS)
         defers = int(_header(self.request, DEFERS_HEADER) or 0)
         backoff = FIRST_DEFER_SECONDS * 2 ** min(defers, 16)
         countdown = min(float(conf.get("DEFER_MAX_SECONDS")), wait_seconds, backoff)
@@ -598,13 +649,10 @@ class HygieneTask(_TaskBase[_P, _R_co]):
     ) -> None:
         countdown = decision.countdown
         _warn_visibility_timeout(self, countdown)
-        now = time.time()
-        headers = dict(self.request.headers or {})
+        headers = _attempt_headers(self.request)
         if ticket is not None:
             self._release(ticket, countdown=countdown, error=repr(exc))
             headers[RETRY_TOKEN_HEADER] = ticket.attempts
-        headers.setdefault(FIRST_FAILED_HEADER, _header(self.request, FIRST_FAILED_HEADER) or now)
-        headers.setdefault(FIRST_STARTED_HEADER, _header(self.request, FIRST_STARTED_HEADER) or now)
         log_event(
             logging.WARNING,
             "task_retry_scheduled",
@@ -965,6 +1013,57 @@ def _retry_delay(retry: Retry) -> float:
     if isinstance(when, numbers.Real):
         return float(when)
     return max(0.0, (when - timezone.now()).total_seconds())
+
+
+def _carried_headers(request: Any, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The request's own headers, for a follow-up of this message (minus those in ``drop``)."""
+    headers = dict(request.headers or {})
+    for name in (*_NOT_CARRIED, *drop):
+        headers.pop(name, None)
+    return headers
+
+
+def _attempt_headers(request: Any) -> dict[str, Any]:
+    """Headers for the next attempt of a body that ran: its deadlines, none of its waits."""
+    now = time.time()
+    headers = _carried_headers(request, drop=_ATTEMPT_WAIT_HEADERS)
+    headers[FIRST_FAILED_HEADER] = _header(request, FIRST_FAILED_HEADER) or now
+    headers[FIRST_STARTED_HEADER] = _header(request, FIRST_STARTED_HEADER) or now
+    return headers
+
+
+def _body_retry_headers(request: Any, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A body's ``self.retry(headers=...)``: the caller's headers over the carried ones."""
+    headers = {**_attempt_headers(request), **(given or {})}
+    ticket = getattr(request, "hygiene_ticket", None)
+    if ticket is not None:
+        headers[RETRY_TOKEN_HEADER] = ticket.attempts
+    return headers
+
+
+def _without_throw(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[bool, tuple[Any, ...], dict[str, Any]]:
+    """Celery's ``retry(args, kwargs, exc, throw, ...)``: take ``throw`` out, ask for False."""
+    if len(args) > 3:
+        return bool(args[3]), (*args[:3], False, *args[4:]), kwargs
+    throw = bool(kwargs.pop("throw", True))
+    return throw, args, {**kwargs, "throw": False}
+
+
+@contextmanager
+def _unsent(request: Any) -> Iterator[None]:
+    """Inside, Celery's ``Task.retry`` returns its planned Retry without publishing it.
+
+    Celery skips the publish for an eager request and hands back the Retry with its message
+    (``Retry.sig``); nothing else in ``Task.retry`` reads the flag.
+    """
+    was_eager = request.is_eager
+    request.is_eager = True
+    try:
+        yield
+    finally:
+        request.is_eager = was_eager
 
 
 def _header(request: Any, name: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from celery_hygiene import RetryPolicy, idempotent_task
+from celery_hygiene import RetryPolicy, hygienic_task, idempotent_task
 from tests.testapp.models import Attempt, SideEffect
 
 QUICK = RetryPolicy(max_attempts=3, min_delay=0.5, max_delay=0.5)
@@ -83,3 +83,47 @@ def outage_before_completion(key: str, outage_seconds: float) -> str:
     assert helper.stdout is not None
     helper.stdout.readline()  # the database is down now; the body returns into the outage
     return f"done:{key}"
+
+
+@idempotent_task(entity="key", acks_late=True, bind=True, retry=QUICK)
+def retries_itself(self, key: str) -> str:  # noqa: ANN001 - Celery's bound task
+    """Asks for its own retry (``raise self.retry()``) on its first run, once the test says so
+    (a ``go`` row): by then the test has filled the queue so that the broker refuses it."""
+    Attempt.objects.create(task="retries_itself", key=key)
+    if Attempt.objects.filter(task="retries_itself", key=key).count() == 1:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if SideEffect.objects.filter(entity=key, kind="go").exists():
+                break
+            time.sleep(0.1)
+        raise self.retry(countdown=0.2)
+    SideEffect.objects.create(
+        entity=key, kind="second-run", payload={"headers": dict(self.request.headers or {})}
+    )
+    return f"done:{key}"
+
+
+@hygienic_task(acks_late=True, retry=RetryPolicy(max_attempts=3, min_delay=2, max_delay=2))
+def fails_twice_behind_a_blocker(key: str, queue: str) -> str:
+    """Fails on its first two runs; each time it first sends a blocker, so that its retry waits
+    (prefetched, not started) behind it on a one-process worker the test then kills."""
+    Attempt.objects.create(task="fails_twice_behind_a_blocker", key=key)
+    runs = Attempt.objects.filter(task="fails_twice_behind_a_blocker", key=key).count()
+    if runs < 3:
+        blocker.apply_async((key, runs), queue=queue)
+        raise ConnectionError(f"planned failure {runs}")
+    return f"done:{key}"
+
+
+@hygienic_task(acks_late=False)
+def blocker(key: str, run: int) -> None:
+    """Keeps the worker's only process busy (acknowledged early: a killed worker loses it)."""
+    SideEffect.objects.create(entity=key, kind=f"blocker-{run}")
+    time.sleep(300)
+
+
+@hygienic_task(acks_late=True)
+def counts_its_runs(key: str) -> str:
+    """No claim: every run of the body is recorded."""
+    Attempt.objects.create(task="counts_its_runs", key=key)
+    return f"ran:{key}"

@@ -56,3 +56,23 @@ def close_batch_atomic(batch: str) -> str | None:
         raise NotFinished("batch still open")
     SideEffect.objects.create(entity=batch, kind="closed")
     return f"closed:{batch}"
+
+
+@singleton_task(key="account", lease_seconds=3, retry=QUICK)
+def crash_prone_sync(account: str, since: int, seconds: float = 0.1) -> str:
+    """A beat-driven sync whose arguments change every tick (acks early: a crash loses it)."""
+    Attempt.objects.create(task="crash_prone_sync", key=f"{account}:{since}")
+    time.sleep(seconds)
+    SideEffect.objects.create(entity=account, kind="crash_prone_sync", payload={"since": since})
+    return f"synced:{account}:{since}"
+
+
+@singleton_task(key="account", wait=True, lease_seconds=3, retry=QUICK)
+def crash_prone_sync_waiting(account: str, since: int, seconds: float = 0.1) -> str:
+    """The same with ``wait=True``: a busy tick looks again later instead of skipping."""
+    Attempt.objects.create(task="crash_prone_sync_waiting", key=f"{account}:{since}")
+    time.sleep(seconds)
+    SideEffect.objects.create(
+        entity=account, kind="crash_prone_sync_waiting", payload={"since": since}
+    )
+    return f"synced:{account}:{since}"

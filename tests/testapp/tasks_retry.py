@@ -53,17 +53,17 @@ def not_retryable(key: str) -> None:
 
 
 @hygienic_task(retry=RetryPolicy(max_attempts=3, **QUICK), acks_late=True, serializer="pickle")
-def odd_payload(key: str, blob: object = None) -> None:
+def odd_payload(key: str, blob: object = None, **details: object) -> None:
     raise ValueError("payload test")
 
 
 @hygienic_task(retry=RetryPolicy(max_attempts=1, **QUICK), acks_late=True)
-def huge_payload(key: str, blob: str) -> None:
+def huge_payload(key: str, blob: str, **details: object) -> None:
     raise ValueError("payload test")
 
 
 @hygienic_task(retry=RetryPolicy(max_attempts=1, **QUICK), acks_late=True)
-def fails_while_db_is_down(key: str) -> None:
+def fails_while_db_is_down(key: str, **details: object) -> None:
     raise ValueError("final failure while the database is unavailable")
 
 
@@ -144,3 +144,55 @@ def claim_needs_the_database(key: str) -> str:
 def claim_needs_the_database_atomic(key: str) -> str:
     SideEffect.objects.create(entity=key, kind="claim-db")
     return f"claimed:{key}"
+
+
+@idempotent_task(
+    entity="key",
+    acks_late=True,
+    lease_seconds=3,
+    retry=RetryPolicy(max_attempts=3, retry_on=(TimeoutError,), min_delay=2, max_delay=2),
+)
+def blip_on_retry(key: str, after_seconds: float) -> str:
+    """Fails once, ``after_seconds`` after its message first waited out a database outage;
+    a helper then cuts the database for 4 s while the retry comes to take its claim."""
+    import subprocess
+    import sys
+
+    from django.db import connection
+
+    Attempt.objects.create(task="blip_on_retry", key=key)
+    if Attempt.objects.filter(task="blip_on_retry", key=key).count() > 1:
+        SideEffect.objects.create(entity=key, kind="blip-retry")
+        return f"done:{key}"
+    name = connection.settings_dict["NAME"]
+    script = _BLIP_WHEN_RETRYING.format(name=name, key=key)
+    subprocess.Popen([sys.executable, "-c", script])
+    time.sleep(after_seconds)
+    raise TimeoutError("upstream timed out")
+
+
+# Run by blip_on_retry in its own process: once the claim is released for the retry, the
+# database refuses connections (and drops the open ones) for 4 s.
+_BLIP_WHEN_RETRYING = """
+import time, psycopg
+def run(db, sql, *a):
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=db, autocommit=True) as pg:
+        cursor = pg.execute(sql, a)
+        return cursor.fetchall() if cursor.description else []
+deadline = time.monotonic() + 60
+claim = "SELECT 1 FROM celery_hygiene_taskclaim WHERE entity = %s AND status = 'retrying'"
+while time.monotonic() < deadline and not run("{name}", claim, "{key}"):
+    time.sleep(0.05)
+run("postgres", 'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+drop = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+run("postgres", drop, "{name}")
+time.sleep(4)
+run("postgres", 'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+"""
+
+
+@idempotent_task(entity="key", acks_late=True, retry=RetryPolicy(max_attempts=2, **QUICK))
+def holds_its_key(key: str, seconds: float) -> str:
+    """A long body without database work: duplicates wait for it."""
+    time.sleep(seconds)
+    return f"held:{key}"

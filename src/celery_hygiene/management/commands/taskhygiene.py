@@ -145,7 +145,9 @@ class Command(BaseCommand):
             }
             for c in stale_claims(expired_for=expired_for)[: options["limit"]]
         ]
-        unsent = OutboxMessage.objects.count()
+        from celery_hygiene import outbox
+
+        unsent = outbox.waiting()
         if options["json"]:
             self.stdout.write(json.dumps(rows, indent=2))
             return
@@ -181,7 +183,7 @@ class Command(BaseCommand):
             total += sent
             if sent < outbox.BATCH:
                 break
-        left = OutboxMessage.objects.count()
+        left = outbox.waiting()
         self.stdout.write(f"Re-sent {total} message(s); {left} left in the outbox.")
         if left:
             raise CommandError("Some messages could not be sent (broker away?) or are not due.")
