@@ -45,8 +45,11 @@ def park(sig: Signature, *, reason: str, error: BaseException) -> OutboxMessage:
     )
 
 
-def resend_due(app: Celery, *, limit: int = BATCH) -> int:
-    """Publish parked messages that are due; returns how many were sent."""
+def resend_due(app: Celery, *, limit: int = BATCH, connection: Any = None) -> int:
+    """Publish parked messages that are due; returns how many were sent.
+
+    ``connection``: the broker connection to publish on (the worker's broker upkeep passes one
+    with socket timeouts); by default the app's producer pool."""
     using = router.db_for_write(OutboxMessage)
     sent = 0
     with transaction.atomic(using=using):
@@ -58,7 +61,7 @@ def resend_due(app: Celery, *, limit: int = BATCH) -> int:
         )
         for row in rows:
             try:
-                _publish(app, row)
+                _publish(app, row, connection)
             except Exception as exc:  # noqa: BLE001 - the broker is still away: try later
                 _postpone(row, exc, using)
                 log_event(logging.WARNING, "outbox_resend_failed", id=row.task_id, error=repr(exc))
@@ -69,13 +72,13 @@ def resend_due(app: Celery, *, limit: int = BATCH) -> int:
     return sent
 
 
-def _publish(app: Celery, row: OutboxMessage) -> None:
+def _publish(app: Celery, row: OutboxMessage, connection: Any = None) -> None:
     data: dict[str, Any] = kombu_loads(row.signature)
     sig = signature(data, app=app)
     eta = (sig.options or {}).get("eta")
     if isinstance(eta, str):
         sig.options["eta"] = dt.datetime.fromisoformat(eta)
-    sig.apply_async()
+    sig.apply_async(connection=connection)
 
 
 def _postpone(row: OutboxMessage, exc: BaseException, using: str) -> None:

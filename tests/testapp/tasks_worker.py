@@ -1,0 +1,26 @@
+"""Tasks for the worker main-process tests (tests/test_worker_faults.py): long bodies with short
+leases, a singleton, acks-late work for amortized completion."""
+
+from __future__ import annotations
+
+import time
+
+from celery_hygiene import idempotent_task, singleton_task
+from tests.testapp.models import Attempt, SideEffect
+
+
+@idempotent_task(entity="key", acks_late=True, lease_seconds=4)
+def long_body_short_lease(key: str, work_seconds: float) -> str:
+    """Runs five times longer than its lease: only the heartbeat keeps the claim its own."""
+    Attempt.objects.create(task="long_body_short_lease", key=key)
+    time.sleep(work_seconds)
+    SideEffect.objects.create(entity=key, kind="long")
+    return f"done:{key}"
+
+
+@singleton_task(acks_late=True, lease_seconds=3)
+def beat_singleton(work_seconds: float = 0.0) -> str:
+    """The README's beat recipe: never two runs at once; a finished run frees the key."""
+    Attempt.objects.create(task="beat_singleton", key="")
+    time.sleep(work_seconds)
+    return "ran"
