@@ -118,5 +118,9 @@ if os.environ.get("HYGIENE_AMORTIZED_COMPLETION"):  # workers hand completions t
     CELERY_HYGIENE["AMORTIZED_COMPLETION_GATHER_MS"] = float(
         os.environ.get("HYGIENE_AMORTIZED_GATHER_MS", "10")
     )
+if os.environ.get("HYGIENE_AMORTIZED_ACK_WARN_SECONDS"):  # one test's worker warns early
+    CELERY_HYGIENE["AMORTIZED_ACK_WARN_SECONDS"] = float(
+        os.environ["HYGIENE_AMORTIZED_ACK_WARN_SECONDS"]
+    )
 if os.environ.get("HYGIENE_ASYNC_COMPLETION"):  # one test's worker records completions async
     CELERY_HYGIENE["ASYNC_COMPLETION"] = True

@@ -4,8 +4,11 @@ acknowledgements still held. Real workers, real broker (RabbitMQ or Redis), real
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -114,4 +117,122 @@ def test_amortized_acknowledgements_survive_a_broker_reconnect(
     assert [r.get(timeout=60) for r in batch] == [f"done:reset-{i}" for i in range(1, 5)]
     wait_until(
         lambda: TaskClaim.objects.filter(status=ClaimStatus.SUCCEEDED).count() == 5, timeout=30
+    )
+
+
+def test_a_claim_taken_over_while_its_body_runs_is_reported_at_once(
+    worker_factory: Callable[..., WorkerProcess], queue_name: str
+) -> None:
+    """The renewal finds the claim in another owner's hands (what a takeover after a lapsed
+    lease leaves): `lease_lost` is logged while the body still runs, not only at completion."""
+    worker = worker_factory(queue_name, concurrency=2)
+    result = tw.long_body_short_lease.apply_async(("lost-1", 8.0), queue=queue_name)
+    wait_until(lambda: Attempt.objects.filter(key="lost-1").exists(), timeout=30)
+    TaskClaim.objects.filter(entity="lost-1").update(
+        owner_task_id="intruder", owner_worker="elsewhere@host"
+    )
+    worker.wait_for_log("lease_lost entity=lost-1", timeout=15)
+    assert not result.ready()  # reported while the body runs
+    assert "holder=intruder holder_worker=elsewhere@host" in worker.log()
+    result.get(timeout=30)
+    assert worker.log().count("lease_lost ") == 1  # once, not on every tick
+
+
+def test_when_only_a_pool_process_dies_the_redelivery_takes_the_claim_over_at_once(
+    worker_factory: Callable[..., WorkerProcess], queue_name: str, tmp_path: Path
+) -> None:
+    """acks_late + reject_on_worker_lost, lease 60 s: the pool process running the body is
+    killed, Celery requeues the message, and the main process ends the lease at once; the
+    redelivery runs within seconds, not after the 60 s lease."""
+    flag = tmp_path / "die-once"
+    flag.touch()
+    worker = worker_factory(queue_name, concurrency=2)
+    result = tw.dies_once.apply_async(("pool-death-1", str(flag)), queue=queue_name)
+    assert result.get(timeout=30) == "done:pool-death-1"
+    assert Attempt.objects.filter(task="dies_once", key="pool-death-1").count() == 2
+    claim = TaskClaim.objects.get(entity="pool-death-1")
+    assert claim.status == ClaimStatus.SUCCEEDED and claim.attempts == 2
+    assert "lease_released_worker_lost" in worker.log()
+
+
+def test_amortized_a_finished_body_waiting_for_its_record_keeps_its_lease(
+    worker_factory: Callable[..., WorkerProcess], queue_name: str, tmp_path: Path
+) -> None:
+    """AMORTIZED_COMPLETION: the body is done, the main process cannot record it yet (its
+    batches are refused). Its claim is still renewed: a duplicate on another worker, two leases
+    later, waits; once the batch is in, the duplicate gets the stored result. The held
+    acknowledgement is reported as stuck meanwhile."""
+    flag = tmp_path / "refuse-batch"
+    flag.touch()
+    env = {
+        **AMORTIZED,
+        "HYGIENE_FAIL_COMPLETION_BATCH_FLAG": str(flag),
+        "HYGIENE_AMORTIZED_ACK_WARN_SECONDS": "2",
+    }
+    first_worker = worker_factory(queue_name, concurrency=2, env=env)
+    assert ta.recorded_late.apply_async(("pending-1",), queue=queue_name).get(timeout=30)
+    first_worker.wait_for_log("completion_batch_failed")
+    other_queue = f"{queue_name}-b"
+    second_worker = worker_factory(other_queue, concurrency=2)
+    time.sleep(6.5)  # two 3 s leases: a lease nobody renewed has lapsed
+    duplicate = ta.recorded_late.apply_async(("pending-1",), queue=other_queue)
+    second_worker.wait_for_log(f"task_claim_busy task={ta.recorded_late.name}")
+    assert Attempt.objects.filter(key="pending-1").count() == 1
+    assert "amortized_acks_stuck" in first_worker.log()
+
+    flag.unlink()  # the database takes the batch again
+    assert duplicate.get(timeout=30) == "done:pending-1"
+    assert Attempt.objects.filter(key="pending-1").count() == 1
+    assert TaskClaim.objects.get(entity="pending-1").attempts == 1
+    from tests.celery_app import app
+
+    delete_queue(app, other_queue)
+
+
+def test_amortized_warm_shutdown_sends_the_held_acknowledgements(
+    worker_factory: Callable[..., WorkerProcess], queue_name: str
+) -> None:
+    """A singleton (the beat recipe) finishes during a warm shutdown: its completion is
+    recorded and its acknowledgement sent before the worker exits. A new worker gets nothing
+    back, so the run does not happen again (a finished singleton frees its key)."""
+    worker = worker_factory(queue_name, concurrency=2, env=AMORTIZED)
+    tw.beat_singleton.apply_async((2.0,), queue=queue_name)
+    wait_until(lambda: Attempt.objects.filter(task="beat_singleton").exists(), timeout=30)
+    worker.stop(timeout=30)
+    assert worker.process is not None and worker.process.returncode == 0
+
+    worker_factory(queue_name, concurrency=2, env=AMORTIZED)
+    time.sleep(6.0)  # past the 3 s lease: a message that came back would have run by now
+    assert Attempt.objects.filter(task="beat_singleton").count() == 1
+
+
+def test_amortized_cold_shutdown_records_the_pending_batch(
+    worker_factory: Callable[..., WorkerProcess], queue_name: str
+) -> None:
+    """A cold shutdown (SIGQUIT) while a completion waits in the main process (a 15 s gather
+    here): it is recorded before the worker exits, so the claim is `succeeded`."""
+    env = {**AMORTIZED, "HYGIENE_AMORTIZED_GATHER_MS": "15000"}
+    worker = worker_factory(queue_name, concurrency=2, env=env)
+    assert ta.recorded_late.apply_async(("cold-1",), queue=queue_name).get(timeout=30)
+    assert TaskClaim.objects.get(entity="cold-1").status == ClaimStatus.RUNNING
+    assert worker.process is not None
+    os.kill(worker.pid, signal.SIGQUIT)
+    worker.process.wait(timeout=30)
+    assert TaskClaim.objects.get(entity="cold-1").status == ClaimStatus.SUCCEEDED
+    assert "amortized_completion_stopped" in worker.log()
+
+
+def test_amortized_a_dead_writer_thread_is_restarted(
+    worker_factory: Callable[..., WorkerProcess], queue_name: str, tmp_path: Path
+) -> None:
+    flag = tmp_path / "kill-writer"
+    flag.touch()
+    worker = worker_factory(
+        queue_name, concurrency=2, env={**AMORTIZED, "HYGIENE_KILL_WRITER_FLAG": str(flag)}
+    )
+    results = [ta.recorded_late.apply_async((f"sup-{i}",), queue=queue_name) for i in range(3)]
+    assert [r.get(timeout=30) for r in results] == [f"done:sup-{i}" for i in range(3)]
+    worker.wait_for_log("completion_writer_restarted", timeout=15)
+    wait_until(
+        lambda: TaskClaim.objects.filter(status=ClaimStatus.SUCCEEDED).count() == 3, timeout=30
     )

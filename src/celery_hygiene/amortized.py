@@ -181,15 +181,22 @@ class CompletionWriter:
             self._held_acks.append((request, time.monotonic()))
         _poke(self._kick_w)
 
-    def release_acks(self) -> int:
-        """The event loop's reader callback (and the consumer step's, at shutdown): acknowledge
-        what the writer released. Always on the thread that owns the broker channel."""
+    def release_acks(self, *, now: bool = False) -> int:
+        """The event loop's reader callback: acknowledge what the writer released. Always on
+        the thread that owns the broker channel.
+
+        ``now``: at shutdown, once the event loop has closed. Celery's acknowledgement is a
+        callback queued on the loop, which would never run; the ack is sent directly instead.
+        """
         _empty(self.wake_r)
         released = 0
         while self.ackable:
             request, _ = self.ackable.popleft()
             try:
-                Request.acknowledge(request)
+                if now:
+                    _ack_directly(request)
+                else:
+                    Request.acknowledge(request)
             except Exception as exc:  # noqa: BLE001 - this one comes back; send the others
                 log_event(logging.WARNING, "amortized_ack_failed", id=request.id, error=repr(exc))
             released += 1
@@ -431,6 +438,13 @@ def record(batch: Iterable[Completion]) -> set[tuple[str, str, str]]:
     return recorded
 
 
+def _ack_directly(request: Request) -> None:
+    if request.acknowledged:
+        return
+    request.message.ack()
+    request.acknowledged = True
+
+
 def _poke(fd: int) -> None:
     with contextlib.suppress(BlockingIOError):  # full of wake-ups already: fine
         os.write(fd, b"x")
@@ -509,6 +523,25 @@ def stop() -> CompletionWriter | None:
         writer.finish(float(conf.get("DB_RETRY_SECONDS")))
         _last_totals.update(batches=writer.batches, recorded=writer.recorded)
     return writer
+
+
+def stop_and_acknowledge(hostname: str | None = None) -> None:
+    """At shutdown, after the pool has stopped, on the thread that owns the broker channel
+    (the event loop no longer runs): record what is left, then send the acknowledgements that
+    were waiting for it, so those messages do not come back."""
+    writer = stop()
+    if writer is None:
+        return
+    sent = writer.release_acks(now=True)
+    with writer._lock:
+        still_held = len(writer._held_acks)
+    log_event(
+        logging.INFO,
+        "amortized_acks_sent_at_shutdown",
+        worker=hostname or writer.hostname,
+        sent=sent,
+        not_recorded=still_held,
+    )
 
 
 def unrecorded() -> dict[str, Completion]:

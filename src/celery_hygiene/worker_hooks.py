@@ -56,9 +56,7 @@ def _on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
 def _on_worker_shutdown(sender: Any = None, **kwargs: Any) -> None:
     watchdog.uninstall()
     # Normally done already by the consumer step's shutdown (which also sends the held acks).
-    writer = amortized.stop()  # the pool has stopped: record the last completions it handed over
-    if writer is not None:
-        writer.release_acks()
+    amortized.stop_and_acknowledge()  # the pool has stopped: record what it handed over
     upkeep.stop()
     _flush_quietly()  # solo/threads pools ran their tasks in this process
 

@@ -29,9 +29,7 @@ class HygieneConsumerStep(bootsteps.StartStopStep):
         amortized.register_with_event_loop(hub)
 
     def shutdown(self, parent: Any) -> None:
-        writer = amortized.stop()
-        if writer is not None:
-            writer.release_acks()  # the event loop has stopped: send them from here
+        amortized.stop_and_acknowledge(getattr(parent, "hostname", None))
         upkeep.stop()
 
 

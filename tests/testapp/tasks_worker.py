@@ -3,6 +3,8 @@ leases, a singleton, acks-late work for amortized completion."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 from celery_hygiene import idempotent_task, singleton_task
@@ -24,3 +26,14 @@ def beat_singleton(work_seconds: float = 0.0) -> str:
     Attempt.objects.create(task="beat_singleton", key="")
     time.sleep(work_seconds)
     return "ran"
+
+
+@idempotent_task(entity="key", acks_late=True, reject_on_worker_lost=True, lease_seconds=60)
+def dies_once(key: str, flag: str) -> str:
+    """Kills its own pool process while the flag file exists (once), like an OOM kill; the
+    lease (60 s) is far longer than the test waits for the redelivery."""
+    Attempt.objects.create(task="dies_once", key=key)
+    if os.path.exists(flag):
+        os.unlink(flag)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return f"done:{key}"
