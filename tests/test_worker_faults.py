@@ -53,15 +53,18 @@ def _row_is_locked(task_id: str) -> bool:
 
 
 def test_a_stalled_broker_path_does_not_stop_lease_renewal(
-    worker_factory: Callable[..., WorkerProcess], queue_name: str, relay: Relay
+    worker_factory: Callable[..., WorkerProcess], queue_name: str, relay: Relay, tmp_path: Path
 ) -> None:
-    """Worker 1 runs a 20 s body with a 4 s lease; then its broker path goes silent while its
-    broker I/O is due (a parked outbox row to re-send; on Redis also the restore scan). Its
-    PostgreSQL is healthy, so its leases keep being renewed: a duplicate on worker 2, sent after
-    more than a lease, waits instead of running the body a second time alongside the first."""
+    """Worker 1 runs a long body (until the test ends it) with a 4 s lease; then its broker
+    path goes silent while its broker I/O is due (a parked outbox row to re-send; on Redis also
+    the restore scan). Its PostgreSQL is healthy, so its leases keep being renewed: a
+    duplicate on worker 2, sent after more than a lease, waits instead of running the body a
+    second time alongside the first."""
     env = _through(relay, {"HYGIENE_CONFIRM_PUBLISH": "1"})  # RabbitMQ: publishes wait
     first_worker = worker_factory(queue_name, concurrency=2, env=env)
-    first = tw.long_body_short_lease.apply_async(("stall-1", 20.0), queue=queue_name)
+    running = tmp_path / "body-runs"
+    running.touch()
+    first = tw.long_body_short_lease.apply_async(("stall-1", str(running)), queue=queue_name)
     wait_until(lambda: Attempt.objects.filter(key="stall-1").exists(), timeout=30)
     parked_queue = f"{queue_name}-parked"
 
@@ -80,11 +83,13 @@ def test_a_stalled_broker_path_does_not_stop_lease_renewal(
     other_queue = f"{queue_name}-b"
     second_worker = worker_factory(other_queue, concurrency=2)
     time.sleep(7.0)  # well past the 4 s lease: a lease not renewed since the stall has lapsed
-    duplicate = tw.long_body_short_lease.apply_async(("stall-1", 20.0), queue=other_queue)
+    duplicate = tw.long_body_short_lease.apply_async(("stall-1", str(running)), queue=other_queue)
     second_worker.wait_for_log(f"task_claim_busy task={tw.long_body_short_lease.name}")
     assert Attempt.objects.filter(key="stall-1").count() == 1  # no second run alongside
+    assert not first.ready()
 
     relay.mode = "pass"
+    running.unlink()
     assert first.get(timeout=60) == "done:stall-1"
     assert duplicate.get(timeout=60) == "done:stall-1"
     assert Attempt.objects.filter(key="stall-1").count() == 1
@@ -121,12 +126,14 @@ def test_amortized_acknowledgements_survive_a_broker_reconnect(
 
 
 def test_a_claim_taken_over_while_its_body_runs_is_reported_at_once(
-    worker_factory: Callable[..., WorkerProcess], queue_name: str
+    worker_factory: Callable[..., WorkerProcess], queue_name: str, tmp_path: Path
 ) -> None:
     """The renewal finds the claim in another owner's hands (what a takeover after a lapsed
     lease leaves): `lease_lost` is logged while the body still runs, not only at completion."""
     worker = worker_factory(queue_name, concurrency=2)
-    result = tw.long_body_short_lease.apply_async(("lost-1", 8.0), queue=queue_name)
+    running = tmp_path / "body-runs"
+    running.touch()
+    result = tw.long_body_short_lease.apply_async(("lost-1", str(running)), queue=queue_name)
     wait_until(lambda: Attempt.objects.filter(key="lost-1").exists(), timeout=30)
     TaskClaim.objects.filter(entity="lost-1").update(
         owner_task_id="intruder", owner_worker="elsewhere@host"
@@ -134,6 +141,8 @@ def test_a_claim_taken_over_while_its_body_runs_is_reported_at_once(
     worker.wait_for_log("lease_lost entity=lost-1", timeout=15)
     assert not result.ready()  # reported while the body runs
     assert "holder=intruder holder_worker=elsewhere@host" in worker.log()
+    time.sleep(3.0)  # more ticks: logged once, not on each
+    running.unlink()
     result.get(timeout=30)
     assert worker.log().count("lease_lost ") == 1  # once, not on every tick
 

@@ -12,10 +12,13 @@ from tests.testapp.models import Attempt, SideEffect
 
 
 @idempotent_task(entity="key", acks_late=True, lease_seconds=4)
-def long_body_short_lease(key: str, work_seconds: float) -> str:
-    """Runs five times longer than its lease: only the heartbeat keeps the claim its own."""
+def long_body_short_lease(key: str, until_gone: str) -> str:
+    """Runs (for many leases) until the test removes the file ``until_gone`` (at most 120 s):
+    only the heartbeat keeps the claim its own."""
     Attempt.objects.create(task="long_body_short_lease", key=key)
-    time.sleep(work_seconds)
+    deadline = time.monotonic() + 120
+    while os.path.exists(until_gone) and time.monotonic() < deadline:
+        time.sleep(0.2)
     SideEffect.objects.create(entity=key, kind="long")
     return f"done:{key}"
 
