@@ -242,6 +242,8 @@ class CompletionWriter:
                 self._arrived.extend(records)
                 for c in records:
                     self._unrecorded[c.owner_task_id] = c
+            if threading.current_thread() is not self._thread:
+                _poke(self._kick_w)  # the pipe it waits on is empty now: wake it for these
 
     def flush_now(self) -> None:
         """Record every completion sent so far, before the caller goes on (any thread).
