@@ -55,3 +55,19 @@ if os.environ.get("HYGIENE_FAIL_COMPLETION_BATCH_FLAG"):
         return _complete_many(*args, **kwargs)  # type: ignore[arg-type]
 
     claims.complete_many = _refusing_complete_many  # type: ignore[assignment]
+
+if os.environ.get("HYGIENE_KILL_WRITER_FLAG"):
+    # Fault injection for one test's worker: the amortized-completion writer's thread dies
+    # (an exception nothing in it catches) once, while the flag file exists.
+    from celery_hygiene import amortized
+
+    _cycle = amortized.CompletionWriter.cycle
+
+    def _dying_cycle(self: amortized.CompletionWriter) -> None:
+        flag = os.environ["HYGIENE_KILL_WRITER_FLAG"]
+        if os.path.exists(flag):
+            os.unlink(flag)
+            raise SystemExit("injected: the completion writer's thread dies")
+        _cycle(self)
+
+    amortized.CompletionWriter.cycle = _dying_cycle  # type: ignore[method-assign]

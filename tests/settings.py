@@ -83,7 +83,7 @@ if CELERY_BROKER_URL.startswith("redis"):
         "visibility_timeout": int(os.environ.get("HYGIENE_VISIBILITY_TIMEOUT", "20")),
         "unacked_mutex_expire": 10,
     }
-if os.environ.get("HYGIENE_CONFIRM_PUBLISH"):  # one test's worker sees refused publishes
+elif os.environ.get("HYGIENE_CONFIRM_PUBLISH"):  # workers that see refused publishes or wait for confirms
     CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -119,6 +119,10 @@ if os.environ.get("HYGIENE_AMORTIZED_COMPLETION"):  # workers hand completions t
     CELERY_HYGIENE["AMORTIZED_COMPLETION"] = True
     CELERY_HYGIENE["AMORTIZED_COMPLETION_GATHER_MS"] = float(
         os.environ.get("HYGIENE_AMORTIZED_GATHER_MS", "10")
+    )
+if os.environ.get("HYGIENE_AMORTIZED_ACK_WARN_SECONDS"):  # one test's worker warns early
+    CELERY_HYGIENE["AMORTIZED_ACK_WARN_SECONDS"] = float(
+        os.environ["HYGIENE_AMORTIZED_ACK_WARN_SECONDS"]
     )
 if os.environ.get("HYGIENE_ASYNC_COMPLETION"):  # one test's worker records completions async
     CELERY_HYGIENE["ASYNC_COMPLETION"] = True

@@ -67,6 +67,7 @@ class Completion(claims.Finished):
     and the database it lives on."""
 
     using: str
+    lease_seconds: float = 0.0  # the claim's lease: renewed (leases.py) until it is recorded
 
     def encode(self) -> bytes:
         fields = [
@@ -76,13 +77,14 @@ class Completion(claims.Finished):
             self.attempts,
             self.result_json,
             self.using,
+            self.lease_seconds,
         ]
         return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
 
     @classmethod
     def decode(cls, line: bytes) -> Completion:
-        entity, operation, owner, attempts, result, using = json.loads(line)
-        return cls(entity, operation, owner, int(attempts), result, using)
+        entity, operation, owner, attempts, result, using, lease = json.loads(line)
+        return cls(entity, operation, owner, int(attempts), result, using, float(lease))
 
 
 class Channel:
@@ -91,6 +93,10 @@ class Channel:
     def __init__(self) -> None:
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
+        # Pool processes never wait on the main process: a full pipe (its writer stuck) makes
+        # them complete inline instead. A write of up to PIPE_BUF bytes to a non-blocking pipe
+        # is still all or nothing.
+        os.set_blocking(self.write_fd, False)
         self.main_pid = os.getpid()
         self._partial = b""
 
@@ -110,6 +116,9 @@ class Channel:
             return False
         try:
             os.write(self.write_fd, data)
+        except BlockingIOError:  # full: the main process is not draining it; complete here
+            log_event(logging.WARNING, "completion_pipe_full", id=completion.owner_task_id)
+            return False
         except OSError:  # the main process is gone: nobody would ever write it
             return False
         return True
@@ -130,24 +139,30 @@ class Channel:
         return [Completion.decode(line) for line in lines if line]
 
 
-class CompletionWriter(threading.Thread):
+class CompletionWriter:
     """The main process's writer: drains the pipe, records batches, releases acknowledgements.
 
     Records are never dropped: while the database refuses them they stay in memory (the pipe is
     still drained, so pool processes never block on it) and are written when it is back; the
-    acknowledgements of their messages wait with them.
+    acknowledgements of their messages wait with them. Its thread is supervised
+    (:meth:`ensure_running`, from the lease thread): one that died is started again.
     """
 
     def __init__(self, channel: Channel, hostname: str) -> None:
-        super().__init__(name="celery-hygiene-completions", daemon=True)
         self.channel = channel
         self.hostname = hostname
         self.pending: list[Completion] = []
         self.stopped = threading.Event()
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._writing = threading.Lock()  # the pipe and ``pending``: this thread or flush_now()
-        self._held_acks: list[Request] = []  # guarded by _lock; appended by the event loop
-        self.ackable: deque[Request] = deque()  # filled here, emptied by the event loop
+        self._writing = threading.Lock()  # ``pending`` and the writes: this thread or flush_now()
+        self._draining = threading.Lock()  # the pipe's read end and its partial record
+        self._arrived: list[Completion] = []  # drained, not yet pending; guarded by _lock
+        self._unrecorded: dict[str, Completion] = {}  # owner task id -> record; under _lock
+        # (request, monotonic time it was held); guarded by _lock; appended by the event loop
+        self._held_acks: list[tuple[Request, float]] = []
+        self._next_ack_warning = 0.0
+        self.ackable: deque[tuple[Request, float]] = deque()  # filled here, sent by the loop
         self._kick_r, self._kick_w = os.pipe()  # wakes this thread when an ack is held
         self.wake_r, self._wake_w = os.pipe()  # wakes the event loop when acks may go
         for fd in (self._kick_r, self._kick_w, self.wake_r, self._wake_w):
@@ -163,18 +178,72 @@ class CompletionWriter(threading.Thread):
     def hold_ack(self, request: Request) -> None:
         """Acknowledge ``request`` once every completion its pool process sent is recorded."""
         with self._lock:
-            self._held_acks.append(request)
+            self._held_acks.append((request, time.monotonic()))
         _poke(self._kick_w)
 
-    def release_acks(self) -> int:
-        """The event loop's reader callback: acknowledge what the writer released."""
+    def release_acks(self, *, now: bool = False) -> int:
+        """The event loop's reader callback: acknowledge what the writer released. Always on
+        the thread that owns the broker channel.
+
+        ``now``: at shutdown, once the event loop has closed. Celery's acknowledgement is a
+        callback queued on the loop, which would never run; the ack is sent directly instead.
+        """
         _empty(self.wake_r)
         released = 0
         while self.ackable:
-            request = self.ackable.popleft()
-            Request.acknowledge(request)
+            request, _ = self.ackable.popleft()
+            try:
+                if now:
+                    _ack_directly(request)
+                else:
+                    Request.acknowledge(request)
+            except Exception as exc:  # noqa: BLE001 - this one comes back; send the others
+                log_event(logging.WARNING, "amortized_ack_failed", id=request.id, error=repr(exc))
             released += 1
         return released
+
+    def check_held(self) -> None:
+        """Log acknowledgements held longer than ``AMORTIZED_ACK_WARN_SECONDS`` (at most once
+        per that interval): a batch the database keeps refusing, or an event loop that no
+        longer sends what the writer released."""
+        limit = float(conf.get("AMORTIZED_ACK_WARN_SECONDS"))
+        now = time.monotonic()
+        if now < self._next_ack_warning:
+            return
+        with self._lock:
+            waiting = [held for _, held in self._held_acks]
+        released = [held for _, held in list(self.ackable)]
+        oldest = min(waiting + released, default=now)
+        if now - oldest < limit:
+            return
+        self._next_ack_warning = now + limit
+        log_event(
+            logging.WARNING,
+            "amortized_acks_stuck",
+            worker=self.hostname,
+            waiting_for_record=len(waiting),
+            released_not_sent=len(released),
+            oldest_seconds=round(now - oldest, 1),
+        )
+
+    def unrecorded(self) -> dict[str, Completion]:
+        """Completions handed over and not yet recorded, by owner task id (any thread; drains
+        the pipe first, so a record written before this call is in it)."""
+        self.collect()
+        with self._lock:
+            return dict(self._unrecorded)
+
+    def collect(self) -> None:
+        """Move what the pipe holds into memory (never blocks; any thread)."""
+        with self._draining:
+            records = self.channel.drain()
+        if records:
+            with self._lock:
+                self._arrived.extend(records)
+                for c in records:
+                    self._unrecorded[c.owner_task_id] = c
+            if threading.current_thread() is not self._thread:
+                _poke(self._kick_w)  # the pipe it waits on is empty now: wake it for these
 
     def flush_now(self) -> None:
         """Record every completion sent so far, before the caller goes on (any thread).
@@ -187,6 +256,27 @@ class CompletionWriter(threading.Thread):
 
     # -- the thread -------------------------------------------------------------------------
 
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.run, name="celery-hygiene-completions", daemon=True
+        )
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def ensure_running(self) -> bool:
+        """Start the thread again if it died (supervision); True if it had to."""
+        if self.stopped.is_set() or self.is_alive():
+            return False
+        log_event(logging.ERROR, "completion_writer_restarted", worker=self.hostname)
+        self.start()
+        return True
+
     def run(self) -> None:
         watched = [self.channel.read_fd, self._kick_r]
         while not self.stopped.is_set():
@@ -198,9 +288,18 @@ class CompletionWriter(threading.Thread):
             if ready and self.gather_seconds:
                 # Let the batch fill: every record arriving meanwhile shares its statement and
                 # its commit, and the thread wakes (and takes the GIL from the event loop) less.
-                time.sleep(self.gather_seconds)
+                # A shutdown does not wait for it.
+                self.stopped.wait(self.gather_seconds)
             _empty(self._kick_r)
-            self.cycle()
+            try:
+                self.cycle()
+                self.check_held()
+            except Exception as exc:  # noqa: BLE001 - kept in memory, tried again; stay alive
+                close_broken_connections()
+                log_event(
+                    logging.ERROR, "completion_writer_failed", worker=self.hostname, error=repr(exc)
+                )
+                self.stopped.wait(1.0)
 
     def cycle(self) -> None:
         """One round: take the held acks, drain the pipe, write, release what is recorded.
@@ -211,11 +310,13 @@ class CompletionWriter(threading.Thread):
         with self._lock:
             held, self._held_acks = self._held_acks, []
         self._write_arrived(back_off=True)
-        waiting = {c.owner_task_id for c in self.pending}
-        go = [r for r in held if r.id not in waiting]
-        if len(go) < len(held):
-            with self._lock:
-                self._held_acks[:0] = [r for r in held if r.id in waiting]
+        self._release_recorded(held)
+
+    def _release_recorded(self, held: list[tuple[Request, float]]) -> None:
+        with self._lock:
+            waiting = set(self._unrecorded)
+            self._held_acks[:0] = [h for h in held if h[0].id in waiting]
+        go = [h for h in held if h[0].id not in waiting]
         if go:
             self.ackable.extend(go)
             _poke(self._wake_w)
@@ -224,7 +325,10 @@ class CompletionWriter(threading.Thread):
         """Drain the pipe and write what is pending (after a failure, with ``back_off``, only
         once its wait is over)."""
         with self._writing:
-            self.pending.extend(self.channel.drain())
+            self.collect()
+            with self._lock:
+                arrived, self._arrived = self._arrived, []
+            self.pending.extend(arrived)
             if self.pending and not (back_off and time.monotonic() < self._next_try):
                 self._write()
 
@@ -253,6 +357,10 @@ class CompletionWriter(threading.Thread):
             batch = self.pending[:MAX_BATCH]
             recorded = record(batch)
             del self.pending[: len(batch)]
+            with self._lock:
+                for c in batch:
+                    if self._unrecorded.get(c.owner_task_id) is c:
+                        del self._unrecorded[c.owner_task_id]
             self._report(batch, recorded)
 
     def _back_off(self, exc: Exception) -> None:
@@ -292,12 +400,16 @@ class CompletionWriter(threading.Thread):
         their leases and lapse, so the body may run again, as after a crash).
         """
         self.stopped.set()
+        _poke(self._kick_w)
         self.join(timeout=5)
         deadline = time.monotonic() + budget
         self._write_arrived(back_off=False)
         while self.pending and time.monotonic() < deadline:
             time.sleep(min(self._retry_wait, max(0.0, deadline - time.monotonic())))
             self._write_arrived(back_off=False)
+        with self._lock:
+            held, self._held_acks = self._held_acks, []
+        self._release_recorded(held)  # the caller sends them (send_released_acks)
         log_event(
             logging.INFO,
             "amortized_completion_stopped",
@@ -326,6 +438,13 @@ def record(batch: Iterable[Completion]) -> set[tuple[str, str, str]]:
     for using, completions in by_alias.items():
         recorded |= claims.complete_many(completions, using=using)
     return recorded
+
+
+def _ack_directly(request: Request) -> None:
+    if request.acknowledged:
+        return
+    request.message.ack()
+    request.acknowledged = True
 
 
 def _poke(fd: int) -> None:
@@ -367,28 +486,79 @@ def prepare() -> Channel | None:
     return _channel
 
 
+def register_with_event_loop(hub: Any) -> None:
+    """Let the event loop send the acknowledgements the writer releases.
+
+    Called by the consumer step (``worker_step.py``) each time Celery (re)starts its event loop:
+    a reset after a lost broker connection drops every reader, this one included.
+    """
+    writer = _writer
+    if writer is not None and not writer.channel.in_pool_process():
+        hub.add_reader(writer.wake_r, writer.release_acks)
+
+
 def start(consumer: Any) -> CompletionWriter | None:
-    """``worker_ready``: let the event loop send the acknowledgements the writer releases."""
+    """``worker_ready``: the writer learns the worker's name; checks the event-loop hook."""
     writer = _writer
     if writer is None or writer.channel.in_pool_process():
         return None
     writer.hostname = consumer.hostname
-    hub = getattr(consumer.controller, "hub", None) or getattr(consumer, "hub", None)
-    if hub is None:  # cannot happen with the pool that sends worker_before_create_process
-        log_event(logging.ERROR, "amortized_completion_no_event_loop", worker=consumer.hostname)
-        return writer
-    hub.add_reader(writer.wake_r, writer.release_acks)
+    from .worker_step import HygieneConsumerStep
+
+    if not any(isinstance(step, HygieneConsumerStep) for step in consumer.steps or ()):
+        # The step is added at worker_init; a worker started some other way gets the reader
+        # once (acknowledgements then stop after a broker reconnect: amortized_acks_stuck).
+        log_event(logging.ERROR, "amortized_completion_no_consumer_step", worker=consumer.hostname)
+        hub = getattr(consumer.controller, "hub", None) or getattr(consumer, "hub", None)
+        if hub is not None:
+            register_with_event_loop(hub)
     log_event(logging.INFO, "amortized_completion_started", worker=consumer.hostname)
     return writer
 
 
-def stop() -> None:
-    """``worker_shutdown`` (the pool has stopped): write what is left."""
+def stop() -> CompletionWriter | None:
+    """The pool has stopped (consumer step shutdown, warm or cold; else ``worker_shutdown``):
+    write what is left. The caller sends the acknowledgements released by that."""
     global _writer
     writer, _writer = _writer, None
     if writer is not None:
         writer.finish(float(conf.get("DB_RETRY_SECONDS")))
         _last_totals.update(batches=writer.batches, recorded=writer.recorded)
+    return writer
+
+
+def stop_and_acknowledge(hostname: str | None = None) -> None:
+    """At shutdown, after the pool has stopped, on the thread that owns the broker channel
+    (the event loop no longer runs): record what is left, then send the acknowledgements that
+    were waiting for it, so those messages do not come back."""
+    writer = stop()
+    if writer is None:
+        return
+    sent = writer.release_acks(now=True)
+    with writer._lock:
+        still_held = len(writer._held_acks)
+    log_event(
+        logging.INFO,
+        "amortized_acks_sent_at_shutdown",
+        worker=hostname or writer.hostname,
+        sent=sent,
+        not_recorded=still_held,
+    )
+
+
+def unrecorded() -> dict[str, Completion]:
+    """In the main process: completions handed over and not recorded yet (else empty)."""
+    writer = _writer
+    if writer is None or writer.channel.in_pool_process():
+        return {}
+    return writer.unrecorded()
+
+
+def supervise() -> None:
+    """In the main process: restart the writer's thread if it died."""
+    writer = _writer
+    if writer is not None and not writer.channel.in_pool_process():
+        writer.ensure_running()
 
 
 def writer() -> CompletionWriter | None:
@@ -429,6 +599,7 @@ def hand_over(task: Any, ticket: claims.Ticket, result_json: str | None) -> bool
         ticket.attempts,
         result_json,
         ticket.using,
+        float(ticket.lease_seconds),
     )
     return channel.send(completion)
 
@@ -456,3 +627,61 @@ class HygieneRequest(Request):
             super().acknowledge()
             return
         writer.hold_ack(self)
+
+    # -- a pool process died (prefork) --------------------------------------------------------
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        """A pool process that died: record what it handed over, and when Celery requeues the
+        message (``acks_late`` + ``task_reject_on_worker_lost``), end the claim's lease now.
+
+        Celery sends no ``task_failure`` when it requeues, so this is the only place that hears
+        of it. Nobody holds the lease any more (the body is dead), and the redelivery takes the
+        claim over at once instead of waiting the lease out.
+        """
+        lost = _is_worker_lost(self, exc_info.exception)
+        if lost:
+            flush()  # a body that handed over its completion and then died did finish
+        self._hygiene_requeued = False
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+        if lost and self._hygiene_requeued:
+            _release_lost_lease(self)
+
+    def reject(self, requeue: bool = False) -> None:
+        if requeue and not self.acknowledged:
+            self._hygiene_requeued = True
+        super().reject(requeue=requeue)
+
+
+def _is_worker_lost(request: Request, exc: Any) -> bool:
+    from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
+    from billiard.exceptions import WorkerLostError
+
+    if isinstance(exc, ExceptionWithTraceback):
+        exc = exc.exc
+    if isinstance(exc, WorkerLostError):
+        return True
+    # Billiard >= 4.3 reports the exit itself; Celery treats it as a lost worker unless it
+    # killed the process on purpose (revoke, cancel).
+    return isinstance(exc, SystemExit | KeyboardInterrupt) and not (
+        getattr(request, "_already_cancelled", False) or getattr(request, "_already_revoked", False)
+    )
+
+
+def _release_lost_lease(request: Request) -> None:
+    from . import upkeep
+
+    task = request.task
+    if not hasattr(task, "release_lost_lease"):
+        return
+    try:
+        task.release_lost_lease(
+            request.id, request.args, request.kwargs, upkeep.hostname() or request.hostname
+        )
+    except Exception as exc:  # noqa: BLE001 - never raise into the event loop; the lease lapses
+        log_event(
+            logging.ERROR, "lease_release_failed", task=task.name, id=request.id, error=repr(exc)
+        )
+        return
+    log_event(logging.INFO, "lease_released_worker_lost", task=task.name, id=request.id)

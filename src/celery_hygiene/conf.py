@@ -49,7 +49,15 @@ Every key is optional::
                                            # acknowledged (docs/idempotency.md)
         "AMORTIZED_COMPLETION_GATHER_MS": 10,  # how long the main process lets a batch fill
                                            # after its first record (0: write at once)
+        "AMORTIZED_ACK_WARN_SECONDS": 60,  # log `amortized_acks_stuck` when an acknowledgement
+                                           # has been held longer than this
+        "UPKEEP_BROKER_TIMEOUT_SECONDS": 10,  # socket timeouts of the worker's own broker I/O
+                                           # (outbox re-send, Redis restore scan)
     }
+
+``DEFAULT_LEASE_SECONDS`` and ``lease_seconds=`` must be at least ``MIN_LEASE_SECONDS``: the
+worker looks at its leases every ``LEASE_TICK_SECONDS`` and renews one when a third of it has
+passed, so a shorter lease could lapse between two looks of a live owner.
 """
 
 from __future__ import annotations
@@ -59,6 +67,9 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
+
+LEASE_TICK_SECONDS = 1.0
+MIN_LEASE_SECONDS = 3 * LEASE_TICK_SECONDS
 
 DEFAULTS: dict[str, Any] = {
     "DEFAULT_RETRY_POLICY": None,
@@ -85,6 +96,8 @@ DEFAULTS: dict[str, Any] = {
     "ASYNC_COMPLETION": False,
     "AMORTIZED_COMPLETION": False,
     "AMORTIZED_COMPLETION_GATHER_MS": 10.0,
+    "AMORTIZED_ACK_WARN_SECONDS": 60.0,
+    "UPKEEP_BROKER_TIMEOUT_SECONDS": 10.0,
 }
 
 
@@ -125,12 +138,29 @@ def _read(name: str) -> Any:
     configured = getattr(settings, "CELERY_HYGIENE", {}) or {}
     if not isinstance(configured, dict):
         raise ImproperlyConfigured("CELERY_HYGIENE must be a dict of setting names to values.")
+    value = DEFAULTS[name]
     if name in configured:
-        return configured[name]
-    for old, new in RENAMED.items():
-        if new == name and old in configured:
-            return configured[old]
-    return DEFAULTS[name]
+        value = configured[name]
+    else:
+        for old, new in RENAMED.items():
+            if new == name and old in configured:
+                value = configured[old]
+    if name == "DEFAULT_LEASE_SECONDS":
+        check_lease(value, "CELERY_HYGIENE['DEFAULT_LEASE_SECONDS']")
+    return value
+
+
+def check_lease(seconds: Any, where: str) -> None:
+    """Refuse a lease the worker cannot renew in time (see MIN_LEASE_SECONDS)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ImproperlyConfigured(f"{where} must be a number of seconds, got {seconds!r}.")
+    if not seconds >= MIN_LEASE_SECONDS:
+        raise ImproperlyConfigured(
+            f"{where} is {seconds!r} s: a lease must be at least {MIN_LEASE_SECONDS:g} s. The "
+            f"worker renews leases on a {LEASE_TICK_SECONDS:g} s tick when a third has passed, "
+            "so a shorter one lapses while its owner is alive. Use a longer lease; it only "
+            "bounds how long a crashed owner's claim stays blocked."
+        )
 
 
 def _on_setting_changed(setting: str = "", **kwargs: Any) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .conf import LEASE_TICK_SECONDS, MIN_LEASE_SECONDS
 from .exceptions import EntityKeyError, HygieneConfigurationError
 from .keys import fingerprint, normalize_key
 
@@ -66,6 +67,13 @@ class IdempotencySpec:
             raise HygieneConfigurationError(
                 f"{name}: lease_seconds must be a positive number of seconds, "
                 f"got {lease_seconds!r}."
+            )
+        if lease_seconds is not None and lease_seconds < MIN_LEASE_SECONDS:
+            raise HygieneConfigurationError(
+                f"{name}: lease_seconds={lease_seconds!r} is shorter than {MIN_LEASE_SECONDS:g} s; "
+                f"the worker renews leases on a {LEASE_TICK_SECONDS:g} s tick when a third has "
+                "passed, so it would lapse while its owner is alive. Use a longer lease: it "
+                "only bounds how long a crashed owner's claim stays blocked."
             )
         if operation is not None and (not isinstance(operation, str) or not operation.strip()):
             raise HygieneConfigurationError(f"{name}: operation must be a non-empty string.")

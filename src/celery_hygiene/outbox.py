@@ -61,8 +61,11 @@ def park(sig: Signature, *, reason: str, error: BaseException) -> OutboxMessage:
     )
 
 
-def resend_due(app: Celery, *, limit: int = BATCH) -> int:
-    """Publish parked messages that are due; returns how many were sent."""
+def resend_due(app: Celery, *, limit: int = BATCH, connection: Any = None) -> int:
+    """Publish parked messages that are due; returns how many were sent.
+
+    ``connection``: the broker connection to publish on (the worker's broker upkeep passes one
+    with socket timeouts); by default the app's producer pool."""
     using = router.db_for_write(OutboxMessage)
     sent = 0
     for _ in range(limit):
@@ -70,7 +73,7 @@ def resend_due(app: Celery, *, limit: int = BATCH) -> int:
         if row is None:
             break
         try:
-            _publish(app, row)
+            _publish(app, row, connection)
         except Exception as exc:  # noqa: BLE001 - the broker is still away: try later
             _postpone(row, exc, using)
             log_event(logging.WARNING, "outbox_resend_failed", id=row.task_id, error=repr(exc))
@@ -135,7 +138,7 @@ def _eta(row: OutboxMessage) -> dt.datetime | None:
     return dt.datetime.fromisoformat(eta) if isinstance(eta, str) else None
 
 
-def _publish(app: Celery, row: OutboxMessage) -> None:
+def _publish(app: Celery, row: OutboxMessage, connection: Any = None) -> None:
     data: dict[str, Any] = kombu_loads(row.signature)
     sig = signature(data, app=app)
     options = sig.options
@@ -143,7 +146,7 @@ def _publish(app: Celery, row: OutboxMessage) -> None:
     if isinstance(eta, str):
         options["eta"] = dt.datetime.fromisoformat(eta)
     options["headers"] = {**(options.get("headers") or {}), ROW_HEADER: row.pk}
-    sig.apply_async()
+    sig.apply_async(connection=connection)
 
 
 def _postpone(row: OutboxMessage, exc: BaseException, using: str) -> None:

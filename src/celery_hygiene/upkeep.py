@@ -1,69 +1,49 @@
-"""The worker's main-process upkeep thread: lease heartbeats, the outbox sweep, and (on a Redis
-broker) the restore scan for killed workers' messages.
+"""What the worker's main process runs for the library, started and stopped in one place.
 
-One daemon thread per worker (not per task), started when the worker is ready. It is a thread
-rather than an entry on the consumer's timer because its work touches the database: during an
-outage a connection attempt may block for seconds, and the event loop that acknowledges
-messages must not wait for it. Its database connection is its own (Django's are per thread).
+Two threads, each a step with ``start``/``stop``, because what they wait on differs:
+
+- ``leases.LeaseThread``: lease heartbeats (and a watch on the amortized-completion writer).
+  Talks to PostgreSQL only, with connect and statement timeouts below a third of a lease, so a
+  live owner keeps its claims whatever the broker does.
+- ``broker_upkeep.BrokerUpkeep``: the outbox sweep and, on a Redis broker, the restore scan.
+  Broker I/O, on a connection of its own with socket timeouts.
+
+They are threads rather than entries on the consumer's timer because their work may block (a
+connection attempt during an outage), and the event loop that acknowledges messages must not
+wait for it. Each has its own database connection (Django's are per thread). Started when the
+worker is ready; stopped by the consumer step (``worker_step.py``) or at ``worker_shutdown``.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from typing import Any
+from typing import Any, Protocol
 
-from . import conf, outbox, redis_recovery
-from .dbretry import close_broken_connections
+from .broker_upkeep import BrokerUpkeep
 from .events import log_event
-from .leases import LeaseKeeper
-
-TICK_SECONDS = 1.0
+from .leases import LeaseThread
 
 
-class Upkeep(threading.Thread):
+class Step(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class Upkeep:
     def __init__(self, app: Any, hostname: str) -> None:
-        super().__init__(name="celery-hygiene-upkeep", daemon=True)
         self.app = app
         self.hostname = hostname
-        self.leases = LeaseKeeper(hostname)
-        self.stopped = threading.Event()
-        self.next_sweep = 0.0
-        self.next_restore = 0.0
-        self.restores = redis_recovery.uses_redis(app)
+        self.leases = LeaseThread(hostname)
+        self.broker = BrokerUpkeep(app, hostname)
+        self.steps: list[Step] = [self.leases, self.broker]
 
-    def run(self) -> None:
-        while not self.stopped.wait(TICK_SECONDS):
-            self.tick()
+    def start(self) -> None:
+        for step in self.steps:
+            step.start()
 
-    def tick(self) -> None:
-        try:
-            self.leases.tick()
-        except Exception as exc:  # noqa: BLE001 - never let the thread die
-            log_event(logging.ERROR, "lease_tick_failed", worker=self.hostname, error=repr(exc))
-        now = time.monotonic()
-        if now >= self.next_sweep:
-            self.next_sweep = now + float(conf.get("OUTBOX_SWEEP_SECONDS"))
-            self._sweep()
-        if self.restores and now >= self.next_restore:
-            self.next_restore = now + float(conf.get("REDIS_RESTORE_SECONDS"))
-            self._restore()
-
-    def _sweep(self) -> None:
-        try:
-            outbox.resend_due(self.app)
-        except Exception as exc:  # noqa: BLE001 - database away: next sweep
-            close_broken_connections()
-            log_event(logging.WARNING, "outbox_sweep_failed", worker=self.hostname, error=repr(exc))
-
-    def _restore(self) -> None:
-        try:
-            redis_recovery.restore_visible(self.app)
-        except Exception as exc:  # noqa: BLE001 - broker away: next time
-            log_event(
-                logging.WARNING, "redis_restore_failed", worker=self.hostname, error=repr(exc)
-            )
+    def stop(self) -> None:
+        for step in reversed(self.steps):
+            step.stop()
 
 
 _upkeep: Upkeep | None = None
@@ -86,5 +66,5 @@ def start(consumer: Any) -> Upkeep:
 def stop() -> None:
     global _upkeep
     if _upkeep is not None:
-        _upkeep.stopped.set()
+        _upkeep.stop()
         _upkeep = None

@@ -56,6 +56,8 @@ def on_task_failure(
         if sender.acks_late and (
             # Celery requeues these itself; the redelivery is counted against the cap instead,
             # and may take the claim over at once: its body is dead, nobody holds the lease.
+            # (Celery sends no task_failure when it requeues a lost worker's message: that case
+            # is handled by amortized.HygieneRequest.on_failure; a hard time limit lands here.)
             (isinstance(exception, WorkerLostError) and sender.reject_on_worker_lost)
             or (isinstance(exception, TimeLimitExceeded) and not sender.acks_on_failure_or_timeout)
         ):

@@ -13,11 +13,14 @@ from typing import Any
 
 from celery import signals as celery_signals
 
-from . import amortized, routing, runstats, upkeep, watchdog
+from . import amortized, routing, runstats, upkeep, watchdog, worker_step
 from .events import log_event
 
 
 def connect() -> None:
+    celery_signals.worker_init.connect(
+        _on_worker_init, weak=False, dispatch_uid="hygiene_consumer_step"
+    )
     celery_signals.worker_ready.connect(
         _on_worker_ready, weak=False, dispatch_uid="hygiene_wd_ready"
     )
@@ -40,6 +43,10 @@ def connect() -> None:
     )
 
 
+def _on_worker_init(sender: Any = None, **kwargs: Any) -> None:
+    worker_step.install(sender)
+
+
 def _on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     watchdog.install(sender)
     upkeep.start(sender)
@@ -48,7 +55,8 @@ def _on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
 
 def _on_worker_shutdown(sender: Any = None, **kwargs: Any) -> None:
     watchdog.uninstall()
-    amortized.stop()  # the pool has stopped: record the last completions it handed over
+    # Normally done already by the consumer step's shutdown (which also sends the held acks).
+    amortized.stop_and_acknowledge()  # the pool has stopped: record what it handed over
     upkeep.stop()
     _flush_quietly()  # solo/threads pools ran their tasks in this process
 

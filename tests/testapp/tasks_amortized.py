@@ -16,7 +16,7 @@ def recorded_early(key: str, result_bytes: int = 0) -> str:
     return "x" * result_bytes if result_bytes else f"done:{key}"
 
 
-@idempotent_task(entity="key", acks_late=True, lease_seconds=2)
+@idempotent_task(entity="key", acks_late=True, lease_seconds=3)
 def recorded_late(key: str, work_seconds: float = 0.0) -> str:
     Attempt.objects.create(task="recorded_late", key=key)
     time.sleep(work_seconds)

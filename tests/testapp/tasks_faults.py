@@ -11,7 +11,7 @@ from tests.testapp.models import Attempt, SideEffect
 QUICK = RetryPolicy(max_attempts=3, min_delay=0.5, max_delay=0.5)
 
 
-@idempotent_task(entity="key", acks_late=True, lease_seconds=2, retry=QUICK)
+@idempotent_task(entity="key", acks_late=True, lease_seconds=3, retry=QUICK)
 def outlives_its_lease(key: str, work_seconds: float) -> str:
     """Runs three times longer than its lease: only the heartbeat keeps the claim its own."""
     Attempt.objects.create(task="outlives_its_lease", key=key)

@@ -77,7 +77,7 @@ def kills_its_worker_plain(key: str) -> None:
 
 @idempotent_task(
     entity="key",
-    lease_seconds=1,
+    lease_seconds=3,
     acks_late=True,
     reject_on_worker_lost=True,
     retry=RetryPolicy(max_attempts=3, **QUICK),

@@ -1,0 +1,61 @@
+"""Worker main-process pieces without a worker: lease bounds, the amortized pipe."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from celery_hygiene import amortized, conf, idempotent_task, leases
+from celery_hygiene.exceptions import HygieneConfigurationError
+
+
+def test_a_lease_shorter_than_three_heartbeat_ticks_is_refused_at_import() -> None:
+    with pytest.raises(HygieneConfigurationError, match="shorter than 3 s"):
+
+        @idempotent_task(entity="key", lease_seconds=2)
+        def too_short(key: str) -> None: ...
+
+    @idempotent_task(entity="key", lease_seconds=3)
+    def long_enough(key: str) -> None: ...
+
+
+def test_a_default_lease_shorter_than_three_ticks_is_refused(settings) -> None:  # noqa: ANN001
+    settings.CELERY_HYGIENE = {"DEFAULT_LEASE_SECONDS": 1}
+    with pytest.raises(ImproperlyConfigured, match="DEFAULT_LEASE_SECONDS"):
+        conf.get("DEFAULT_LEASE_SECONDS")
+    settings.CELERY_HYGIENE = {"DEFAULT_LEASE_SECONDS": 3}
+    assert conf.get("DEFAULT_LEASE_SECONDS") == 3
+
+
+def test_each_renewal_gives_up_well_inside_a_third_of_the_lease() -> None:
+    for lease in (3.0, 4.0, 60.0, 3600.0):
+        assert leases.renewal_timeout(lease) < lease * leases.RENEW_FRACTION
+    assert leases.renewal_timeout(3600.0) == leases.STATEMENT_TIMEOUT_MAX
+
+
+def test_a_pool_process_never_blocks_on_a_full_pipe() -> None:
+    """The main process stopped draining: a send fails at once (the pool process then completes
+    inline) instead of blocking the pool process."""
+    channel = amortized.Channel()
+    try:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(channel.write_fd, b"x" * 4096)
+        completion = amortized.Completion("e", "op", "id", 1, '"r"', "default", 30.0)
+        outcome: list[bool] = []
+        sender = threading.Thread(target=lambda: outcome.append(channel.send(completion)))
+        sender.start()
+        sender.join(timeout=5)
+        assert outcome == [False]
+    finally:
+        os.close(channel.read_fd)
+        os.close(channel.write_fd)
+
+
+def test_a_completion_record_carries_its_lease() -> None:
+    completion = amortized.Completion("e", "op", "id", 2, None, "default", 45.0)
+    assert amortized.Completion.decode(completion.encode().rstrip(b"\n")) == completion
