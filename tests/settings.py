@@ -83,7 +83,7 @@ if CELERY_BROKER_URL.startswith("redis"):
         "visibility_timeout": int(os.environ.get("HYGIENE_VISIBILITY_TIMEOUT", "20")),
         "unacked_mutex_expire": 10,
     }
-elif os.environ.get("HYGIENE_CONFIRM_PUBLISH"):  # workers that see refused publishes or wait for confirms
+elif os.environ.get("HYGIENE_CONFIRM_PUBLISH"):  # refused publishes, or waits for confirms
     CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
