@@ -114,8 +114,8 @@ def run(options: argparse.Namespace) -> None:
     from django.test import RequestFactory
     from django.test.utils import CaptureQueriesContext
 
-    from celery_hygiene.deadletter_admin import DeadLetterAdmin
     from celery_hygiene.models import DeadLetter
+    from celery_hygiene.ops.deadletter_admin import DeadLetterAdmin
 
     call_command("migrate", verbosity=0)
     started = time.perf_counter()

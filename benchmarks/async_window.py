@@ -37,7 +37,7 @@ def main() -> int:
     from django.conf import settings
     from django.db import connection
 
-    from celery_hygiene import claims
+    from celery_hygiene.claims import state as claims
 
     settings.CELERY_HYGIENE = {**settings.CELERY_HYGIENE, "ASYNC_COMPLETION": True}
     with connection.cursor() as cursor:

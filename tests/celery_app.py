@@ -45,7 +45,7 @@ if os.environ.get("HYGIENE_FAIL_COMPLETION_BATCH_FLAG"):
     # batched completion fails the way a write to an unreachable database does.
     from django.db import OperationalError as DatabaseDown
 
-    from celery_hygiene import claims
+    from celery_hygiene.claims import state as claims
 
     _complete_many = claims.complete_many
 
@@ -59,7 +59,7 @@ if os.environ.get("HYGIENE_FAIL_COMPLETION_BATCH_FLAG"):
 if os.environ.get("HYGIENE_KILL_WRITER_FLAG"):
     # Fault injection for one test's worker: the amortized-completion writer's thread dies
     # (an exception nothing in it catches) once, while the flag file exists.
-    from celery_hygiene import amortized
+    from celery_hygiene.worker import amortized
 
     _cycle = amortized.CompletionWriter.cycle
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from celery_hygiene import claims
-from celery_hygiene.claims import ClaimKey
+from celery_hygiene.claims import state as claims
+from celery_hygiene.claims.state import ClaimKey
 from celery_hygiene.models import ClaimStatus, DeadLetter, TaskClaim
 from tests.conftest import wait_until
 from tests.testapp import tasks_amortized as t
@@ -207,13 +207,13 @@ def test_complete_many_records_a_batch_fenced_like_complete():
 def test_only_a_request_class_that_holds_acks_lets_acks_late_tasks_hand_over():
     """A task whose own Request class would acknowledge before the batch is recorded completes
     in its pool process instead (amortized.hand_over checks this)."""
-    from celery_hygiene import amortized
+    from celery_hygiene.worker import amortized
 
     class Held(amortized.HygieneRequest):
         pass
 
-    assert amortized._holds_acks("celery_hygiene.amortized:HygieneRequest")
+    assert amortized._holds_acks("celery_hygiene.worker.amortized:HygieneRequest")
     assert amortized._holds_acks(Held)
     assert not amortized._holds_acks("celery.worker.request:Request")
     assert not amortized._holds_acks("no.such.module:Request")
-    assert t.recorded_late.Request == "celery_hygiene.amortized:HygieneRequest"
+    assert t.recorded_late.Request == "celery_hygiene.worker.amortized:HygieneRequest"

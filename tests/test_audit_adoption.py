@@ -10,9 +10,9 @@ from django.core import checks
 from django.test import override_settings
 
 from celery_hygiene import HygieneTask, hygienic_task, idempotent_task
-from celery_hygiene.audit import audit
-from celery_hygiene.routing import configure_queues
-from celery_hygiene.task_modules import import_task_modules
+from celery_hygiene.ops.audit import audit
+from celery_hygiene.task.discovery import import_task_modules
+from celery_hygiene.task.routing import configure_queues
 
 
 def make_app(**conf: Any) -> Celery:

@@ -14,10 +14,10 @@ from celery.utils.time import get_exponential_backoff_interval
 from tenacity import wait_fixed
 
 from celery_hygiene import RetryPolicy, hygienic_task, idempotent_task
-from celery_hygiene.decorators import for_app
 from celery_hygiene.exceptions import HygieneConfigurationError
+from celery_hygiene.failures.retry import policy_from_celery_options, wait_celery_backoff
 from celery_hygiene.models import DeadLetter
-from celery_hygiene.retry import policy_from_celery_options, wait_celery_backoff
+from celery_hygiene.task.decorators import for_app
 from tests.conftest import wait_until
 from tests.testapp import tasks_adopt as t
 from tests.testapp.models import Attempt, SideEffect

@@ -17,7 +17,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from celery_hygiene import HygieneTask, RetryPolicy, hygienic_task, idempotent_task
-from celery_hygiene.audit import audit
+from celery_hygiene.ops.audit import audit
 from tests.workers import REPO_ROOT
 
 

@@ -8,9 +8,9 @@ import time
 import pytest
 from django.db import connections
 
-from celery_hygiene import claims
-from celery_hygiene.claims import ClaimKey, Outcome
-from celery_hygiene.keys import MAX_KEY_LENGTH, fingerprint, normalize_key
+from celery_hygiene.claims import state as claims
+from celery_hygiene.claims.keys import MAX_KEY_LENGTH, fingerprint, normalize_key
+from celery_hygiene.claims.state import ClaimKey, Outcome
 from celery_hygiene.models import ClaimStatus, TaskClaim
 
 BOTH = pytest.mark.parametrize("alias", ["default", "sqlite"])
@@ -296,7 +296,7 @@ def test_fingerprint_of_a_set_is_the_same_in_every_process():
     import sys
 
     code = (
-        "from celery_hygiene.keys import fingerprint;"
+        "from celery_hygiene.claims.keys import fingerprint;"
         "print(fingerprint({'tags': {'alpha', 'beta', 'gamma', 'delta', 'epsilon'}}))"
     )
     prints = {
@@ -333,7 +333,7 @@ def test_a_lone_surrogate_key_is_stored_not_refused():
 def test_dead_letter_with_unstorable_text_is_kept_escaped():
     import datetime as dt
 
-    from celery_hygiene import deadletters
+    from celery_hygiene.failures import deadletters
 
     now = dt.datetime.now(dt.UTC)
     failed = deadletters.FailedTask(

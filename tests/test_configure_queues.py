@@ -28,7 +28,7 @@ CELERY_BROKER_URL = "memory://"
 CELERY = """
 import os
 from celery import Celery
-from celery_hygiene.routing import configure_queues
+from celery_hygiene.task.routing import configure_queues
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "halfproj.settings.local")
 app = Celery("halfproj")
@@ -104,7 +104,7 @@ def test_no_declaration_at_all_fails_loudly(tmp_path: Path) -> None:
         root,
         "import django; django.setup()\n"
         "from celery import Celery\n"
-        "from celery_hygiene.routing import configure_queues\n"
+        "from celery_hygiene.task.routing import configure_queues\n"
         "app = Celery('direct'); app.config_from_object('django.conf:settings', "
         "namespace='CELERY'); app.conf.task_default_queue\n"
         "configure_queues(app)\n",

@@ -15,9 +15,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from celery_hygiene import deadletter_admin
-from celery_hygiene.deadletter_admin import EstimatedCountPaginator
 from celery_hygiene.models import DeadLetter, DeadLetterStatus
+from celery_hygiene.ops import deadletter_admin
+from celery_hygiene.ops.deadletter_admin import EstimatedCountPaginator
 from tests.test_deadletter_cli import fetch, make
 
 CHANGELIST = reverse("admin:celery_hygiene_deadletter_changelist")

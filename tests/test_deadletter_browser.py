@@ -265,7 +265,7 @@ def test_replay_all_matching_a_filter_in_batches(live_server, hygiene_app, queue
     from django.contrib.admin.models import LogEntry
     from django.test import override_settings
 
-    from celery_hygiene import deadletter_admin
+    from celery_hygiene.ops import deadletter_admin
 
     picked = [
         make(queue=queue_name, exception_type="requests.exceptions.ConnectTimeout")

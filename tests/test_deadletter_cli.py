@@ -20,9 +20,9 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from celery_hygiene import replay as replay_module
+from celery_hygiene.failures import replay as replay_module
+from celery_hygiene.failures.replay import Outcome, replay
 from celery_hygiene.models import ClaimStatus, DeadLetter, DeadLetterStatus, TaskClaim
-from celery_hygiene.replay import Outcome, replay
 from tests.conftest import declare_queue, delete_queue
 
 RECORD = "tests.deadletter.record"
@@ -448,7 +448,7 @@ def test_bulk_replay_by_filter_is_paced_and_shows_progress(hygiene_app, queue_na
 
 @pytest.mark.django_db(transaction=True)
 def test_bulk_replay_pages_through_more_rows_than_one_batch(hygiene_app, queue_name, monkeypatch):
-    from celery_hygiene import replay as replay_module
+    from celery_hygiene.failures import replay as replay_module
 
     real = replay_module.pending_ids
     monkeypatch.setattr(
@@ -524,7 +524,7 @@ def test_purge_deletes_old_handled_rows_in_batches():
 
 @pytest.mark.django_db
 def test_recover_settles_rows_a_dead_publisher_left_in_replaying():
-    from celery_hygiene import claims
+    from celery_hygiene.claims import state as claims
     from celery_hygiene.models import TaskClaim
 
     def stuck(entity: str) -> DeadLetter:

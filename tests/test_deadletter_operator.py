@@ -19,11 +19,11 @@ from django.test import Client, override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from celery_hygiene import history
-from celery_hygiene.deadletters import describe_failure, format_utc
+from celery_hygiene.failures import history
+from celery_hygiene.failures.deadletters import describe_failure, format_utc
+from celery_hygiene.failures.redaction import MASK, redact
+from celery_hygiene.failures.replay import ReplayState, replay_outcome
 from celery_hygiene.models import ClaimStatus, DeadLetter, DeadLetterStatus, TaskClaim
-from celery_hygiene.redaction import MASK, redact
-from celery_hygiene.replay import ReplayState, replay_outcome
 from tests.test_deadletter_admin import CHANGELIST, detail_url, staff
 from tests.test_deadletter_cli import RECORD, fetch, make, run, run_json
 

@@ -8,8 +8,8 @@ import pytest
 from celery import Celery, Task
 
 from celery_hygiene import HygieneTask, idempotent_task
+from celery_hygiene.claims.spec import IdempotencySpec
 from celery_hygiene.exceptions import EntityKeyError, HygieneConfigurationError
-from celery_hygiene.idempotency import IdempotencySpec
 from celery_hygiene.models import ClaimStatus, TaskClaim
 from celery_hygiene.testing import clear_claims
 from tests.testapp.models import SideEffect
@@ -151,7 +151,7 @@ def test_entity_passed_through_kwargs_is_found_only_there():
 @pytest.mark.django_db(transaction=True)
 def test_replay_in_eager_settings_is_refused_clearly(eager_app):
     """Eager local settings: no worker would see a replay; say so instead of "replayed"."""
-    from celery_hygiene import replay
+    from celery_hygiene.failures import replay
     from celery_hygiene.models import DeadLetterStatus
     from tests.test_deadletter_cli import make
 

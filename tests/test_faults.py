@@ -189,7 +189,7 @@ def test_a_bodys_own_retry_refused_by_the_broker_is_parked_not_lost(
 ):
     """``raise self.retry()`` while the broker refuses the retry's publish (a real nack): the
     retry is parked in the outbox and re-sent; the message keeps the request's headers."""
-    from celery_hygiene.deadletters import REPLAY_OF_HEADER
+    from celery_hygiene.failures.deadletters import REPLAY_OF_HEADER
 
     worker = worker_factory(queue_name, concurrency=1, env={"HYGIENE_CONFIRM_PUBLISH": "1"})
     result = f.retries_itself.apply_async(
@@ -212,7 +212,7 @@ def test_a_bodys_own_retry_refused_by_the_broker_is_parked_not_lost(
 
 def test_a_bodys_own_retry_keeps_the_requests_headers(worker, queue_name):
     """The replay origin and the policy's deadline headers survive ``raise self.retry()``."""
-    from celery_hygiene.deadletters import REPLAY_OF_HEADER
+    from celery_hygiene.failures.deadletters import REPLAY_OF_HEADER
 
     SideEffect.objects.create(entity="headers-1", kind="go")
     result = f.retries_itself.apply_async(
@@ -231,7 +231,7 @@ def test_an_outbox_row_sent_twice_runs_a_claimless_task_once(worker_factory, que
     worker; the body runs once."""
     from django.db import transaction
 
-    from celery_hygiene import outbox
+    from celery_hygiene.failures import outbox
     from tests.celery_app import app
 
     sig = f.counts_its_runs.signature(("twice-1",), queue=queue_name, countdown=0)
@@ -298,7 +298,7 @@ def test_taskhygiene_resend_publishes_parked_messages_once(
 ) -> None:
     from django.core.management import call_command
 
-    from celery_hygiene import outbox
+    from celery_hygiene.failures import outbox
     from tests.celery_app import app
 
     sig = f.fails_once_then_succeeds.signature(("outbox-1",), queue=queue_name, countdown=0)

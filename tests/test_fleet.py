@@ -10,8 +10,8 @@ import pytest
 from celery import Celery
 
 from celery_hygiene import HygieneTask, RetryPolicy, hygienic_task
+from celery_hygiene.failures.retry import DEFAULT_POLICY
 from celery_hygiene.models import DeadLetter
-from celery_hygiene.retry import DEFAULT_POLICY
 from tests.conftest import declare_queue, delete_queue, wait_until
 from tests.testapp import tasks_fleet as t
 from tests.testapp.models import Attempt, SideEffect

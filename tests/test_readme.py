@@ -2,7 +2,7 @@
 
 A project imports what it declares: the README's examples import nothing but the library, the
 standard library and the project's own modules (tenacity's waits come re-exported from
-``celery_hygiene.retry``), and its ``tasks.py`` example runs as written.
+``celery_hygiene.failures.retry``), and its ``tasks.py`` example runs as written.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from django.db import connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from celery_hygiene.failures.retention import purge_claims
 from celery_hygiene.models import ClaimStatus, TaskClaim
-from celery_hygiene.retention import purge_claims
 
 DAY = dt.timedelta(days=1)
 

@@ -16,7 +16,7 @@ from tenacity import (
 
 from celery_hygiene import RetryPolicy, hygienic_task
 from celery_hygiene.exceptions import HygieneConfigurationError
-from celery_hygiene.retry import DEFAULT_POLICY
+from celery_hygiene.failures.retry import DEFAULT_POLICY
 
 
 def test_issue_example_policy_retries_retryable_and_gives_up_on_value_error():

@@ -19,7 +19,7 @@ from kombu import Queue
 
 from celery_hygiene.exceptions import HygieneConfigurationError
 from celery_hygiene.models import DeadLetter
-from celery_hygiene.routing import (
+from celery_hygiene.task.routing import (
     QueueSpec,
     apply_queue_time_limits,
     configure_queues,

@@ -8,11 +8,12 @@ import pytest
 from celery import Celery
 from django.test import override_settings
 
-from celery_hygiene import claims, hygienic_task, idempotent_task
-from celery_hygiene.claims import ClaimKey, Outcome
+from celery_hygiene import hygienic_task, idempotent_task
+from celery_hygiene.claims import state as claims
+from celery_hygiene.claims.state import ClaimKey, Outcome
+from celery_hygiene.failures.retry import Decision
 from celery_hygiene.models import TaskClaim
-from celery_hygiene.retry import Decision
-from celery_hygiene.task import _warn_visibility_timeout
+from celery_hygiene.task.hygiene_task import _warn_visibility_timeout
 
 
 def _task(app: Celery, **options):  # noqa: ANN202

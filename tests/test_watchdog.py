@@ -20,10 +20,10 @@ from celery.worker import state
 from django.core.management import call_command
 from django.utils import timezone
 
-from celery_hygiene import runstats
 from celery_hygiene.models import TaskDurationFlag, TaskRunStats
-from celery_hygiene.report import duration_report
-from celery_hygiene.watchdog import Watchdog
+from celery_hygiene.ops.report import duration_report
+from celery_hygiene.worker import runstats
+from celery_hygiene.worker.watchdog import Watchdog
 from tests.conftest import wait_until
 from tests.testapp.models import SideEffect
 from tests.workers import WorkerProcess

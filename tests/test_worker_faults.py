@@ -15,7 +15,7 @@ import pytest
 from django.conf import settings
 from django.db import transaction
 
-from celery_hygiene import outbox
+from celery_hygiene.failures import outbox
 from celery_hygiene.models import ClaimStatus, OutboxMessage, TaskClaim
 from tests.conftest import delete_queue, wait_until
 from tests.relay import Relay

@@ -9,8 +9,9 @@ import threading
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from celery_hygiene import amortized, conf, idempotent_task, leases
+from celery_hygiene import conf, idempotent_task
 from celery_hygiene.exceptions import HygieneConfigurationError
+from celery_hygiene.worker import amortized, leases
 
 
 def test_a_lease_shorter_than_three_heartbeat_ticks_is_refused_at_import() -> None:

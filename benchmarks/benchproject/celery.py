@@ -106,7 +106,7 @@ def _connect_prerun(**_kwargs) -> None:  # noqa: ANN003
     if os.environ.get("BENCH_NO_COMPLETE") == "1":
         # Upper bound of an amortized completion (run.py --compare nocomplete): no completion
         # statement at all. Benchmark only: the claims stay 'running' until their lease lapses.
-        from celery_hygiene import claims
+        from celery_hygiene.claims import state as claims
 
         claims.complete = lambda ticket, result_json: True
 
@@ -164,7 +164,7 @@ if os.environ.get("BENCH_AMORTIZED_TOTALS"):
 
     @worker_shutdown.connect(weak=False)
     def _write_amortized_totals(**_kwargs) -> None:  # noqa: ANN003
-        from celery_hygiene import amortized
+        from celery_hygiene.worker import amortized
 
         amortized.stop()  # idempotent: records what is left if the library's hook has not yet
         with open(os.environ["BENCH_AMORTIZED_TOTALS"], "w", encoding="utf-8") as out:

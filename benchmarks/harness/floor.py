@@ -43,7 +43,7 @@ def floor_phase() -> dict:
     from django.conf import settings
     from django.db import connections
 
-    from celery_hygiene import claims
+    from celery_hygiene.claims import state as claims
     from celery_hygiene.models import TaskClaim
 
     truncate(TaskClaim)

@@ -96,7 +96,7 @@ DEADLETTER_ROW = {
 def claim_latency(samples: int) -> dict:
     """Time ``acquire`` + ``complete`` on fresh keys, and ``acquire`` on an existing (duplicate)
     key."""
-    from celery_hygiene import claims
+    from celery_hygiene.claims import state as claims
 
     def key(entity: str) -> claims.ClaimKey:
         return claims.ClaimKey(entity, "bench.scale", "bench.scale", "0" * 64)
@@ -146,8 +146,8 @@ def claim_latency(samples: int) -> dict:
 def scale_phase() -> dict:
     from django.core.management import call_command
 
+    from celery_hygiene.failures.retention import purge_claims
     from celery_hygiene.models import DeadLetter, TaskClaim
-    from celery_hygiene.retention import purge_claims
 
     out: dict = {}
     truncate(TaskClaim, DeadLetter)

@@ -16,29 +16,29 @@ __all__ = [
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .decorators import hygienic_task, idempotent_task, singleton_task
-    from .exceptions import NotFinished
-    from .retry import RetryPolicy
-    from .task import HygieneTask
+    from celery_hygiene.exceptions import NotFinished
+    from celery_hygiene.failures.retry import RetryPolicy
+    from celery_hygiene.task.decorators import hygienic_task, idempotent_task, singleton_task
+    from celery_hygiene.task.hygiene_task import HygieneTask
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing celery_hygiene (e.g. in INSTALLED_APPS) does not import models
     # before Django's app registry is ready.
     if name == "NotFinished":
-        from .exceptions import NotFinished
+        from celery_hygiene.exceptions import NotFinished
 
         return NotFinished
     if name in ("hygienic_task", "idempotent_task", "singleton_task"):
-        from . import decorators
+        from celery_hygiene.task import decorators
 
         return getattr(decorators, name)
     if name == "RetryPolicy":
-        from .retry import RetryPolicy
+        from celery_hygiene.failures.retry import RetryPolicy
 
         return RetryPolicy
     if name == "HygieneTask":
-        from .task import HygieneTask
+        from celery_hygiene.task.hygiene_task import HygieneTask
 
         return HygieneTask
     raise AttributeError(f"module 'celery_hygiene' has no attribute {name!r}")

@@ -7,15 +7,13 @@ class CeleryHygieneConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import (
-            checks,  # noqa: F401  (registers the system checks)
-            worker_failures,
-        )
+        from celery_hygiene.ops import checks  # noqa: F401  (registers the system checks)
+        from celery_hygiene.worker import failure_reports as worker_failures
 
         worker_failures.connect()
-        from . import worker_hooks
+        from celery_hygiene.worker import hooks as worker_hooks
 
         worker_hooks.connect()  # duration watchdog, run statistics, per-queue time limits
-        from . import runstats_timer
+        from celery_hygiene.worker import runstats_timer
 
         runstats_timer.connect()  # run statistics flushed on a timer too, not only after tasks

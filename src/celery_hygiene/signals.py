@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, TypedDict
 from django.dispatch import Signal
 
 if TYPE_CHECKING:
-    from .models import DeadLetter
+    from celery_hygiene.models import DeadLetter
 
 task_duplicate = Signal()
 task_claim_mismatch = Signal()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db import router
 
-from .models import DeadLetter, RedeliveryCount, TaskClaim
+from celery_hygiene.models import DeadLetter, RedeliveryCount, TaskClaim
 
 
 def clear_claims(*, operation: str | None = None, using: str | None = None) -> int:

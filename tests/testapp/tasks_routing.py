@@ -11,7 +11,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from celery_hygiene import RetryPolicy, hygienic_task
-from celery_hygiene.routing import configure_queues
+from celery_hygiene.task.routing import configure_queues
 
 ONE_SHOT = RetryPolicy(max_attempts=1)
 

@@ -26,12 +26,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from celery_hygiene import conf, history
-from celery_hygiene.deadletters import describe_failure, format_utc, short_type
-from celery_hygiene.durations import DurationError, duration_option
-from celery_hygiene.models import DeadLetter, DeadLetterReason, DeadLetterStatus
-from celery_hygiene.redaction import redact
-from celery_hygiene.replay import (
+from celery_hygiene import conf
+from celery_hygiene.failures import history
+from celery_hygiene.failures.deadletters import describe_failure, format_utc, short_type
+from celery_hygiene.failures.durations import DurationError, duration_option
+from celery_hygiene.failures.redaction import redact
+from celery_hygiene.failures.replay import (
     Outcome,
     ReplayResult,
     celery_app,
@@ -44,9 +44,10 @@ from celery_hygiene.replay import (
     replay,
     replay_outcome,
 )
-from celery_hygiene.report import IncidentGroup, incident_summary
-from celery_hygiene.retention import purge_dead_letters
-from celery_hygiene.selection import Selection, is_glob, since_utc, task_matches
+from celery_hygiene.failures.retention import purge_dead_letters
+from celery_hygiene.failures.selection import Selection, is_glob, since_utc, task_matches
+from celery_hygiene.models import DeadLetter, DeadLetterReason, DeadLetterStatus
+from celery_hygiene.ops.report import IncidentGroup, incident_summary
 
 STATUSES = [choice.value for choice in DeadLetterStatus]
 REASONS = [choice.value for choice in DeadLetterReason]
@@ -286,7 +287,7 @@ class Command(BaseCommand):
     # -- recover / purge ---------------------------------------------------------------------
 
     def handle_recover(self, options: dict[str, Any]) -> None:
-        from celery_hygiene.replay import RecoverError, recover
+        from celery_hygiene.failures.replay import RecoverError, recover
 
         actor = history.cli_actor(options["by"])
         failures = 0

@@ -22,11 +22,11 @@ from typing import Any
 from django.core import checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from celery_hygiene.deadletters import format_utc
-from celery_hygiene.durations import DurationError, duration_option
+from celery_hygiene.failures.deadletters import format_utc
+from celery_hygiene.failures.durations import DurationError, duration_option
+from celery_hygiene.failures.selection import since_utc
 from celery_hygiene.models import OutboxMessage
-from celery_hygiene.report import TaskDurations, duration_report
-from celery_hygiene.selection import since_utc
+from celery_hygiene.ops.report import TaskDurations, duration_report
 
 LEVELS = {
     "DEBUG": checks.DEBUG,
@@ -127,7 +127,7 @@ class Command(BaseCommand):
         self.stdout.write(_freshness())
 
     def _stale_claims(self, options: dict[str, Any]) -> None:
-        from celery_hygiene.claims import stale_claims
+        from celery_hygiene.claims.state import stale_claims
 
         expired_for = duration_option(options["expired_for"], "--expired-for")
         if options["limit"] < 1:
@@ -145,7 +145,7 @@ class Command(BaseCommand):
             }
             for c in stale_claims(expired_for=expired_for)[: options["limit"]]
         ]
-        from celery_hygiene import outbox
+        from celery_hygiene.failures import outbox
 
         unsent = outbox.waiting()
         if options["json"]:
@@ -167,8 +167,8 @@ class Command(BaseCommand):
                 )
 
     def _resend(self, options: dict[str, Any]) -> None:
-        from celery_hygiene import outbox
-        from celery_hygiene.replay import celery_app
+        from celery_hygiene.failures import outbox
+        from celery_hygiene.failures.replay import celery_app
 
         if options["dry_run"]:
             for row in OutboxMessage.objects.order_by("next_try_at"):
@@ -189,7 +189,7 @@ class Command(BaseCommand):
             raise CommandError("Some messages could not be sent (broker away?) or are not due.")
 
     def _purge_claims(self, options: dict[str, Any]) -> None:
-        from celery_hygiene.retention import purge_claims
+        from celery_hygiene.failures.retention import purge_claims
 
         older_than = duration_option(options["older_than"], "--older-than")
         if options["batch_size"] < 1:
@@ -215,7 +215,7 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(payload, indent=2))
         else:
             if plans is not None:
-                from celery_hygiene.task_plan import render, setting_note
+                from celery_hygiene.ops.task_plan import render, setting_note
 
                 self.stdout.write(setting_note())
                 self.stdout.write(render(plans) + "\n")
@@ -234,10 +234,10 @@ class Command(BaseCommand):
 
 
 def _task_plans(pattern: str | None) -> list[Any]:
-    from celery_hygiene import audit, task_plan
-    from celery_hygiene.checks import load_celery_app
     from celery_hygiene.exceptions import HygieneConfigurationError
-    from celery_hygiene.routing import declared_queues
+    from celery_hygiene.ops import audit, task_plan
+    from celery_hygiene.ops.checks import load_celery_app
+    from celery_hygiene.task.routing import declared_queues
 
     app, problem = load_celery_app()
     if problem is not None:
@@ -250,8 +250,8 @@ def _task_plans(pattern: str | None) -> list[Any]:
 
 
 def _audit_only(pattern: str) -> list[checks.CheckMessage]:
-    from celery_hygiene import audit
-    from celery_hygiene.checks import check_settings, load_celery_app
+    from celery_hygiene.ops import audit
+    from celery_hygiene.ops.checks import check_settings, load_celery_app
 
     app, problem = load_celery_app()
     if problem is not None:

@@ -1,0 +1,1 @@
+"""Failures: retry policy, dead letters, outbox, and recovering dead letters."""

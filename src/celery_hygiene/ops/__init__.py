@@ -1,0 +1,1 @@
+"""The operator surface: the admin, reports, the audit and the system checks."""

@@ -1,0 +1,1 @@
+"""The worker's main process: signal hooks and the threads it starts."""
