@@ -45,6 +45,7 @@ test-lowest: services
 lint: bootstrap
 	$(VENV)/bin/ruff check src tests example_worker benchmarks chaos
 	$(VENV)/bin/mypy $(TYPECHECK_PATHS)
+	$(VENV)/bin/lint-imports  # the layering of docs/architecture.md ([tool.importlinter])
 
 ## mypy (strict, django-stubs' plugin, celery-types) over the package and the typing test, whose
 ## `# type: ignore[code]` lines must fail with that code (docs/development.md).
