@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
-from django.db import transaction
 
 from celery_hygiene.failures import outbox
 from celery_hygiene.models import ClaimStatus, OutboxMessage, TaskClaim
@@ -45,11 +44,10 @@ def _through(relay: Relay, env: dict[str, str] | None = None) -> dict[str, str]:
     return {**(env or {}), "HYGIENE_BROKER_URL": relay.url_for(str(settings.CELERY_BROKER_URL))}
 
 
-def _row_is_locked(task_id: str) -> bool:
-    """A sweep holds the parked row (SELECT .. FOR UPDATE SKIP LOCKED skips it here)."""
-    with transaction.atomic():
-        free = OutboxMessage.objects.select_for_update(skip_locked=True).filter(task_id=task_id)
-        return OutboxMessage.objects.filter(task_id=task_id).exists() and not free.exists()
+def _row_taken(task_id: str) -> bool:
+    """A sweep has taken the parked row: it marks the row sent, in its own commit, just before
+    it publishes (failures/outbox.py)."""
+    return OutboxMessage.objects.filter(task_id=task_id, sent_at__isnull=False).exists()
 
 
 def test_a_stalled_broker_path_does_not_stop_lease_renewal(
@@ -73,13 +71,15 @@ def test_a_stalled_broker_path_does_not_stop_lease_renewal(
         return outbox.park(sig, reason="retry", error=OSError("injected: parked for the test"))
 
     # One re-send while the path is healthy: worker 1 has a broker connection for publishing.
-    park(f"{queue_name}-warm")
-    wait_until(lambda: not OutboxMessage.objects.exists(), timeout=30)
+    warm = park(f"{queue_name}-warm")
+    sent_warm = f"outbox_resent task={warm.task_name} id={warm.task_id}"
+    wait_until(lambda: sent_warm in first_worker.log(), timeout=30)
 
     relay.mode = "stall"
     parked = park(f"{queue_name}-p")
     # Worker 1's sweep has taken the row and is publishing it into the silent path.
-    wait_until(lambda: _row_is_locked(parked.task_id), timeout=30)
+    wait_until(lambda: _row_taken(parked.task_id), timeout=30)
+    assert f"outbox_resent task={parked.task_name} id={parked.task_id}" not in first_worker.log()
     other_queue = f"{queue_name}-b"
     second_worker = worker_factory(other_queue, concurrency=2)
     time.sleep(7.0)  # well past the 4 s lease: a lease not renewed since the stall has lapsed
