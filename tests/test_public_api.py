@@ -40,6 +40,7 @@ PUBLIC = {
         "celery_hygiene.failures.retry.wait_exponential_capped"
     ),
     "celery_hygiene.retry.wait_celery_backoff": "celery_hygiene.failures.retry.wait_celery_backoff",
+    "celery_hygiene.retry.celery_retries": "celery_hygiene.failures.retry.celery_retries",
     "celery_hygiene.retry.policy_from_celery_options": (
         "celery_hygiene.failures.retry.policy_from_celery_options"
     ),
@@ -47,7 +48,8 @@ PUBLIC = {
     "celery_hygiene.redaction.DEFAULT_PATTERNS": (
         "celery_hygiene.failures.redaction.DEFAULT_PATTERNS"
     ),
-    "celery_hygiene.amortized.HygieneRequest": "celery_hygiene.worker.amortized.HygieneRequest",
+    "celery_hygiene.amortized.HygieneRequest": "celery_hygiene.task.handover.HygieneRequest",
+    "celery_hygiene.worker.amortized.HygieneRequest": "celery_hygiene.task.handover.HygieneRequest",
     # typed as public in tests/typecheck/check_public_api.py
     "celery_hygiene.replay.replay": "celery_hygiene.failures.replay.replay",
     "celery_hygiene.replay.Outcome": "celery_hygiene.failures.replay.Outcome",

@@ -48,8 +48,7 @@ from celery_hygiene.failures.retry import (
     coerce_policy,
 )
 from celery_hygiene.models import DeadLetterReason, TaskClaim
-from celery_hygiene.task import publishing
-from celery_hygiene.worker import amortized, upkeep
+from celery_hygiene.task import handover, node, publishing
 
 FIRST_FAILED_HEADER = "celery_hygiene_first_failed_at"
 FIRST_STARTED_HEADER = "celery_hygiene_first_started_at"
@@ -121,9 +120,9 @@ class HygieneTask(_TaskBase[_P, _R_co]):
     # The Celery retry options a decorator translated (and removed), for the dry-run view.
     hygiene_celery_options: dict[str, Any] | None = None
     # Celery's Request, except that with AMORTIZED_COMPLETION an acks-late message waits for its
-    # batched completion before it is acknowledged (worker/amortized.py). Unchanged behaviour
+    # batched completion before it is acknowledged (task/handover.py). Unchanged behaviour
     # otherwise.
-    Request = "celery_hygiene.worker.amortized:HygieneRequest"
+    Request = "celery_hygiene.task.handover:HygieneRequest"
 
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co:
         request = self.request
@@ -573,7 +572,7 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             claims.complete(ticket, None)
             log_event(logging.ERROR, "task_result_not_storable", task=self.name, id=self.request.id)
             raise exc from None
-        if not self.request.is_eager and amortized.hand_over(self, ticket, result_json):
+        if not self.request.is_eager and handover.hand_over(self, ticket, result_json):
             return  # the worker's main process records it with its next batch
         try:
             completed = with_db_retries(
@@ -813,7 +812,7 @@ class HygieneTask(_TaskBase[_P, _R_co]):
         failed.kwargs = dict(kwargs or {})
         if request is None:
             failed.queue = failed.routing_key = _default_queue(self)
-        worker = upkeep.hostname()  # this main process's node name, as its pool writes it
+        worker = node.hostname()  # this main process's node name, as its pool writes it
         close = _owner_closer(key, task_id, repr(exc), worker) if key is not None else None
         try:
             dead_letter = deadletters.store(failed, also=close)
