@@ -28,7 +28,7 @@ def run(task: AnyTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     spec = task.hygiene_idempotency
     if spec is None:
         return task.run(*args, **kwargs)
-    key = claiming.claim_key(task, spec, args, kwargs)
+    key = task._claim_key(spec, args, kwargs)
     using = claims.write_alias()
     with transaction.atomic(using=using) if spec.atomic else nullcontext():
         claim = claiming.acquire(task, key, using=using)

@@ -34,7 +34,7 @@ def claim_key_or_none(task: AnyTask, args: Any, kwargs: Any) -> ClaimKey | None:
     if spec is None:
         return None
     try:
-        return claiming.claim_key(task, spec, tuple(args), dict(kwargs))
+        return task._claim_key(spec, tuple(args), dict(kwargs))
     except Exception:
         return None
 
