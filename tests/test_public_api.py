@@ -28,6 +28,7 @@ PUBLIC = {
     # celery_hygiene.task, which docs/retries-and-dead-letters.md names, is now the task room.
     "celery_hygiene.task.HygieneTask": "celery_hygiene.task.hygiene_task.HygieneTask",
     "celery_hygiene.decorators.for_app": "celery_hygiene.task.decorators.for_app",
+    "celery_hygiene.task.decorators.for_app": "celery_hygiene.task.app_decorators.for_app",
     "celery_hygiene.decorators.hygienic_task": "celery_hygiene.task.decorators.hygienic_task",
     "celery_hygiene.decorators.idempotent_task": "celery_hygiene.task.decorators.idempotent_task",
     "celery_hygiene.decorators.singleton_task": "celery_hygiene.task.decorators.singleton_task",
