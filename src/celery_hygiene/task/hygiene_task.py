@@ -47,7 +47,6 @@ from celery_hygiene.task import (
 )
 
 # The names this module held before its paths moved out (kept importable from here).
-from celery_hygiene.task.failure import warn_visibility_timeout as _warn_visibility_timeout
 from celery_hygiene.task.follow_up import FIRST_DEFER_SECONDS
 from celery_hygiene.task.headers import (
     CLAIM_TRIES_HEADER,
@@ -67,7 +66,6 @@ __all__ = [
     "FIRST_STARTED_HEADER",
     "RETRY_TOKEN_HEADER",
     "HygieneTask",
-    "_warn_visibility_timeout",
     "default_policy",
 ]
 
