@@ -216,4 +216,5 @@ def test_only_a_request_class_that_holds_acks_lets_acks_late_tasks_hand_over():
     assert amortized._holds_acks(Held)
     assert not amortized._holds_acks("celery.worker.request:Request")
     assert not amortized._holds_acks("no.such.module:Request")
-    assert t.recorded_late.Request == "celery_hygiene.worker.amortized:HygieneRequest"
+    assert amortized._holds_acks("celery_hygiene.task.handover:HygieneRequest")
+    assert t.recorded_late.Request == "celery_hygiene.task.handover:HygieneRequest"

@@ -179,3 +179,20 @@ def test_idempotent_self_retry_ends_as_a_dead_letter_and_a_dead_claim(worker, qu
     assert dead.attempts == 2 and dead.exception_type == "TimeoutError"
     assert dead.reason == "exhausted"
     assert TaskClaim.objects.get(entity="77", operation="adopt-charge").status == "dead"
+
+
+def test_for_app_binds_singleton_task_too():
+    app = Celery("adopt-probe-singleton", set_as_current=False)
+    bound = for_app(app)
+
+    @bound.singleton_task
+    def sweep() -> None: ...
+
+    @bound.singleton_task(key="tenant", name="tests.adopt.bound_singleton")
+    def per_tenant(tenant: str) -> None: ...
+
+    assert bound.app is app and len(bound) == 2  # unpacks as (hygienic_task, idempotent_task)
+    assert sweep.app is app and per_tenant.app is app
+    assert "tests.adopt.bound_singleton" in app.tasks
+    assert per_tenant.hygiene_idempotency is not None
+    assert per_tenant.hygiene_idempotency.singleton

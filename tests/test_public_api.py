@@ -28,6 +28,7 @@ PUBLIC = {
     # celery_hygiene.task, which docs/retries-and-dead-letters.md names, is now the task room.
     "celery_hygiene.task.HygieneTask": "celery_hygiene.task.hygiene_task.HygieneTask",
     "celery_hygiene.decorators.for_app": "celery_hygiene.task.decorators.for_app",
+    "celery_hygiene.task.decorators.for_app": "celery_hygiene.task.app_decorators.for_app",
     "celery_hygiene.decorators.hygienic_task": "celery_hygiene.task.decorators.hygienic_task",
     "celery_hygiene.decorators.idempotent_task": "celery_hygiene.task.decorators.idempotent_task",
     "celery_hygiene.decorators.singleton_task": "celery_hygiene.task.decorators.singleton_task",
@@ -40,6 +41,7 @@ PUBLIC = {
         "celery_hygiene.failures.retry.wait_exponential_capped"
     ),
     "celery_hygiene.retry.wait_celery_backoff": "celery_hygiene.failures.retry.wait_celery_backoff",
+    "celery_hygiene.retry.celery_retries": "celery_hygiene.failures.retry.celery_retries",
     "celery_hygiene.retry.policy_from_celery_options": (
         "celery_hygiene.failures.retry.policy_from_celery_options"
     ),
@@ -47,7 +49,8 @@ PUBLIC = {
     "celery_hygiene.redaction.DEFAULT_PATTERNS": (
         "celery_hygiene.failures.redaction.DEFAULT_PATTERNS"
     ),
-    "celery_hygiene.amortized.HygieneRequest": "celery_hygiene.worker.amortized.HygieneRequest",
+    "celery_hygiene.amortized.HygieneRequest": "celery_hygiene.task.handover.HygieneRequest",
+    "celery_hygiene.worker.amortized.HygieneRequest": "celery_hygiene.task.handover.HygieneRequest",
     # typed as public in tests/typecheck/check_public_api.py
     "celery_hygiene.replay.replay": "celery_hygiene.failures.replay.replay",
     "celery_hygiene.replay.Outcome": "celery_hygiene.failures.replay.Outcome",

@@ -13,7 +13,7 @@ from celery_hygiene.claims import state as claims
 from celery_hygiene.claims.state import ClaimKey, Outcome
 from celery_hygiene.failures.retry import Decision
 from celery_hygiene.models import TaskClaim
-from celery_hygiene.task.hygiene_task import _warn_visibility_timeout
+from celery_hygiene.task.failure import warn_visibility_timeout
 
 
 def _task(app: Celery, **options):  # noqa: ANN202
@@ -70,9 +70,9 @@ def test_countdown_beyond_redis_visibility_timeout_is_warned(caplog):
     def t() -> None: ...
 
     with caplog.at_level(logging.WARNING, logger="celery_hygiene"):
-        _warn_visibility_timeout(app.tasks["vt.t"], 300)
+        warn_visibility_timeout(app.tasks["vt.t"], 300)
         assert not caplog.records
-        _warn_visibility_timeout(app.tasks["vt.t"], 900)
+        warn_visibility_timeout(app.tasks["vt.t"], 900)
     assert "retry_exceeds_visibility_timeout task=vt.t countdown=900 visibility_timeout=600" in (
         caplog.records[0].getMessage()
     )

@@ -24,6 +24,7 @@ from celery_hygiene import (
     idempotent_task,
     singleton_task,
 )
+from celery_hygiene.decorators import for_app
 
 app = Celery("typecheck")
 
@@ -157,3 +158,62 @@ rebuild_index.delay("3")  # type: ignore[arg-type]
 singleton_task(wait="yes")  # type: ignore[call-overload]
 idempotent_task(entity="day", window=dt.timedelta(days=1))
 idempotent_task(entity="day", window="1d")  # type: ignore[call-overload]
+
+# -- for_app: the decorators bound to one app, typed like the module's own ------------------------
+
+app_hygienic, app_idempotent = for_app(app)
+app_singleton = for_app(app).singleton_task
+
+
+@app_hygienic
+def app_ping(host: str) -> float:
+    return 0.0
+
+
+@app_hygienic(retry={"max_attempts": 3}, queue="pings")
+def app_notify(user_id: int) -> None:
+    return None
+
+
+@app_idempotent(entity="order_id", bind=True)
+def app_refund(self: Task[Any, Any], order_id: str, amount_cents: int) -> bool:
+    return amount_cents > 0
+
+
+@for_app(app).idempotent_task(entity="day", window=dt.timedelta(days=1))
+def app_rollup(day: str) -> int:
+    return 0
+
+
+@app_singleton
+def app_sweep() -> int:
+    return 0
+
+
+@app_singleton(key="tenant_id", wait=True)
+def app_reindex(tenant_id: int) -> None:
+    return None
+
+
+app_ping_t: HygieneTask[[str], float] = app_ping
+app_notify_t: HygieneTask[[int], None] = app_notify
+app_refund_t: HygieneTask[[str, int], bool] = app_refund  # bind=True: the task is not a parameter
+app_rollup_t: HygieneTask[[str], int] = app_rollup
+app_sweep_t: HygieneTask[[], int] = app_sweep
+app_reindex_t: HygieneTask[[int], None] = app_reindex
+assert_type(app_ping.delay("db-1"), AsyncResult[float])
+assert_type(app_refund.delay("o-1", 100), AsyncResult[bool])
+assert_type(app_refund("o-1", 100), bool)
+assert_type(app_sweep.delay(), AsyncResult[int])
+assert_type(for_app(app).app, Celery)
+
+app_ping.delay(1)  # type: ignore[arg-type]
+app_refund.delay("o-1")  # type: ignore[call-arg]
+app_rollup.delay(day=1)  # type: ignore[arg-type]
+app_reindex.delay("3")  # type: ignore[arg-type]
+wrong_app_result: HygieneTask[[str], str] = app_ping  # type: ignore[assignment]
+app_hygienic(retry=3)  # type: ignore[call-overload]
+app_idempotent(operation="charge")  # type: ignore[call-overload]
+app_idempotent(entity="day", window="1d")  # type: ignore[call-overload]
+app_singleton(wait="yes")  # type: ignore[call-overload]
+app_hygienic("ping")  # type: ignore[call-overload]

@@ -10,8 +10,7 @@ explicit ``app=`` to register on a specific Celery app instead of every app (``s
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, cast, overload
 
 from celery import Celery, Task, shared_task
@@ -291,33 +290,6 @@ def _policy(
     return policy_from_celery_options(celery_options, where=name)
 
 
-@dataclass(frozen=True)
-class AppDecorators:
-    """``hygienic_task`` and ``idempotent_task`` bound to one Celery app (see ``for_app``)."""
-
-    app: Celery
-
-    def hygienic_task(self, *args: Any, **options: Any) -> Any:
-        return hygienic_task(*args, app=self.app, **options)
-
-    def idempotent_task(self, **options: Any) -> Any:
-        return idempotent_task(app=self.app, **options)
-
-    def __iter__(self) -> Iterator[Callable[..., Any]]:
-        return iter((self.hygienic_task, self.idempotent_task))
-
-
-def for_app(app: Celery) -> AppDecorators:
-    """Bind the decorators to ``app`` once, for an ``@app.task`` codebase.
-
-    In ``proj/celery.py``: ``hygienic_task, idempotent_task = for_app(app)``; task modules then
-    import them from there (``from proj.celery import hygienic_task``). This module imports
-    neither the models nor the task class, so ``proj/celery.py`` may import it before Django's
-    setup.
-    """
-    return AppDecorators(app)
-
-
 def _app_task_class(app: Celery | None) -> type[Task[Any, Any]] | None:
     """The app's own task class when it is already hygienic (``Celery(task_cls=...)``).
 
@@ -347,3 +319,16 @@ def _hygienic_base(base: type[Task[Any, Any]] | None, name: str) -> type[Task[An
         return base
     # Keep the user's base (its hooks and defaults) and put ours in front of it.
     return type(f"Hygienic{base.__name__}", (HygieneTask, base), {"__module__": base.__module__})
+
+
+# ``for_app`` (these decorators bound to one app, typed like them) is its own module; imported
+# last, as it uses the decorators above.
+from celery_hygiene.task.app_decorators import AppDecorators, for_app  # noqa: E402
+
+__all__ = [
+    "AppDecorators",
+    "for_app",
+    "hygienic_task",
+    "idempotent_task",
+    "singleton_task",
+]

@@ -15,7 +15,8 @@ i.e. big results, are completed in the pool process as usual).
 
 Why acknowledgements wait (``acks_late``): a pool process writes its record *before* Celery
 sends its result to the main process, so when the main process acknowledges a finished
-request, the record is already in the pipe. :class:`HygieneRequest` hands that
+request, the record is already in the pipe. ``HygieneRequest`` (the pool-process side,
+``task/handover.py``, with ``hand_over`` and the pipe's send end) hands that
 acknowledgement to the writer, which lets it go only after a batch that contained the record
 has committed; the event loop then sends it (kombu channels are not thread-safe). So a
 message is acknowledged only once its completion is recorded, as without this setting.
@@ -35,7 +36,6 @@ process) amortizes; other pools, atomic mode and eager calls complete as usual.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import select
@@ -44,100 +44,53 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from celery.utils.imports import symbol_by_name
 from celery.worker.request import Request
 
 from celery_hygiene import conf
 from celery_hygiene.claims import state as claims
 from celery_hygiene.claims.dbretry import DB_ERRORS, close_broken_connections
 from celery_hygiene.events import log_event
+from celery_hygiene.task import handover
 
-# One write of up to PIPE_BUF bytes to a pipe is atomic (POSIX): records never interleave.
-RECORD_MAX_BYTES = select.PIPE_BUF
+# The pool-process side lives in the task room (task/handover.py); re-exported here, where
+# this module's readers and its public path (celery_hygiene.amortized) always found them.
+from celery_hygiene.task.handover import (
+    RECORD_MAX_BYTES,
+    Channel,
+    Completion,
+    HygieneRequest,
+    _holds_acks,
+    flush,
+    hand_over,
+)
+
+__all__ = [
+    "MAX_BATCH",
+    "RECORD_MAX_BYTES",
+    "Channel",
+    "Completion",
+    "CompletionWriter",
+    "HygieneRequest",
+    "_holds_acks",
+    "enabled",
+    "flush",
+    "hand_over",
+    "in_pool_process",
+    "last_totals",
+    "prepare",
+    "record",
+    "register_with_event_loop",
+    "start",
+    "stop",
+    "stop_and_acknowledge",
+    "supervise",
+    "unrecorded",
+    "writer",
+]
+
 MAX_BATCH = 1000  # rows per statement; a bigger backlog (after an outage) takes a few
-_READ_CHUNK = 1 << 16
-
-
-@dataclass(frozen=True)
-class Completion(claims.Finished):
-    """What a pool process reports once a body has finished: the claim, fenced by its attempt,
-    and the database it lives on."""
-
-    using: str
-    lease_seconds: float = 0.0  # the claim's lease: renewed (worker/leases.py) until it is recorded
-
-    def encode(self) -> bytes:
-        fields = [
-            self.entity,
-            self.operation,
-            self.owner_task_id,
-            self.attempts,
-            self.result_json,
-            self.using,
-            self.lease_seconds,
-        ]
-        return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
-
-    @classmethod
-    def decode(cls, line: bytes) -> Completion:
-        entity, operation, owner, attempts, result, using, lease = json.loads(line)
-        return cls(entity, operation, owner, int(attempts), result, using, float(lease))
-
-
-class Channel:
-    """The pipe from the pool processes to their main process (made before the pool forks)."""
-
-    def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        # Pool processes never wait on the main process: a full pipe (its writer stuck) makes
-        # them complete inline instead. A write of up to PIPE_BUF bytes to a non-blocking pipe
-        # is still all or nothing.
-        os.set_blocking(self.write_fd, False)
-        self.main_pid = os.getpid()
-        self._partial = b""
-
-    def in_pool_process(self) -> bool:
-        return os.getpid() != self.main_pid
-
-    def forget_read_end(self) -> None:
-        """In a pool process: only the main process reads. With every other reader closed, a
-        write after the main process died fails (EPIPE) instead of filling a pipe nobody reads."""
-        with contextlib.suppress(OSError):
-            os.close(self.read_fd)
-
-    def send(self, completion: Completion) -> bool:
-        """Hand one record to the main process; False if it must be written here instead."""
-        data = completion.encode()
-        if len(data) > RECORD_MAX_BYTES:
-            return False
-        try:
-            os.write(self.write_fd, data)
-        except BlockingIOError:  # full: the main process is not draining it; complete here
-            log_event(logging.WARNING, "completion_pipe_full", id=completion.owner_task_id)
-            return False
-        except OSError:  # the main process is gone: nobody would ever write it
-            return False
-        return True
-
-    def drain(self) -> list[Completion]:
-        """Every complete record in the pipe now (main process; never blocks)."""
-        chunks = [self._partial]
-        while True:
-            try:
-                chunk = os.read(self.read_fd, _READ_CHUNK)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        data = b"".join(chunks)
-        *lines, self._partial = data.split(b"\n")
-        return [Completion.decode(line) for line in lines if line]
 
 
 class CompletionWriter:
@@ -483,6 +436,7 @@ def prepare() -> Channel | None:
     if _channel is None and enabled():
         _channel = Channel()
         _writer = CompletionWriter(_channel, socket.gethostname())
+        handover.connect(_channel, _writer)
         _writer.start()
     return _channel
 
@@ -523,6 +477,7 @@ def stop() -> CompletionWriter | None:
     write what is left. The caller sends the acknowledgements released by that."""
     global _writer
     writer, _writer = _writer, None
+    handover.connect(_channel, None)
     if writer is not None:
         writer.finish(float(conf.get("DB_RETRY_SECONDS")))
         _last_totals.update(batches=writer.batches, recorded=writer.recorded)
@@ -567,13 +522,6 @@ def writer() -> CompletionWriter | None:
     return _writer
 
 
-def flush() -> None:
-    """In the main process: record what pool processes have handed over (no-op otherwise)."""
-    writer = _writer
-    if writer is not None and not writer.channel.in_pool_process():
-        writer.flush_now()
-
-
 def last_totals() -> dict[str, int]:
     """Batches written and completions recorded by this process's last stopped writer."""
     return dict(_last_totals)
@@ -585,105 +533,4 @@ def in_pool_process() -> None:
     if _channel is not None and _channel.in_pool_process():
         _channel.forget_read_end()
         _writer = None  # the main process's writer; its thread does not exist here
-
-
-def hand_over(task: Any, ticket: claims.Ticket, result_json: str | None) -> bool:
-    """In a pool process: send the completion to the main process. False: complete it here."""
-    channel = _channel
-    if channel is None or not channel.in_pool_process():
-        return False
-    if task.acks_late and not _holds_acks(task.Request):
-        return False  # a custom Request class would acknowledge before the record is written
-    completion = Completion(
-        ticket.key.entity,
-        ticket.key.operation,
-        ticket.owner_task_id,
-        ticket.attempts,
-        result_json,
-        ticket.using,
-        float(ticket.lease_seconds),
-    )
-    return channel.send(completion)
-
-
-@lru_cache(maxsize=64)
-def _holds_acks(request_cls: Any) -> bool:
-    try:
-        cls = symbol_by_name(request_cls) if isinstance(request_cls, str) else request_cls
-    except Exception:  # noqa: BLE001 - unknown class: do not amortize
-        return False
-    return isinstance(cls, type) and issubclass(cls, HygieneRequest)
-
-
-class HygieneRequest(Request):
-    """Celery's Request, except that with amortized completion an acks-late message is
-    acknowledged only after the batch holding its completion has committed."""
-
-    def acknowledge(self) -> None:
-        writer = _writer
-        if writer is None or self.acknowledged or not self.task.acks_late:
-            super().acknowledge()
-            return
-        spec = getattr(self.task, "hygiene_idempotency", None)
-        if spec is None or spec.atomic:
-            super().acknowledge()
-            return
-        writer.hold_ack(self)
-
-    # -- a pool process died (prefork) --------------------------------------------------------
-
-    def on_failure(
-        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
-    ) -> None:
-        """A pool process that died: record what it handed over, and when Celery requeues the
-        message (``acks_late`` + ``task_reject_on_worker_lost``), end the claim's lease now.
-
-        Celery sends no ``task_failure`` when it requeues, so this is the only place that hears
-        of it. Nobody holds the lease any more (the body is dead), and the redelivery takes the
-        claim over at once instead of waiting the lease out.
-        """
-        lost = _is_worker_lost(self, exc_info.exception)
-        if lost:
-            flush()  # a body that handed over its completion and then died did finish
-        self._hygiene_requeued = False
-        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
-        if lost and self._hygiene_requeued:
-            _release_lost_lease(self)
-
-    def reject(self, requeue: bool = False) -> None:
-        if requeue and not self.acknowledged:
-            self._hygiene_requeued = True
-        super().reject(requeue=requeue)
-
-
-def _is_worker_lost(request: Request, exc: Any) -> bool:
-    from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
-    from billiard.exceptions import WorkerLostError
-
-    if isinstance(exc, ExceptionWithTraceback):
-        exc = exc.exc
-    if isinstance(exc, WorkerLostError):
-        return True
-    # Billiard >= 4.3 reports the exit itself; Celery treats it as a lost worker unless it
-    # killed the process on purpose (revoke, cancel).
-    return isinstance(exc, SystemExit | KeyboardInterrupt) and not (
-        getattr(request, "_already_cancelled", False) or getattr(request, "_already_revoked", False)
-    )
-
-
-def _release_lost_lease(request: Request) -> None:
-    from celery_hygiene.worker import upkeep
-
-    task = request.task
-    if not hasattr(task, "release_lost_lease"):
-        return
-    try:
-        task.release_lost_lease(
-            request.id, request.args, request.kwargs, upkeep.hostname() or request.hostname
-        )
-    except Exception as exc:  # noqa: BLE001 - never raise into the event loop; the lease lapses
-        log_event(
-            logging.ERROR, "lease_release_failed", task=task.name, id=request.id, error=repr(exc)
-        )
-        return
-    log_event(logging.INFO, "lease_released_worker_lost", task=task.name, id=request.id)
+        handover.connect(_channel, None)

@@ -21,6 +21,7 @@ import logging
 from typing import Any, Protocol
 
 from celery_hygiene.events import log_event
+from celery_hygiene.task import node
 from celery_hygiene.worker.broker_upkeep import BrokerUpkeep
 from celery_hygiene.worker.leases import LeaseThread
 
@@ -59,6 +60,7 @@ def start(consumer: Any) -> Upkeep:
     global _upkeep
     stop()
     _upkeep = Upkeep(consumer.app, consumer.hostname)
+    node.set_hostname(consumer.hostname)
     _upkeep.start()
     log_event(logging.INFO, "upkeep_started", worker=consumer.hostname)
     return _upkeep
@@ -69,3 +71,4 @@ def stop() -> None:
     if _upkeep is not None:
         _upkeep.stop()
         _upkeep = None
+        node.set_hostname(None)
