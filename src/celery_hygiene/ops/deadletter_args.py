@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import difflib
 import fnmatch
@@ -17,6 +18,82 @@ from celery_hygiene.models import DeadLetter, DeadLetterReason, DeadLetterStatus
 
 STATUSES = [choice.value for choice in DeadLetterStatus]
 REASONS = [choice.value for choice in DeadLetterReason]
+
+
+def add_subcommands(parser: CommandParser) -> None:
+    """Every subcommand and its options: ``list``, ``show``, ``summary``, ``replay``, ``discard``,
+    ``recover``, ``purge``."""
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+
+    summary = sub.add_parser(
+        "summary",
+        help="Incident summary: counts per task x exception type x reason, newest first.",
+    )
+    summary.add_argument(
+        "--since",
+        default="24h",
+        help="Failed since: a duration ago (2h, 7d) or a UTC date/time (2026-05-01, "
+        "2026-05-01T13:30). Default 24h.",
+    )
+    summary.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
+
+    listing = sub.add_parser("list", help="Dead letters, newest first.")
+    add_filters(listing)
+    listing.add_argument("--status", choices=STATUSES, help="Only this status.")
+    listing.add_argument("--limit", type=int, default=50, help="Rows to print (default 50).")
+    listing.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
+
+    show = sub.add_parser("show", help="Everything about one dead letter.")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+
+    rep = sub.add_parser("replay", help="Send dead letters back to their queue.")
+    add_targets(rep)
+    rep.add_argument("--queue", help="Publish to this queue instead of the original one.")
+    rep.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="Messages per second for bulk replays (default CELERY_HYGIENE['REPLAY_RATE']).",
+    )
+    rep.add_argument(
+        "--force",
+        action="store_true",
+        help="Replay even if the payload was stored truncated, or to an undeclared --queue.",
+    )
+    add_by(rep)
+
+    discard = sub.add_parser("discard", help="Mark as handled without replaying.")
+    add_targets(discard)
+    add_by(discard)
+
+    rec = sub.add_parser(
+        "recover", help="Settle dead letters stuck in 'replaying' (publisher died)."
+    )
+    rec.add_argument("ids", nargs="+", type=int, metavar="ID")
+    rec.add_argument(
+        "--force",
+        action="store_true",
+        help="Set back to pending even when no claim can tell whether the replay was sent.",
+    )
+    add_by(rec)
+
+    purge = sub.add_parser("purge", help="Delete old handled dead letters, in small batches.")
+    purge.add_argument("--older-than", required=True, help="Age, e.g. 30d, 12h, 2w.")
+    purge.add_argument(
+        "--include-pending",
+        action="store_true",
+        help="Also delete pending (never handled) ones. Default: replayed and discarded only.",
+    )
+    purge.add_argument("--batch-size", type=int, default=1000)
+    purge.add_argument("--dry-run", action="store_true", help="Count, delete nothing.")
+
+    for subparser in sub.choices.values():
+        # Operators type `deadletter purge ... -v 2`; argparse only knows -v before the
+        # subcommand. SUPPRESS keeps the top-level value when it is not given here.
+        subparser.add_argument(
+            "-v", "--verbosity", type=int, choices=[0, 1, 2, 3], default=argparse.SUPPRESS
+        )
 
 
 def add_filters(parser: CommandParser) -> None:
