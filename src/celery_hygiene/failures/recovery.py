@@ -17,7 +17,9 @@ from celery_hygiene.failures.replay_app import celery_app
 from celery_hygiene.models import ClaimStatus, DeadLetter, DeadLetterStatus, TaskClaim
 
 
-def _undo(dead_letter: DeadLetter, task_id: str, using: str, *, keep_task_id: bool = False) -> None:
+def back_to_pending(
+    dead_letter: DeadLetter, task_id: str, using: str, *, keep_task_id: bool = False
+) -> None:
     """Back to pending, and the claim back to dead so a duplicate cannot take over its lease.
 
     ``keep_task_id``: ``recover`` keeps the id of the replay that never ran, as evidence (the
@@ -73,7 +75,7 @@ def recover(dead_letter_id: int, *, force: bool = False) -> str:
                 "sent; check the broker and worker logs for that id, then use --force to set it "
                 "back to pending"
             )
-        _undo(dead_letter, task_id, using, keep_task_id=True)
+        back_to_pending(dead_letter, task_id, using, keep_task_id=True)
     return f"dead letter {dead_letter_id}: replay {task_id} never ran; pending again"
 
 

@@ -43,7 +43,7 @@ from celery_hygiene.failures.recovery import (
     RecoverError,
     ReplayOutcome,
     ReplayState,
-    _undo,
+    back_to_pending,
     discard,
     recover,
     replay_outcome,
@@ -247,7 +247,7 @@ def _publish_and_record(
     try:
         publish(app, dead_letter, task_id, queue=queue)
     except Exception as exc:  # noqa: BLE001 - a broker error must not leave the row in limbo
-        _undo(dead_letter, task_id, using)
+        back_to_pending(dead_letter, task_id, using)
         result.outcome = Outcome.PUBLISH_FAILED
         result.message = (
             f"publishing failed, dead letter {dead_letter.pk} is pending again: {exc!r}"

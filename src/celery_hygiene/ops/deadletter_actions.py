@@ -10,7 +10,6 @@ from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -31,10 +30,8 @@ from celery_hygiene.ops.deadletter_changelist import EstimatedCountPaginator, ut
 
 # django-stubs makes these generic; Django's own classes are not subscriptable at runtime.
 if TYPE_CHECKING:
-    _Paginator = Paginator[Any]
     _ModelAdmin = admin.ModelAdmin[DeadLetter]
 else:
-    _Paginator = Paginator
     _ModelAdmin = admin.ModelAdmin
 
 

@@ -15,12 +15,11 @@ and detail fields (``deadletter_columns``), the actions (``deadletter_actions``)
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
-from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -47,12 +46,6 @@ from celery_hygiene.ops.deadletter_columns import DeadLetterColumns
 from celery_hygiene.ops.report import incident_summary
 
 # django-stubs makes these generic; Django's own classes are not subscriptable at runtime.
-if TYPE_CHECKING:
-    _Paginator = Paginator[Any]
-    _ModelAdmin = admin.ModelAdmin[DeadLetter]
-else:
-    _Paginator = Paginator
-    _ModelAdmin = admin.ModelAdmin
 
 
 # The incident summary at the top of the list: groups shown, and the window when no date

@@ -24,10 +24,8 @@ from celery_hygiene.models import DeadLetter
 # django-stubs makes these generic; Django's own classes are not subscriptable at runtime.
 if TYPE_CHECKING:
     _Paginator = Paginator[Any]
-    _ModelAdmin = admin.ModelAdmin[DeadLetter]
 else:
     _Paginator = Paginator
-    _ModelAdmin = admin.ModelAdmin
 
 
 # How many recent dead letters the task/exception filter choices are read from.

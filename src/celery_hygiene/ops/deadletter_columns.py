@@ -7,23 +7,18 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
-from django.core.paginator import Paginator
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from celery_hygiene.failures.deadletters import describe_failure, format_utc, short_type
 from celery_hygiene.failures.redaction import redact
-from celery_hygiene.failures.replay import (
-    replay_outcome,
-)
+from celery_hygiene.failures.replay import replay_outcome
 from celery_hygiene.models import DeadLetter
 
 # django-stubs makes these generic; Django's own classes are not subscriptable at runtime.
 if TYPE_CHECKING:
-    _Paginator = Paginator[Any]
     _ModelAdmin = admin.ModelAdmin[DeadLetter]
 else:
-    _Paginator = Paginator
     _ModelAdmin = admin.ModelAdmin
 
 
