@@ -55,100 +55,6 @@ class DeadLetterActions(_ModelAdmin):
     def has_recover_permission(self, request: HttpRequest) -> bool:
         return self.has_replay_permission(request)
 
-    def replay_all_view(self, request: HttpRequest) -> HttpResponse:
-        """Replay every pending dead letter matching the changelist's filters, in batches.
-
-        GET: a confirmation page with the count. Each POST replays one batch (about
-        ``REPLAY_ALL_SECONDS_PER_REQUEST`` seconds at ``REPLAY_RATE``, keyset-paged by id) and
-        answers with a page that posts the next one, so no request loads every row or runs for
-        minutes; the pace between messages is the CLI's ``--rate``.
-        """
-        if not (self.has_view_permission(request) and self.has_replay_permission(request)):
-            raise PermissionDenied
-        with utc():
-            try:
-                cl = self.get_changelist_instance(request)
-            except IncorrectLookupParameters:
-                return HttpResponseRedirect(
-                    reverse("admin:celery_hygiene_deadletter_changelist") + "?e=1"
-                )
-            pending = cl.queryset.filter(status=DeadLetterStatus.PENDING).order_by("-pk")
-            back = reverse("admin:celery_hygiene_deadletter_changelist")
-            query = request.GET.urlencode()
-            back_url = f"{back}?{query}" if query else back
-            rate = float(conf.get("REPLAY_RATE"))
-            batch = max(1, min(ACTION_MAX_ROWS, int(rate * REPLAY_ALL_SECONDS_PER_REQUEST)))
-            context: dict[str, Any] = {
-                **self.admin_site.each_context(request),
-                "opts": self.opts,
-                "title": "Replay all matching dead letters",
-                "back_url": back_url,
-                "filters": _describe_filters(cl),
-                "rate": rate,
-                "batch": batch,
-            }
-            if request.method != "POST":
-                total = EstimatedCountPaginator(pending, 1).count
-                context.update(
-                    total=total,
-                    sample=pending.only(
-                        "pk", "task_name", "entity", "exception_type", "last_failed_at"
-                    )[:20],
-                    done=0,
-                    failed=0,
-                    after="",
-                    started=False,
-                )
-                return TemplateResponse(
-                    request, "admin/celery_hygiene/deadletter/replay_all.html", context
-                ).render()
-            return self._replay_all_batch(request, pending, batch, rate, back_url, context)
-
-    def _replay_all_batch(
-        self,
-        request: HttpRequest,
-        pending: QuerySet[Any],
-        batch: int,
-        rate: float,
-        back_url: str,
-        context: dict[str, Any],
-    ) -> HttpResponse:
-        after = _int(request.POST.get("after"))
-        total = _int(request.POST.get("total"))
-        done = _int(request.POST.get("done"))
-        failed = _int(request.POST.get("failed"))
-        page = pending.filter(pk__lt=after) if after else pending
-        ids = list(page.values_list("pk", flat=True)[:batch])
-        actor = history.admin_actor(request)
-        for pk in paced(ids, rate):
-            result = replay(pk)
-            if result.ok:
-                done += 1
-                history.record(actor, "replay", {pk: _replay_note(result)})
-            else:
-                failed += 1
-                if failed <= 20:
-                    self.message_user(request, f"Not replayed: {result.message}", messages.ERROR)
-        if len(ids) < batch:
-            self.message_user(
-                request,
-                f"Replay all: {done} dead letter{'s' if done != 1 else ''} replayed"
-                + (f", {failed} not replayed (left pending)" if failed else "")
-                + ".",
-                messages.SUCCESS if not failed else messages.WARNING,
-            )
-            return HttpResponseRedirect(back_url)
-        context.update(
-            total=max(total, done + failed),
-            done=done,
-            failed=failed,
-            after=ids[-1],
-            started=True,
-        )
-        return TemplateResponse(
-            request, "admin/celery_hygiene/deadletter/replay_all.html", context
-        ).render()
-
     # -- actions -----------------------------------------------------------------------------
 
     @admin.action(description="Replay selected dead letters", permissions=["replay"])
@@ -301,6 +207,104 @@ class DeadLetterActions(_ModelAdmin):
         self.message_user(
             request, f"Discarded {count} dead letter{'s' if count != 1 else ''}.", messages.SUCCESS
         )
+
+
+class DeadLetterReplayAll(DeadLetterActions):
+    """ "Replay all matching": the filtered list replayed in batches that each fit one request."""
+
+    def replay_all_view(self, request: HttpRequest) -> HttpResponse:
+        """Replay every pending dead letter matching the changelist's filters, in batches.
+
+        GET: a confirmation page with the count. Each POST replays one batch (about
+        ``REPLAY_ALL_SECONDS_PER_REQUEST`` seconds at ``REPLAY_RATE``, keyset-paged by id) and
+        answers with a page that posts the next one, so no request loads every row or runs for
+        minutes; the pace between messages is the CLI's ``--rate``.
+        """
+        if not (self.has_view_permission(request) and self.has_replay_permission(request)):
+            raise PermissionDenied
+        with utc():
+            try:
+                cl = self.get_changelist_instance(request)
+            except IncorrectLookupParameters:
+                return HttpResponseRedirect(
+                    reverse("admin:celery_hygiene_deadletter_changelist") + "?e=1"
+                )
+            pending = cl.queryset.filter(status=DeadLetterStatus.PENDING).order_by("-pk")
+            back = reverse("admin:celery_hygiene_deadletter_changelist")
+            query = request.GET.urlencode()
+            back_url = f"{back}?{query}" if query else back
+            rate = float(conf.get("REPLAY_RATE"))
+            batch = max(1, min(ACTION_MAX_ROWS, int(rate * REPLAY_ALL_SECONDS_PER_REQUEST)))
+            context: dict[str, Any] = {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "title": "Replay all matching dead letters",
+                "back_url": back_url,
+                "filters": _describe_filters(cl),
+                "rate": rate,
+                "batch": batch,
+            }
+            if request.method != "POST":
+                total = EstimatedCountPaginator(pending, 1).count
+                context.update(
+                    total=total,
+                    sample=pending.only(
+                        "pk", "task_name", "entity", "exception_type", "last_failed_at"
+                    )[:20],
+                    done=0,
+                    failed=0,
+                    after="",
+                    started=False,
+                )
+                return TemplateResponse(
+                    request, "admin/celery_hygiene/deadletter/replay_all.html", context
+                ).render()
+            return self._replay_all_batch(request, pending, batch, rate, back_url, context)
+
+    def _replay_all_batch(
+        self,
+        request: HttpRequest,
+        pending: QuerySet[Any],
+        batch: int,
+        rate: float,
+        back_url: str,
+        context: dict[str, Any],
+    ) -> HttpResponse:
+        after = _int(request.POST.get("after"))
+        total = _int(request.POST.get("total"))
+        done = _int(request.POST.get("done"))
+        failed = _int(request.POST.get("failed"))
+        page = pending.filter(pk__lt=after) if after else pending
+        ids = list(page.values_list("pk", flat=True)[:batch])
+        actor = history.admin_actor(request)
+        for pk in paced(ids, rate):
+            result = replay(pk)
+            if result.ok:
+                done += 1
+                history.record(actor, "replay", {pk: _replay_note(result)})
+            else:
+                failed += 1
+                if failed <= 20:
+                    self.message_user(request, f"Not replayed: {result.message}", messages.ERROR)
+        if len(ids) < batch:
+            self.message_user(
+                request,
+                f"Replay all: {done} dead letter{'s' if done != 1 else ''} replayed"
+                + (f", {failed} not replayed (left pending)" if failed else "")
+                + ".",
+                messages.SUCCESS if not failed else messages.WARNING,
+            )
+            return HttpResponseRedirect(back_url)
+        context.update(
+            total=max(total, done + failed),
+            done=done,
+            failed=failed,
+            after=ids[-1],
+            started=True,
+        )
+        return TemplateResponse(
+            request, "admin/celery_hygiene/deadletter/replay_all.html", context
+        ).render()
 
 
 def _replay_note(result: Any) -> str:

@@ -32,7 +32,7 @@ from celery_hygiene.ops.deadletter_actions import ACTION_MAX_ROWS as ACTION_MAX_
 from celery_hygiene.ops.deadletter_actions import (
     REPLAY_ALL_SECONDS_PER_REQUEST as REPLAY_ALL_SECONDS_PER_REQUEST,
 )
-from celery_hygiene.ops.deadletter_actions import DeadLetterActions
+from celery_hygiene.ops.deadletter_actions import DeadLetterReplayAll
 from celery_hygiene.ops.deadletter_changelist import EXACT_COUNT_LIMIT as EXACT_COUNT_LIMIT
 from celery_hygiene.ops.deadletter_changelist import FILTER_SAMPLE_ROWS as FILTER_SAMPLE_ROWS
 from celery_hygiene.ops.deadletter_changelist import (
@@ -55,7 +55,7 @@ SUMMARY_WINDOW = dt.timedelta(hours=24)
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(DeadLetterActions, DeadLetterColumns):
+class DeadLetterAdmin(DeadLetterReplayAll, DeadLetterColumns):
     list_display = ("task", "entity_cut", "exception", "tries", "failed_at", "status")
     list_display_links = ("task",)
     list_filter = (
