@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from celery_hygiene.models import DeadLetter, DeadLetterStatus
-from celery_hygiene.ops import deadletter_admin
+from celery_hygiene.ops import deadletter_actions, deadletter_changelist
 from celery_hygiene.ops.deadletter_admin import EstimatedCountPaginator
 from tests.test_deadletter_cli import fetch, make
 
@@ -104,7 +104,7 @@ def test_changelist_never_counts_the_whole_table(operator):
 
 @pytest.mark.django_db
 def test_paginator_uses_estimates_past_the_exact_limit(monkeypatch):
-    monkeypatch.setattr(deadletter_admin, "EXACT_COUNT_LIMIT", 3)
+    monkeypatch.setattr(deadletter_changelist, "EXACT_COUNT_LIMIT", 3)
     for i in range(6):
         make(status="pending" if i % 2 else "discarded")
     with connection.cursor() as cursor:
@@ -194,7 +194,7 @@ def test_replay_of_an_unregistered_task_is_reported_and_left_pending(operator, q
 @pytest.mark.django_db
 def test_discard_action_and_the_bulk_cap(operator, monkeypatch):
     a, b, c = make(), make(), make()
-    monkeypatch.setattr(deadletter_admin, "ACTION_MAX_ROWS", 2)
+    monkeypatch.setattr(deadletter_actions, "ACTION_MAX_ROWS", 2)
     page = _act(operator, "discard_selected", [a.pk, b.pk, c.pk], post="yes").content.decode()
     assert "More than 2 pending dead letters selected; nothing was changed" in page
     assert set(DeadLetter.objects.values_list("status", flat=True)) == {"pending"}

@@ -265,7 +265,7 @@ def test_replay_all_matching_a_filter_in_batches(live_server, hygiene_app, queue
     from django.contrib.admin.models import LogEntry
     from django.test import override_settings
 
-    from celery_hygiene.ops import deadletter_admin
+    from celery_hygiene.ops import deadletter_actions
 
     picked = [
         make(queue=queue_name, exception_type="requests.exceptions.ConnectTimeout")
@@ -281,7 +281,7 @@ def test_replay_all_matching_a_filter_in_batches(live_server, hygiene_app, queue
     ]
     staff("oncall", "view_deadletter", "replay_deadletter")
     # 50 per second, 3 per request: three requests, the last one short.
-    monkeypatch.setattr(deadletter_admin, "REPLAY_ALL_SECONDS_PER_REQUEST", 0.07)
+    monkeypatch.setattr(deadletter_actions, "REPLAY_ALL_SECONDS_PER_REQUEST", 0.07)
     with override_settings(CELERY_HYGIENE={"REPLAY_RATE": 50}), chromium() as browser:
         page = log_in(browser, live_server, "oncall")
         # The incident summary links to the group's filtered list.

@@ -42,6 +42,17 @@ PUBLIC = {
     ),
     "celery_hygiene.retry.wait_celery_backoff": "celery_hygiene.failures.retry.wait_celery_backoff",
     "celery_hygiene.retry.celery_retries": "celery_hygiene.failures.retry.celery_retries",
+    # tenacity's waits and stops, re-exported for policies (docs/retries-and-dead-letters.md)
+    "celery_hygiene.retry.stop_after_attempt": "celery_hygiene.failures.retry.stop_after_attempt",
+    "celery_hygiene.retry.stop_after_delay": "celery_hygiene.failures.retry.stop_after_delay",
+    "celery_hygiene.retry.wait_chain": "celery_hygiene.failures.retry.wait_chain",
+    "celery_hygiene.retry.wait_exponential": "celery_hygiene.failures.retry.wait_exponential",
+    "celery_hygiene.retry.wait_fixed": "celery_hygiene.failures.retry.wait_fixed",
+    "celery_hygiene.retry.wait_incrementing": "celery_hygiene.failures.retry.wait_incrementing",
+    "celery_hygiene.retry.wait_random": "celery_hygiene.failures.retry.wait_random",
+    "celery_hygiene.retry.wait_random_exponential": (
+        "celery_hygiene.failures.retry.wait_random_exponential"
+    ),
     "celery_hygiene.retry.policy_from_celery_options": (
         "celery_hygiene.failures.retry.policy_from_celery_options"
     ),
@@ -105,9 +116,7 @@ def shown_paths() -> set[str]:
     paths: set[str] = set()
     for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
         text = page.read_text()
-        for module, names in re.findall(
-            r"from (celery_hygiene(?:\.\w+)*) import ([\w, ]+)", text
-        ):
+        for module, names in re.findall(r"from (celery_hygiene(?:\.\w+)*) import ([\w, ]+)", text):
             paths.update(f"{module}.{n.strip()}" for n in names.split(",") if n.strip())
         paths.update(re.findall(r"(?<![\w/])celery_hygiene(?:\.\w+)+", text))
     return {p for p in paths if not NOT_IMPORTS.match(p)}

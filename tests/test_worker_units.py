@@ -60,3 +60,46 @@ def test_a_pool_process_never_blocks_on_a_full_pipe() -> None:
 def test_a_completion_record_carries_its_lease() -> None:
     completion = amortized.Completion("e", "op", "id", 2, None, "default", 45.0)
     assert amortized.Completion.decode(completion.encode().rstrip(b"\n")) == completion
+
+
+def test_the_main_process_steps_start_in_order_and_stop_in_reverse_once(monkeypatch) -> None:  # noqa: ANN001
+    """worker/upkeep.py: the one place the main process's steps start and stop."""
+    from types import SimpleNamespace
+
+    from celery_hygiene.worker import upkeep
+
+    calls: list[str] = []
+    for name, cls in [
+        ("runstats", upkeep.RunStatsStep),
+        ("watchdog", upkeep.WatchdogStep),
+        ("leases", leases.LeaseThread),
+        ("writer", upkeep.WriterStep),
+    ]:
+        monkeypatch.setattr(cls, "start", lambda self, n=name: calls.append(f"start {n}"))
+        monkeypatch.setattr(cls, "stop", lambda self, n=name: calls.append(f"stop {n}"))
+    from celery_hygiene.worker.broker_upkeep import BrokerUpkeep
+
+    monkeypatch.setattr(BrokerUpkeep, "start", lambda self: calls.append("start broker"))
+    monkeypatch.setattr(BrokerUpkeep, "stop", lambda self: calls.append("stop broker"))
+    monkeypatch.setattr(amortized, "stop_and_acknowledge", lambda h=None: calls.append("writer"))
+    from tests.celery_app import app
+
+    room = upkeep.start(SimpleNamespace(app=app, hostname="w@h"))
+    assert list(room.steps) == ["runstats", "watchdog", "leases", "broker", "writer"]
+    assert upkeep.hostname() == "w@h"
+    assert upkeep.stop("w@h") is True
+    assert calls == [
+        *(f"start {n}" for n in room.steps),
+        *(f"stop {n}" for n in reversed(room.steps)),
+    ]
+    calls.clear()
+    # Stopped already (the consumer step, then worker_shutdown): only the writer is asked again.
+    assert upkeep.stop() is False
+    assert calls == ["writer"] and upkeep.hostname() is None
+
+
+def test_the_watchdog_and_the_lease_keeper_read_one_scan() -> None:
+    from celery_hygiene.worker import running, watchdog
+
+    assert leases.started_requests is running.started_requests
+    assert watchdog.started_requests is running.started_requests

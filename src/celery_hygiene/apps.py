@@ -17,3 +17,9 @@ class CeleryHygieneConfig(AppConfig):
         from celery_hygiene.worker import runstats_timer
 
         runstats_timer.connect()  # run statistics flushed on a timer too, not only after tasks
+        from celery_hygiene.failures import replay_app
+        from celery_hygiene.task.discovery import import_task_modules
+        from celery_hygiene.task.routing import declared_queues
+
+        # Replay (failures/) needs the task room's lookups; handed down, not imported up.
+        replay_app.use(import_task_modules=import_task_modules, declared_queues=declared_queues)

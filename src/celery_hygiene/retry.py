@@ -15,8 +15,16 @@ from celery_hygiene.failures.retry import (
     celery_retries,
     coerce_policy,
     policy_from_celery_options,
+    stop_after_attempt,
+    stop_after_delay,
     wait_celery_backoff,
+    wait_chain,
+    wait_exponential,
     wait_exponential_capped,
+    wait_fixed,
+    wait_incrementing,
+    wait_random,
+    wait_random_exponential,
 )
 
 __all__ = [
@@ -34,6 +42,14 @@ __all__ = [
     "celery_retries",
     "coerce_policy",
     "policy_from_celery_options",
+    "stop_after_attempt",
+    "stop_after_delay",
     "wait_celery_backoff",
+    "wait_chain",
+    "wait_exponential",
     "wait_exponential_capped",
+    "wait_fixed",
+    "wait_incrementing",
+    "wait_random",
+    "wait_random_exponential",
 ]

@@ -25,8 +25,9 @@ Acquiring is ``INSERT .. ON CONFLICT DO NOTHING RETURNING`` (the unique constrai
 is first), then, only if the key was taken, a read, and only if that read shows a retry of our
 own task id or an expired lease, a compare-and-set ``UPDATE .. WHERE attempts = <seen>``. So a
 first run costs one statement, a duplicate one more read and no write. The hand-written SQL
-lives in this module only; it runs on PostgreSQL and on SQLite >= 3.35 and holds no session
-state (no advisory locks, no ``SET``), so it works behind PgBouncer in transaction mode.
+lives in ``claims/sql.py``, apart from this module's Python; it runs on PostgreSQL and on
+SQLite >= 3.35 and holds no session state (no advisory locks, no ``SET``), so it works behind
+PgBouncer in transaction mode.
 """
 
 from __future__ import annotations
@@ -35,15 +36,33 @@ import datetime as dt
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from django.db import connections, router
-from django.db.models import DateTimeField, ExpressionWrapper, QuerySet
+from django.db import connections
+from django.db.models import DateTimeField, ExpressionWrapper
 from django.db.models.functions import Now
-from django.utils import timezone
 
 from celery_hygiene import conf
+
+# Moved out (the lease side, the SQL); their old paths here are kept.
+from celery_hygiene.claims.leases import Held as Held
+from celery_hygiene.claims.leases import expire_lease as expire_lease
+from celery_hygiene.claims.leases import renew as renew
+from celery_hygiene.claims.leases import stale_claims as stale_claims
+from celery_hygiene.claims.sql import (
+    CLAIM_FIELDS,
+    COMPLETE_MANY_SQL_POSTGRES,
+    COMPLETE_SQL,
+    INSERT_SQL,
+    RECORD_FAILURE_SQL,
+    RESTART_SQL,
+    TAKE_OVER_SQL,
+    complete_async,
+    execute,
+    existing_sql,
+    render,
+)
+from celery_hygiene.claims.sql import write_alias as write_alias
 from celery_hygiene.models import ClaimStatus, TaskClaim
 
 
@@ -83,194 +102,6 @@ class ClaimResult:
     wait_seconds: float = 0.0
 
 
-def write_alias() -> str:
-    """The claim always goes to the write database: reading a replica could miss a claim."""
-    return router.db_for_write(TaskClaim)
-
-
-# A free key is inserted; a taken one is left alone. DO NOTHING (not DO UPDATE .. WHERE false)
-# matters: it takes no row lock and writes nothing, so a duplicate costs a read, not a commit.
-_INSERT_SQL = """
-INSERT INTO {table}
-    (entity, operation, task_name, status, fingerprint, owner_task_id, owner_worker,
-     lease_expires_at, attempts, last_error, created_at, updated_at)
-VALUES
-    (%(entity)s, %(operation)s, %(task_name)s, 'running', %(fingerprint)s, %(owner)s, %(worker)s,
-     {lease_until}, 1, '', {now}, {now})
-ON CONFLICT (entity, operation) DO NOTHING
-RETURNING attempts
-"""
-
-# PostgreSQL: the row that stopped the INSERT, and the database's clock (lease arithmetic).
-# Hand-written: building the same query through the ORM cost more client CPU than the
-# statement's round trip. (One statement for both, a CTE that inserts or returns the existing
-# row, was measured and dropped: it made every first run ~0.2 ms slower to save about that
-# much on each duplicate; docs/benchmarks.md.)
-_EXISTING_SQL = """
-SELECT {columns}, statement_timestamp() FROM {table}
-WHERE entity = %(entity)s AND operation = %(operation)s
-"""
-
-
-# Compare-and-set on the attempt number we read: of several racing takers exactly one wins.
-_TAKE_OVER_SQL = """
-UPDATE {table} SET
-    status = 'running',
-    owner_task_id = %(owner)s,
-    owner_worker = %(worker)s,
-    lease_expires_at = {lease_until},
-    -- other arguments (a singleton's next tick) are a new run: it gets the whole retry policy
-    attempts = CASE WHEN fingerprint = %(fingerprint)s THEN attempts + 1 ELSE 1 END,
-    fingerprint = %(fingerprint)s,
-    updated_at = {now}
-WHERE entity = %(entity)s AND operation = %(operation)s AND attempts = %(seen_attempts)s
-  AND (
-    -- the scheduled retry (or a replay) of the same task id picks its own claim back up
-    (status = 'retrying' AND owner_task_id = %(owner)s)
-    -- anyone with the same arguments (a singleton: any arguments) takes over a claim whose
-    -- owner stopped renewing it
-    OR (status IN ('running', 'retrying') AND lease_expires_at <= {now}
-        AND (fingerprint = %(fingerprint)s OR %(any_fingerprint)s))
-  )
-RETURNING attempts
-"""
-
-# Recurring work (``window=``, singletons): a finished claim starts a new run. Attempts restart
-# (a new run gets the whole retry policy); the compare-and-set on the finished row's attempts and
-# completion time lets exactly one of several racing messages start it.
-_RESTART_SQL = """
-UPDATE {table} SET
-    status = 'running',
-    owner_task_id = %(owner)s,
-    owner_worker = %(worker)s,
-    fingerprint = %(fingerprint)s,
-    lease_expires_at = {lease_until},
-    attempts = 1,
-    result_json = NULL,
-    last_error = '',
-    completed_at = NULL,
-    updated_at = {now}
-WHERE entity = %(entity)s AND operation = %(operation)s AND attempts = %(seen_attempts)s
-  AND status IN ('succeeded', 'dead') AND completed_at = %(seen_completed)s
-RETURNING attempts
-"""
-
-_COMPLETE_SQL = """
-UPDATE {table} SET
-    status = 'succeeded', result_json = %(result)s, completed_at = {now}, updated_at = {now},
-    lease_expires_at = NULL, last_error = ''
-WHERE entity = %(entity)s AND operation = %(operation)s AND owner_task_id = %(owner)s
-  AND attempts = %(attempts)s AND status = 'running'
-"""
-
-# Failure bookkeeping is an upsert too: in atomic mode the acquiring INSERT was rolled back with
-# the body, so the row may not exist any more; the attempt count must survive that rollback.
-_RECORD_FAILURE_SQL = """
-INSERT INTO {table} AS c
-    (entity, operation, task_name, status, fingerprint, owner_task_id, owner_worker,
-     lease_expires_at, attempts, last_error, created_at, updated_at, completed_at)
-VALUES
-    (%(entity)s, %(operation)s, %(task_name)s, %(status)s, %(fingerprint)s, %(owner)s, %(worker)s,
-     {lease_until}, %(attempts)s, %(error)s, {now}, {now}, {completed_at})
-ON CONFLICT (entity, operation) DO UPDATE SET
-    status = EXCLUDED.status,
-    lease_expires_at = EXCLUDED.lease_expires_at,
-    attempts = EXCLUDED.attempts,
-    last_error = EXCLUDED.last_error,
-    updated_at = EXCLUDED.updated_at,
-    completed_at = EXCLUDED.completed_at
-WHERE c.owner_task_id = EXCLUDED.owner_task_id
-    AND c.status IN ('running', 'retrying')
-    AND c.attempts <= EXCLUDED.attempts
-RETURNING attempts
-"""
-
-
-@lru_cache(maxsize=64)
-def _sql(template: str, vendor: str, table: str, leased: bool, completed: bool) -> str:
-    """The statement text for one backend; built once per template, not once per task."""
-    if vendor == "postgresql":
-        now = "statement_timestamp()"
-        lease_until = (
-            "statement_timestamp() + %(lease_seconds)s * interval '1 second'" if leased else "NULL"
-        )
-    else:
-        now, lease_until = "%(now)s", "%(lease_until)s"
-    return template.format(
-        table=table, now=now, lease_until=lease_until, completed_at=now if completed else "NULL"
-    )
-
-
-def _render(
-    sql: str, using: str, *, lease_seconds: float | None, completed: bool = False
-) -> tuple[str, dict[str, Any]]:
-    """Fill in table name and clock expressions (``completed`` only for the failure upsert).
-
-    PostgreSQL uses its own clock so that workers on hosts with skewed clocks agree on when a
-    lease ends; other backends get the worker's clock as a parameter.
-    """
-    connection = connections[using]
-    vendor = connection.vendor
-    table = connection.ops.quote_name(TaskClaim._meta.db_table)
-    rendered = _sql(sql, vendor, table, lease_seconds is not None, completed)
-    if vendor == "postgresql":
-        return rendered, ({} if lease_seconds is None else {"lease_seconds": lease_seconds})
-    current = timezone.now()
-    params: dict[str, Any] = {"now": connection.ops.adapt_datetimefield_value(current)}
-    params["lease_until"] = (
-        None
-        if lease_seconds is None
-        else connection.ops.adapt_datetimefield_value(current + dt.timedelta(seconds=lease_seconds))
-    )
-    return rendered, params
-
-
-def _execute(using: str, sql: str, params: dict[str, Any], *, fetch: bool) -> tuple[Any, int]:
-    """Run one claim statement: (first row or None, rowcount).
-
-    On PostgreSQL the statement goes to psycopg directly with server-side binding (Django's
-    cursor binds on the client, which cost about a third of the claim's client CPU), inside
-    Django's error translation, so callers still see ``django.db`` errors. While something
-    watches Django's queries (``connection.execute_wrapper``, ``DEBUG`` query logging,
-    ``assertNumQueries``) the statements go through Django's cursor instead, so they are seen.
-
-    With ``PREPARED_STATEMENTS`` the statements are also prepared, once per connection (psycopg
-    keeps the cache per connection). Prepared statements are session state: behind PgBouncer in
-    transaction mode they need PgBouncer >= 1.21 with ``max_prepared_statements`` set, which is
-    why they are opt-in. Unprepared server-side binding uses the unnamed statement only, which
-    any pooler passes through.
-    """
-    connection = connections[using]
-    if (
-        connection.vendor == "postgresql"
-        and not connection.execute_wrappers
-        and not connection.queries_logged
-    ):
-        return _execute_direct(connection, sql, params, fetch=fetch)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return (cursor.fetchone() if fetch else None), cursor.rowcount
-
-
-def _execute_direct(
-    connection: Any, sql: str, params: dict[str, Any], *, fetch: bool
-) -> tuple[Any, int]:
-    from django.db.backends.postgresql.psycopg_any import is_psycopg3
-
-    if not is_psycopg3:  # psycopg2 has no server-side binding: Django's cursor
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return (cursor.fetchone() if fetch else None), cursor.rowcount
-    import psycopg
-
-    prepare = bool(conf.get("PREPARED_STATEMENTS"))
-    connection.ensure_connection()
-    connection.validate_no_broken_transaction()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=prepare)
-        return (cursor.fetchone() if fetch else None), cursor.rowcount
-
-
 def acquire(
     key: ClaimKey,
     *,
@@ -305,7 +136,7 @@ def acquire(
         "worker": owner_worker,
     }
     for _ in range(3):  # a row can vanish (atomic rollback) or be taken between our statements
-        attempts = _returning(_INSERT_SQL, params, using, lease_seconds)
+        attempts = _returning(INSERT_SQL, params, using, lease_seconds)
         if attempts is None:
             existing = _existing(key, using)
             if existing is None:
@@ -313,12 +144,12 @@ def acquire(
             if _may_restart(existing, reclaim_after, reclaim_dead):
                 completed = connections[using].ops.adapt_datetimefield_value(existing.completed_at)
                 seen = {"seen_attempts": existing.attempts, "seen_completed": completed}
-                attempts = _returning(_RESTART_SQL, {**params, **seen}, using, lease_seconds)
+                attempts = _returning(RESTART_SQL, {**params, **seen}, using, lease_seconds)
             elif not _may_take_over(existing, key, owner_task_id, retry_token, any_fingerprint):
                 return _describe(existing)
             else:
                 seen = {"seen_attempts": existing.attempts, "any_fingerprint": any_fingerprint}
-                attempts = _returning(_TAKE_OVER_SQL, {**params, **seen}, using, lease_seconds)
+                attempts = _returning(TAKE_OVER_SQL, {**params, **seen}, using, lease_seconds)
         if attempts is not None:
             ticket = Ticket(key, owner_task_id, owner_worker, attempts, lease_seconds, using)
             return ClaimResult(Outcome.ACQUIRED, ticket=ticket)
@@ -328,18 +159,9 @@ def acquire(
 def _returning(
     sql: str, params: dict[str, Any], using: str, lease_seconds: float | None
 ) -> int | None:
-    rendered, clock = _render(sql, using, lease_seconds=lease_seconds)
-    row, _ = _execute(using, rendered, {**params, **clock}, fetch=True)
+    rendered, clock = render(sql, using, lease_seconds=lease_seconds)
+    row, _ = execute(using, rendered, {**params, **clock}, fetch=True)
     return None if row is None else int(row[0])
-
-
-_CLAIM_FIELDS = list(TaskClaim._meta.concrete_fields)
-
-
-@lru_cache(maxsize=8)
-def _existing_sql(table: str) -> str:
-    columns = ", ".join(str(f.column) for f in _CLAIM_FIELDS)
-    return _EXISTING_SQL.format(columns=columns, table=table)
 
 
 def _existing(key: ClaimKey, using: str) -> TaskClaim | None:
@@ -351,11 +173,11 @@ def _existing(key: ClaimKey, using: str) -> TaskClaim | None:
             .filter(entity=key.entity, operation=key.operation)
             .first()
         )
-    sql = _existing_sql(connection.ops.quote_name(TaskClaim._meta.db_table))
-    row, _ = _execute(using, sql, {"entity": key.entity, "operation": key.operation}, fetch=True)
+    sql = existing_sql(connection.ops.quote_name(TaskClaim._meta.db_table))
+    row, _ = execute(using, sql, {"entity": key.entity, "operation": key.operation}, fetch=True)
     if row is None:
         return None
-    existing = TaskClaim.from_db(using, [f.attname for f in _CLAIM_FIELDS], row[:-1])
+    existing = TaskClaim.from_db(using, [f.attname for f in CLAIM_FIELDS], row[:-1])
     existing.db_now = row[-1]  # type: ignore[attr-defined]
     return existing
 
@@ -416,7 +238,7 @@ def complete(ticket: Ticket, result_json: str | None) -> bool:
     Hand-written rather than an ORM update(): this runs once per task, and building the ORM
     query cost more than the statement itself.
     """
-    sql, clock = _render(_COMPLETE_SQL, ticket.using, lease_seconds=None)
+    sql, clock = render(COMPLETE_SQL, ticket.using, lease_seconds=None)
     params = {
         "result": result_json,
         "entity": ticket.key.entity,
@@ -432,8 +254,8 @@ def complete(ticket: Ticket, result_json: str | None) -> bool:
         and not connection.in_atomic_block
         and connection.get_autocommit()  # its own BEGIN .. COMMIT must not end a caller's
     ):
-        return _complete_async(connection, sql, params)
-    _, rowcount = _execute(ticket.using, sql, params, fetch=False)
+        return complete_async(connection, sql, params)
+    _, rowcount = execute(ticket.using, sql, params, fetch=False)
     return rowcount == 1
 
 
@@ -446,21 +268,6 @@ class Finished:
     owner_task_id: str
     attempts: int
     result_json: str | None
-
-
-# Amortized completion: the completions of a whole batch in one statement, each fenced exactly
-# like ``_COMPLETE_SQL`` (owner task id and the attempt it acquired).
-_COMPLETE_MANY_SQL_POSTGRES = """
-UPDATE {table} AS c SET
-    status = 'succeeded', result_json = v.result, completed_at = statement_timestamp(),
-    updated_at = statement_timestamp(), lease_expires_at = NULL, last_error = ''
-FROM unnest(%(entities)s::text[], %(operations)s::text[], %(owners)s::text[],
-            %(attempts)s::int[], %(results)s::text[])
-     AS v(entity, operation, owner, attempts, result)
-WHERE c.entity = v.entity AND c.operation = v.operation AND c.owner_task_id = v.owner
-  AND c.attempts = v.attempts AND c.status = 'running'
-RETURNING c.entity, c.operation, c.owner_task_id
-"""
 
 
 def complete_many(finished: Sequence[Finished], *, using: str) -> set[tuple[str, str, str]]:
@@ -485,62 +292,16 @@ def complete_many(finished: Sequence[Finished], *, using: str) -> set[tuple[str,
         "attempts": [f.attempts for f in finished],
         "results": [f.result_json for f in finished],
     }
-    sql = _COMPLETE_MANY_SQL_POSTGRES.format(table=table)
+    sql = COMPLETE_MANY_SQL_POSTGRES.format(table=table)
     with connection.cursor() as cursor:  # once per batch: Django's cursor is cheap enough
         cursor.execute(sql, params)
         return {(str(e), str(o), str(t)) for e, o, t in cursor.fetchall()}
 
 
-# ASYNC_COMPLETION: the same UPDATE in a transaction whose COMMIT does not wait for the WAL
-# flush. Sent as one simple-query string, so it is still one round trip, and SET LOCAL ends
-# with the transaction: no session state is left behind (PgBouncer in transaction mode is fine).
-_ASYNC_COMPLETE_SQL = (
-    "BEGIN; SET LOCAL synchronous_commit TO off; {update} RETURNING attempts; COMMIT"
-)
-
-
-def _complete_async(connection: Any, sql: str, params: dict[str, Any]) -> bool:
-    """Record success without waiting for the flush (opt-in, ``ASYNC_COMPLETION``).
-
-    The row is visible to every other session at once, so duplicates see ``succeeded`` as
-    usual. What changes is a PostgreSQL *server* crash (or an OS crash of its host) in the
-    next few hundred milliseconds (up to 3 x ``wal_writer_delay``, 200 ms by default): the
-    completion can be lost, the claim is back to ``running`` with its lease, and a duplicate or
-    redelivery that arrives after the lease ran out runs the body again. The body's own writes,
-    committed before, are flushed. A worker crash loses nothing: the server has the commit.
-    """
-    from django.db.backends.postgresql.psycopg_any import is_psycopg3
-
-    if not is_psycopg3:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return bool(cursor.rowcount == 1)
-    import psycopg
-
-    statement = _ASYNC_COMPLETE_SQL.format(update=sql.strip())
-    connection.ensure_connection()
-    connection.validate_no_broken_transaction()
-    pg = connection.connection
-    with connection.wrap_database_errors:
-        try:
-            with psycopg.ClientCursor(pg) as cursor:
-                cursor.execute(statement, params)
-                updated = False
-                while True:  # BEGIN, SET, UPDATE .. RETURNING, COMMIT: one result each
-                    if cursor.description is not None:
-                        updated = cursor.fetchone() is not None
-                    if not cursor.nextset():
-                        break
-                return updated
-        finally:
-            if pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                pg.rollback()  # an error inside the string left the block open: close it
-
-
 def _record_failure(ticket: Ticket, status: str, error: str, lease_seconds: float | None) -> bool:
     terminal = status == ClaimStatus.DEAD
-    sql, params = _render(
-        _RECORD_FAILURE_SQL, ticket.using, lease_seconds=lease_seconds, completed=terminal
+    sql, params = render(
+        RECORD_FAILURE_SQL, ticket.using, lease_seconds=lease_seconds, completed=terminal
     )
     params.update(
         entity=ticket.key.entity,
@@ -553,7 +314,7 @@ def _record_failure(ticket: Ticket, status: str, error: str, lease_seconds: floa
         attempts=ticket.attempts,
         error=error[:10_000],
     )
-    row, _ = _execute(ticket.using, sql, params, fetch=True)
+    row, _ = execute(ticket.using, sql, params, fetch=True)
     return row is not None
 
 
@@ -656,101 +417,3 @@ def mark_dead_for_owner(
         lease_expires_at=None,
     )
     return claim.attempts
-
-
-@dataclass(frozen=True)
-class Held:
-    """A claim the worker's main process believes one of its pool processes is running."""
-
-    entity: str
-    operation: str
-    owner_task_id: str
-    lease_seconds: float
-
-
-# One statement renews every claim a worker holds, whatever the number of running tasks. Matched
-# by the unique (entity, operation) index and fenced by owner and worker: a claim that was taken
-# over, completed or released is not touched.
-_RENEW_SQL_POSTGRES = """
-UPDATE {table} AS c SET
-    lease_expires_at = statement_timestamp() + v.lease_seconds * interval '1 second'
-FROM unnest(%(entities)s::text[], %(operations)s::text[], %(owners)s::text[],
-            %(leases)s::float8[]) AS v(entity, operation, owner, lease_seconds)
-WHERE c.entity = v.entity AND c.operation = v.operation AND c.owner_task_id = v.owner
-  AND c.owner_worker = %(worker)s AND c.status = 'running'
-"""
-
-
-def renew(held: list[Held], *, worker: str, using: str | None = None) -> int:
-    """Push the leases of running claims forward (the heartbeat). Returns rows renewed."""
-    if not held:
-        return 0
-    using = using or write_alias()
-    connection = connections[using]
-    if connection.vendor == "postgresql":
-        table = connection.ops.quote_name(TaskClaim._meta.db_table)
-        params: dict[str, Any] = {
-            "entities": [h.entity for h in held],
-            "operations": [h.operation for h in held],
-            "owners": [h.owner_task_id for h in held],
-            "leases": [float(h.lease_seconds) for h in held],
-            "worker": worker,
-        }
-        _, rowcount = _execute(using, _RENEW_SQL_POSTGRES.format(table=table), params, fetch=False)
-        return int(rowcount)
-    renewed = 0  # other backends (SQLite in development): one UPDATE per claim
-    for h in held:
-        renewed += (
-            TaskClaim.objects.using(using)
-            .filter(
-                entity=h.entity,
-                operation=h.operation,
-                owner_task_id=h.owner_task_id,
-                owner_worker=worker,
-                status=ClaimStatus.RUNNING,
-            )
-            .update(lease_expires_at=timezone.now() + dt.timedelta(seconds=h.lease_seconds))
-        )
-    return renewed
-
-
-def expire_lease(
-    entity: str, operation: str, *, owner_task_id: str, worker: str, using: str | None = None
-) -> bool:
-    """End a lease now: the worker saw the process running the body die, so nobody holds it.
-
-    The redelivered message (or a duplicate) can then take the claim over at once instead of
-    waiting out the lease. The attempt counter is untouched: the takeover bumps it.
-    """
-    using = using or write_alias()
-    return bool(
-        TaskClaim.objects.using(using)
-        .filter(
-            entity=entity,
-            operation=operation,
-            owner_task_id=owner_task_id,
-            owner_worker=worker,
-            status=ClaimStatus.RUNNING,
-        )
-        .update(lease_expires_at=Now())
-    )
-
-
-def stale_claims(*, expired_for: dt.timedelta, using: str | None = None) -> QuerySet[TaskClaim]:
-    """Claims whose owner stopped renewing them long ago and that nobody has taken over.
-
-    Such a row is work that started and never finished, with no message left to finish it
-    (acknowledged early, then the worker died). The next duplicate would take it over; until
-    then an operator should see it. No index serves it (an index on status or lease_expires_at
-    would make every completion a non-HOT update, see models.py): a sequential scan, for a
-    command an operator runs by hand.
-    """
-    using = using or write_alias()
-    return (
-        TaskClaim.objects.using(using)
-        .filter(
-            status__in=[ClaimStatus.RUNNING, ClaimStatus.RETRYING],
-            lease_expires_at__lt=timezone.now() - expired_for,
-        )
-        .order_by("lease_expires_at")
-    )

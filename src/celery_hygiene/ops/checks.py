@@ -31,7 +31,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
 
 @checks.register("celery_hygiene")
 def check_celery_config(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """The hygiene audit (see ``ops/audit.py`` for every id) against the project's Celery app."""
+    """The hygiene audit (see ``ops/audit/`` for every id) against the project's Celery app."""
     messages = audit_messages()
     if conf.get("AUDIT_WARNINGS_EVERYWHERE"):
         return messages

@@ -7,8 +7,8 @@ Two things only a consumer step can do:
   (which sends the acknowledgements it released) is registered again here.
 - ``shutdown`` runs after the pool has stopped, on a warm *and* a cold shutdown (Celery sends
   ``worker_shutdown`` on warm ones only), and before the broker connection closes: the last
-  amortized completions are recorded and their held acknowledgements sent, then the upkeep
-  threads stop.
+  amortized completions are recorded and their held acknowledgements sent, then the other
+  main-process steps stop (``worker/upkeep.py``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ class HygieneConsumerStep(bootsteps.StartStopStep):
         amortized.register_with_event_loop(hub)
 
     def shutdown(self, parent: Any) -> None:
-        amortized.stop_and_acknowledge(getattr(parent, "hostname", None))
-        upkeep.stop()
+        upkeep.stop(getattr(parent, "hostname", None))
 
 
 def install(worker: Any) -> None:

@@ -1,4 +1,5 @@
-"""Celery signal wiring for the watchdog, run statistics and per-queue time limits.
+"""Celery signal wiring: the main process's steps (started and stopped in ``worker/upkeep.py``),
+the per-run hooks of the watchdog and run statistics, per-queue time limits.
 
 Connected once from ``CeleryHygieneConfig.ready()``, so any worker whose Django project has the
 app installed gets them without configuration. Every receiver here is cheap on the hot path
@@ -50,17 +51,13 @@ def _on_worker_init(sender: Any = None, **kwargs: Any) -> None:
 
 
 def _on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
-    watchdog.install(sender)
-    upkeep.start(sender)
-    amortized.start(sender)
+    upkeep.start(sender)  # every main-process step, in one place (worker/upkeep.py)
 
 
 def _on_worker_shutdown(sender: Any = None, **kwargs: Any) -> None:
-    watchdog.uninstall()
     # Normally done already by the consumer step's shutdown (which also sends the held acks).
-    amortized.stop_and_acknowledge()  # the pool has stopped: record what it handed over
-    upkeep.stop()
-    _flush_quietly()  # solo/threads pools ran their tasks in this process
+    if not upkeep.stop():
+        upkeep.flush_run_stats()  # solo/threads pools ran their tasks in this process
 
 
 def _on_before_fork(**kwargs: Any) -> None:
@@ -72,7 +69,7 @@ def _on_process_init(**kwargs: Any) -> None:
 
 
 def _on_process_shutdown(**kwargs: Any) -> None:
-    _flush_quietly()  # a prefork child exiting (warm shutdown, max_tasks_per_child)
+    upkeep.flush_run_stats()  # a prefork child exiting (warm shutdown, max_tasks_per_child)
 
 
 def _on_prerun(task_id: str | None = None, **kwargs: Any) -> None:
@@ -100,14 +97,3 @@ def _on_postrun(task_id: str | None = None, task: Any = None, **kwargs: Any) -> 
 def _on_task_received(sender: Any = None, request: Any = None, **kwargs: Any) -> None:
     if request is not None and sender is not None:
         routing.apply_queue_time_limits(sender.app, request)
-
-
-def _flush_quietly() -> None:
-    try:
-        runstats.recorder().flush()
-    except Exception as exc:  # noqa: BLE001 - shutting down; nothing else to do
-        log_event(logging.WARNING, "run_stats_flush_failed", error=repr(exc))
-    finally:
-        from django.db import connections
-
-        connections.close_all()

@@ -3,7 +3,7 @@
 A lease that only ends when its owner says so would never free a crashed worker's claim; a lease
 that is never renewed lets a slow but live body be taken over and run twice. So leases are short
 (``DEFAULT_LEASE_SECONDS``, a minute) and renewed from outside the task: the main process already
-knows every request its pool is running (``celery.worker.state.active_requests``), computes each
+knows every request its pool is running (the scan in ``worker/running.py``), computes each
 one's claim key once, and renews all claims that are due in one statement. A body that runs for
 an hour keeps its claim; a worker that dies stops renewing and its claims lapse within one lease.
 
@@ -38,7 +38,7 @@ from celery_hygiene.claims.dbretry import close_broken_connections
 from celery_hygiene.events import log_event
 from celery_hygiene.models import TaskClaim
 from celery_hygiene.worker import amortized
-from celery_hygiene.worker.watchdog import active_requests
+from celery_hygiene.worker.running import started_requests
 
 # Renew when a third of the lease is left to run: two missed heartbeats (a database blip) still
 # leave the claim with its owner.
@@ -73,9 +73,7 @@ class LeaseKeeper:
         """Renew whatever is due; returns the number of claims renewed."""
         now = time.time() if now is None else now
         running: set[str] = set()
-        for request in active_requests():
-            if request.time_start is None:
-                continue
+        for request in started_requests():
             running.add(request.id)
             if request.id not in self.tracked:
                 self.tracked[request.id] = self._claim_of(request)

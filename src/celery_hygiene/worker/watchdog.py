@@ -2,7 +2,7 @@
 
 It runs in the worker's main process, never in the task's own process, so a task stuck in C code
 or holding the GIL in a pool child is still seen: the main process already tracks every active
-request and its start time (``celery.worker.state.active_requests``). One periodic tick scans
+request and its start time (``worker/running.py`` reads them). One periodic tick scans
 them, so the cost is one pass over at most ``concurrency`` requests per interval, whatever the
 task rate, and nothing at all inside a task.
 
@@ -30,12 +30,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from celery.worker import state
 from django.db import close_old_connections
 from django.utils import timezone
 
 from celery_hygiene import conf, signals
 from celery_hygiene.events import log_event
+from celery_hygiene.worker.running import started_requests
 
 RunKey = tuple[str, float]  # (task id, time_start): a retry of the same id is another run
 
@@ -61,17 +61,6 @@ class Flag:
     record_id: int | None = None
 
 
-def active_requests() -> list[Any]:
-    """The requests this worker's pool is running now (a copy, safe from any thread)."""
-    # The threads pool adds to the WeakSet from other threads; a copy can then fail mid-way.
-    for _ in range(5):
-        try:
-            return list(state.active_requests)
-        except RuntimeError:
-            continue
-    return []
-
-
 class Watchdog:
     """Remembers which runs it flagged, so each run is flagged once and closed when it ends."""
 
@@ -89,9 +78,7 @@ class Watchdog:
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         running: set[RunKey] = set()
-        for request in active_requests():
-            if request.time_start is None:
-                continue
+        for request in started_requests():
             key = (request.id, request.time_start)
             running.add(key)
             if key not in self.flags:

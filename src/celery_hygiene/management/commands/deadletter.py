@@ -13,13 +13,8 @@ command); replay loads the Celery app's task modules itself.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import datetime as dt
-import difflib
-import fnmatch
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -28,9 +23,8 @@ from django.utils import timezone
 
 from celery_hygiene import conf
 from celery_hygiene.failures import history
-from celery_hygiene.failures.deadletters import describe_failure, format_utc, short_type
-from celery_hygiene.failures.durations import DurationError, duration_option
-from celery_hygiene.failures.redaction import redact
+from celery_hygiene.failures.deadletters import format_utc
+from celery_hygiene.failures.durations import duration_option
 from celery_hygiene.failures.replay import (
     Outcome,
     ReplayResult,
@@ -45,12 +39,28 @@ from celery_hygiene.failures.replay import (
     replay_outcome,
 )
 from celery_hygiene.failures.retention import purge_dead_letters
-from celery_hygiene.failures.selection import Selection, is_glob, since_utc, task_matches
-from celery_hygiene.models import DeadLetter, DeadLetterReason, DeadLetterStatus
-from celery_hygiene.ops.report import IncidentGroup, incident_summary
+from celery_hygiene.failures.selection import Selection
+from celery_hygiene.models import DeadLetter, DeadLetterStatus
+from celery_hygiene.ops.deadletter_args import REASONS as REASONS
+from celery_hygiene.ops.deadletter_args import STATUSES as STATUSES
+from celery_hygiene.ops.deadletter_args import (
+    add_subcommands,
+    check_task,
+    chunks,
+    get_many,
+    get_one,
+    parse_since,
+)
+from celery_hygiene.ops.deadletter_output import (
+    as_dict,
+    capped_count,
+    format_detail,
+    format_summary,
+    format_table,
+    replay_note,
+)
+from celery_hygiene.ops.report import incident_summary
 
-STATUSES = [choice.value for choice in DeadLetterStatus]
-REASONS = [choice.value for choice in DeadLetterReason]
 # Retention never deletes a row whose replay is in flight.
 PURGEABLE = (DeadLetterStatus.REPLAYED, DeadLetterStatus.DISCARDED)
 
@@ -62,77 +72,7 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
-        sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
-
-        summary = sub.add_parser(
-            "summary",
-            help="Incident summary: counts per task x exception type x reason, newest first.",
-        )
-        summary.add_argument(
-            "--since",
-            default="24h",
-            help="Failed since: a duration ago (2h, 7d) or a UTC date/time (2026-05-01, "
-            "2026-05-01T13:30). Default 24h.",
-        )
-        summary.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
-
-        listing = sub.add_parser("list", help="Dead letters, newest first.")
-        _add_filters(listing)
-        listing.add_argument("--status", choices=STATUSES, help="Only this status.")
-        listing.add_argument("--limit", type=int, default=50, help="Rows to print (default 50).")
-        listing.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
-
-        show = sub.add_parser("show", help="Everything about one dead letter.")
-        show.add_argument("id", type=int)
-        show.add_argument("--json", action="store_true")
-
-        rep = sub.add_parser("replay", help="Send dead letters back to their queue.")
-        _add_targets(rep)
-        rep.add_argument("--queue", help="Publish to this queue instead of the original one.")
-        rep.add_argument(
-            "--rate",
-            type=float,
-            default=None,
-            help="Messages per second for bulk replays (default CELERY_HYGIENE['REPLAY_RATE']).",
-        )
-        rep.add_argument(
-            "--force",
-            action="store_true",
-            help="Replay even if the payload was stored truncated, or to an undeclared --queue.",
-        )
-        _add_by(rep)
-
-        discard = sub.add_parser("discard", help="Mark as handled without replaying.")
-        _add_targets(discard)
-        _add_by(discard)
-
-        rec = sub.add_parser(
-            "recover", help="Settle dead letters stuck in 'replaying' (publisher died)."
-        )
-        rec.add_argument("ids", nargs="+", type=int, metavar="ID")
-        rec.add_argument(
-            "--force",
-            action="store_true",
-            help="Set back to pending even when no claim can tell whether the replay was sent.",
-        )
-        _add_by(rec)
-
-        purge = sub.add_parser("purge", help="Delete old handled dead letters, in small batches.")
-        purge.add_argument("--older-than", required=True, help="Age, e.g. 30d, 12h, 2w.")
-        purge.add_argument(
-            "--include-pending",
-            action="store_true",
-            help="Also delete pending (never handled) ones. Default: replayed and discarded only.",
-        )
-        purge.add_argument("--batch-size", type=int, default=1000)
-        purge.add_argument("--dry-run", action="store_true", help="Count, delete nothing.")
-
-        for subparser in sub.choices.values():
-            # Operators type `deadletter purge ... -v 2`; argparse only knows -v before the
-            # subcommand. SUPPRESS keeps the top-level value when it is not given here.
-            subparser.add_argument(
-                "-v", "--verbosity", type=int, choices=[0, 1, 2, 3], default=argparse.SUPPRESS
-            )
+        add_subcommands(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.verbosity = int(options.get("verbosity", 1))
@@ -158,14 +98,14 @@ class Command(BaseCommand):
             self.stdout.write(format_table(rows))
         if more:
             # On stderr, so `--json | jq` still reads one array.
-            total = _capped_count(queryset)
+            total = capped_count(queryset)
             self.stderr.write(
                 f"showing the newest {limit} of {total} matching dead letters; "
                 "--limit 0 shows all, or narrow with --since/--task/--exception/--status"
             )
 
     def handle_show(self, options: dict[str, Any]) -> None:
-        dead_letter = _get(options["id"])
+        dead_letter = get_one(options["id"])
         data = as_dict(dead_letter, full=True)
         if dead_letter.replayed_task_id:
             outcome = replay_outcome(dead_letter)
@@ -178,7 +118,7 @@ class Command(BaseCommand):
         self.stdout.write(format_detail(dead_letter, data))
 
     def handle_summary(self, options: dict[str, Any]) -> None:
-        since = _since(options["since"])
+        since = parse_since(options["since"])
         groups = incident_summary(since=since)
         if options["json"]:
             self.stdout.write(json.dumps([group.as_json() for group in groups], indent=2))
@@ -203,7 +143,7 @@ class Command(BaseCommand):
                 r
                 for r in (
                     refusal(dl, app, force=options["force"], queue=options["queue"])
-                    for dl in _get_many(ids)
+                    for dl in get_many(ids)
                 )
                 if r
             ]
@@ -228,7 +168,7 @@ class Command(BaseCommand):
         self, ids: Iterable[int], total: int, app: Any, options: dict[str, Any]
     ) -> None:
         would = 0
-        for dead_letter in _get_many(ids):
+        for dead_letter in get_many(ids):
             refused = refusal(dead_letter, app, force=options["force"], queue=options["queue"])
             if refused:
                 self.stdout.write(f"would skip {dead_letter.pk}: {refused.message}")
@@ -264,7 +204,7 @@ class Command(BaseCommand):
     def handle_discard(self, options: dict[str, Any]) -> None:
         ids, total = self._targets(options)
         if options["ids"]:
-            not_pending = [dl for dl in _get_many(ids) if dl.status != DeadLetterStatus.PENDING]
+            not_pending = [dl for dl in get_many(ids) if dl.status != DeadLetterStatus.PENDING]
             if not_pending:
                 raise CommandError(
                     "nothing discarded; only pending dead letters can be discarded: "
@@ -275,7 +215,7 @@ class Command(BaseCommand):
             return
         actor = history.cli_actor(options["by"])
         done = 0
-        for chunk in _chunks(ids, 500):
+        for chunk in chunks(ids, 500):
             # Status guard: a row replayed meanwhile by someone else stays replayed.
             changed = discard(chunk)
             history.record(actor, "discard", dict.fromkeys(changed, "marked handled, not replayed"))
@@ -336,13 +276,13 @@ class Command(BaseCommand):
     def _selection(self, options: dict[str, Any], statuses: tuple[str, ...] = ()) -> Selection:
         task = options.get("task")
         if task:
-            _check_task(task)
+            check_task(task)
         since = options.get("since")
         return Selection(
             task=task,
             statuses=statuses,
             exception=options.get("exception"),
-            since=_since(since) if since else None,
+            since=parse_since(since) if since else None,
             entity=options.get("entity"),
             reason=options.get("reason"),
         )
@@ -359,7 +299,7 @@ class Command(BaseCommand):
                 "(--task/--since/--exception/--entity/--reason/--all), not both"
             )
         if ids:
-            _get_many(ids)  # unknown ids fail here, before anything changes
+            get_many(ids)  # unknown ids fail here, before anything changes
             return list(dict.fromkeys(ids)), len(set(ids))
         if not has_filter and not options["all"]:
             raise CommandError(
@@ -369,230 +309,3 @@ class Command(BaseCommand):
         selection = self._selection(options)
         total = selection.queryset().filter(status=DeadLetterStatus.PENDING).count()
         return pending_ids(selection), total
-
-
-def _add_filters(parser: CommandParser) -> None:
-    parser.add_argument("--task", help="Task name, or a glob such as 'shop.*'.")
-    parser.add_argument(
-        "--exception", help="Exception type, e.g. TimeoutError or requests.HTTPError."
-    )
-    parser.add_argument(
-        "--since",
-        help="Failed since: a duration ago (2h, 7d) or a UTC date/time (2026-05-01, "
-        "2026-05-01T13:30; an explicit offset such as +02:00 is honoured).",
-    )
-    parser.add_argument("--entity", help="Exact entity, e.g. order-77.")
-    parser.add_argument("--reason", choices=REASONS, help="Why it was dead-lettered.")
-
-
-def _add_by(parser: CommandParser) -> None:
-    parser.add_argument(
-        "--by",
-        help="Who is acting, for the admin History (a Django username; default: the OS user).",
-    )
-
-
-def _add_targets(parser: CommandParser) -> None:
-    parser.add_argument("ids", nargs="*", type=int, metavar="ID")
-    _add_filters(parser)
-    parser.add_argument("--all", action="store_true", help="Every pending dead letter.")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="Show what would happen; change nothing."
-    )
-
-
-def _since(text: str) -> Any:
-    try:
-        return since_utc(text)
-    except DurationError as exc:
-        raise CommandError(f"--since: {exc}") from None
-
-
-def _check_task(name: str) -> None:
-    """A task name that neither failed nor exists is a typo: say so instead of matching nothing."""
-    if DeadLetter.objects.filter(task_matches(name)).exists():
-        return
-    app = celery_app()
-    with contextlib.suppress(Exception):  # the suggestion below is best effort
-        load_task_modules(app)
-    registered = [t for t in app.tasks if not t.startswith("celery.")]
-    if is_glob(name):
-        if any(fnmatch.fnmatchcase(t, name) for t in registered):
-            return
-        raise CommandError(f"no dead letters and no registered task match {name!r}")
-    if name in registered:
-        return
-    known = set(registered) | set(
-        DeadLetter.objects.order_by().values_list("task_name", flat=True).distinct()[:1000]
-    )
-    close = difflib.get_close_matches(name, sorted(known), n=3)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise CommandError(
-        f"unknown task {name!r}: no dead letters and not registered in Celery.{hint}"
-    )
-
-
-def _get(pk: int) -> DeadLetter:
-    try:
-        return DeadLetter.objects.get(pk=pk)
-    except DeadLetter.DoesNotExist:
-        raise CommandError(f"no dead letter with id {pk}") from None
-
-
-def _get_many(ids: Iterable[int]) -> list[DeadLetter]:
-    wanted = list(dict.fromkeys(ids))
-    found = DeadLetter.objects.in_bulk(wanted)
-    missing = [pk for pk in wanted if pk not in found]
-    if missing:
-        raise CommandError(
-            f"no dead letter with id {', '.join(map(str, missing))}; nothing changed"
-        )
-    return [found[pk] for pk in wanted]
-
-
-def _chunks(items: Iterable[int], size: int) -> Iterator[list[int]]:
-    chunk: list[int] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    """ISO 8601 in UTC (``+00:00``), whatever the server's zone."""
-    if value is None:
-        return None
-    return (value.astimezone(dt.UTC) if value.tzinfo else value).isoformat()
-
-
-def _capped_count(queryset: QuerySet[DeadLetter], cap: int = 10_000) -> str:
-    count = queryset.order_by()[: cap + 1].count()
-    return f"more than {cap}" if count > cap else str(count)
-
-
-def replay_note(result: ReplayResult, queue: str | None) -> str:
-    """The History text of one replay."""
-    where = f" to queue {queue}" if queue else ""
-    note = f"; {result.message}" if result.message else ""
-    return f"sent as task {result.task_id}{where}{note}"
-
-
-def as_dict(dl: DeadLetter, *, full: bool = False) -> dict[str, Any]:
-    """The JSON shape of ``list --json`` / ``show --json`` (payload redacted)."""
-    data: dict[str, Any] = {
-        "id": dl.pk,
-        "task_name": dl.task_name,
-        "task_id": dl.task_id,
-        "args": redact(dl.args),
-        "kwargs": redact(dl.kwargs),
-        "exception_type": dl.exception_type,
-        "exception_message": dl.exception_message,
-        "attempts": dl.attempts,
-        "status": dl.status,
-        "reason": dl.reason,
-        "failed_at": _iso(dl.last_failed_at),
-        "first_failed_at": _iso(dl.first_failed_at),
-        "entity": dl.entity,
-        "operation": dl.operation,
-        "queue": dl.queue,
-        "replay_of": dl.replay_of_id,
-        "replayed_task_id": dl.replayed_task_id,
-        "replayed_at": _iso(dl.replayed_at),
-        "payload_truncated": dl.payload_truncated,
-    }
-    if full:
-        data.update(
-            exchange=dl.exchange,
-            routing_key=dl.routing_key,
-            priority=dl.priority,
-            headers=redact(dl.headers),
-            worker_hostname=dl.worker_hostname,
-            payload_note=dl.payload_note,
-            traceback=dl.traceback,
-            replays=list(dl.replays.values_list("pk", flat=True)),
-        )
-    return data
-
-
-def _cut(text: str, width: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def format_table(rows: list[DeadLetter]) -> str:
-    if not rows:
-        return "no dead letters match"
-    header = ("ID", "STATUS", "FAILED AT (UTC)", "TRIES", "TASK", "EXCEPTION", "ENTITY")
-    lines = [
-        (
-            str(dl.pk),
-            dl.status,
-            dl.last_failed_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            str(dl.attempts),
-            _cut(dl.task_name, 40),
-            _cut(
-                f"{short_type(dl.exception_type)}: "
-                f"{describe_failure(dl.exception_type, dl.exception_message)}",
-                60,
-            ),
-            _cut(dl.entity, 24),
-        )
-        for dl in rows
-    ]
-    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *lines]
-    )
-
-
-def format_summary(groups: list[IncidentGroup], since: dt.datetime) -> str:
-    if not groups:
-        return f"no dead letters since {format_utc(since)}"
-    header = ("COUNT", "PENDING", "TASK", "EXCEPTION", "REASON", "FIRST (UTC)", "LAST (UTC)")
-    lines = [
-        (
-            str(g.count),
-            str(g.pending),
-            g.task_name,
-            g.exception_type,
-            g.reason,
-            g.first_failed_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            g.last_failed_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        )
-        for g in groups
-    ]
-    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-    table = [
-        "  ".join(
-            cell.rjust(w) if i < 2 else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in [header, *lines]
-    ]
-    total = sum(g.count for g in groups)
-    pending = sum(g.pending for g in groups)
-    table.append(
-        f"{total} dead letters ({pending} pending) in {len(groups)} groups since "
-        f"{format_utc(since)}. Narrow with: deadletter list --task T --exception E --reason R"
-    )
-    return "\n".join(table)
-
-
-def format_detail(dl: DeadLetter, data: dict[str, Any] | None = None) -> str:
-    data = dict(data) if data is not None else as_dict(dl, full=True)
-    for key in ("failed_at", "first_failed_at", "replayed_at"):
-        if data.get(key):
-            data[key] = format_utc(getattr(dl, "last_failed_at" if key == "failed_at" else key))
-    data["explanation"] = describe_failure(dl.exception_type, dl.exception_message)
-    traceback = data.pop("traceback") or "(none)"
-    payload = {key: data.pop(key) for key in ("args", "kwargs", "headers")}
-    width = max(len(key) for key in data)
-    lines = [f"{key.ljust(width)}  {'' if value is None else value}" for key, value in data.items()]
-    for key, value in payload.items():
-        lines.append(f"\n{key}:\n{json.dumps(value, indent=2, sort_keys=True)}")
-    lines.append(f"\ntraceback:\n{traceback}")
-    return "\n".join(lines)
