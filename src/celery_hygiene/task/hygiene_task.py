@@ -49,6 +49,7 @@ from celery_hygiene.failures.retry import (
 )
 from celery_hygiene.models import DeadLetterReason, TaskClaim
 from celery_hygiene.task import publishing
+from celery_hygiene.task.enqueue import OnCommitMixin, task_id_spec
 from celery_hygiene.worker import amortized, upkeep
 
 FIRST_FAILED_HEADER = "celery_hygiene_first_failed_at"
@@ -100,7 +101,7 @@ else:
             return Task
 
 
-class HygieneTask(_TaskBase[_P, _R_co]):
+class HygieneTask(OnCommitMixin, _TaskBase[_P, _R_co]):
     """Base class for tasks with bounded retries and dead letters (and claims, if idempotent).
 
     Use it directly (``@app.task(base=HygieneTask)``, ``Celery(task_cls=...)``) or through the
@@ -138,7 +139,7 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             # A second copy of a message re-sent from the outbox: another copy has run it. Ignore
             # leaves the result that copy stored alone.
             raise Ignore()
-        spec = self.hygiene_idempotency
+        spec = self.hygiene_idempotency or task_id_spec(self)  # enqueue.py: an intent's run
         if spec is None:
             return cast(_R_co, self._call_plain(args, kwargs))
         try:
