@@ -16,7 +16,7 @@ What the relay does with a due intent, by the claim ``(entity, operation)`` it n
 - no claim: never published, lost on the way, or not taken yet: publish (again);
 - claimed by this task id, final: settled (deleted);
 - claimed by this task id, lease live (running, or a retry scheduled): look again at the lease's
-  end; lease lapsed without completion (its worker died): publish again;
+  end or after ``ENQUEUE_RESEND_SECONDS``, whichever comes first; lease lapsed without completion (its worker died): publish again;
 - claimed by another task id: final after this intent was written, or final and this key never
   runs twice (a plain ``idempotent_task``): settled; final before it and the key runs again
   (``singleton_task``, ``window=``): publish; running: look again at the lease's end.
@@ -356,7 +356,9 @@ def _verdict(
         return "send", now
     lease = claim.lease_expires_at
     if lease is not None and lease > now:
-        return "wait", lease + dt.timedelta(seconds=1)
+        # Look again when the lease would lapse, or sooner (a live run usually ends first):
+        # one indexed read per running intent and ENQUEUE_RESEND_SECONDS.
+        return "wait", min(lease + dt.timedelta(seconds=1), now + resend)
     if mine:
         return "send", now  # its run's lease lapsed without completion: the run is gone
     return "wait", now + resend  # another run's lapsed lease: its own message takes it over

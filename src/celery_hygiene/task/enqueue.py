@@ -30,7 +30,7 @@ from kombu.utils.json import dumps as kombu_dumps
 from celery_hygiene import conf
 from celery_hygiene.claims.spec import IdempotencySpec
 from celery_hygiene.claims.state import ClaimKey
-from celery_hygiene.exceptions import EntityKeyError, PayloadTooLarge
+from celery_hygiene.exceptions import PayloadTooLarge
 from celery_hygiene.failures import intents
 from celery_hygiene.models import EnqueueIntent
 
@@ -132,8 +132,8 @@ def _check_arguments(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[s
             header(*args, **kwargs)
         else:
             inspect.signature(task.run).bind(*args, **kwargs)
-    except TypeError as exc:
-        raise EntityKeyError(
+    except TypeError as exc:  # Celery's apply_async raises the same for a bad call
+        raise TypeError(
             f"{task.name}: arguments do not fit the task signature: {exc}; nothing was enqueued."
         ) from exc
 
