@@ -160,15 +160,13 @@ def test_two_workers_sweeping_the_same_backlog_send_each_intent_once(worker_fact
     wait_until(_settled, timeout=30)
     logs = "".join(w.log() for w in workers)
     for task_id in ids:
-        assert logs.count(f"enqueue_resent task=tests.testapp.tasks_enqueue.charge id={task_id}") == 1
+        assert logs.count(f"enqueue_resent task={t.charge.name} id={task_id}") == 1
     for key in keys:
         assert _attempts("charge", key) == 1
 
 
 @pytest.mark.django_db(databases=["default", "other"], transaction=True)
-def test_using_a_second_database_writes_and_relays_the_intent_there(
-    worker_factory, queue_name
-):
+def test_using_a_second_database_writes_and_relays_the_intent_there(worker_factory, queue_name):
     worker_factory(
         queue_name,
         concurrency=2,
@@ -274,3 +272,23 @@ def test_an_intent_sent_past_the_cap_becomes_an_undeliverable_dead_letter(settin
     assert dead.entity == key
     assert intents.summary().undeliverable == 1
     delete_queue(app, queue)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_operators_see_pending_intents_in_the_report_and_the_admin(admin_client):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from celery_hygiene.task.enqueue import build_intent
+
+    # Written, never published: as if the producer died right after its COMMIT.
+    intents.write(build_intent(t.charge, ("seen",), {}, {"queue": "nobody"}), using="default")
+    out = StringIO()
+    call_command("taskhygiene", "report", stdout=out)
+    assert "Enqueue intents: 1 pending" in out.getvalue()
+    page = admin_client.get("/admin/celery_hygiene/enqueueintent/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "Enqueue intents: 1 pending" in text and "tests.testapp.tasks_enqueue.charge" in text
+    assert "after COMMIT" in text

@@ -16,7 +16,8 @@ What the relay does with a due intent, by the claim ``(entity, operation)`` it n
 - no claim: never published, lost on the way, or not taken yet: publish (again);
 - claimed by this task id, final: settled (deleted);
 - claimed by this task id, lease live (running, or a retry scheduled): look again at the lease's
-  end or after ``ENQUEUE_RESEND_SECONDS``, whichever comes first; lease lapsed without completion (its worker died): publish again;
+  end or after ``ENQUEUE_RESEND_SECONDS``, whichever comes first; lease lapsed without
+  completion (its worker died): publish again;
 - claimed by another task id: final after this intent was written, or final and this key never
   runs twice (a plain ``idempotent_task``): settled; final before it and the key runs again
   (``singleton_task``, ``window=``): publish; running: look again at the lease's end.
