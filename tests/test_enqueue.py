@@ -292,3 +292,17 @@ def test_operators_see_pending_intents_in_the_report_and_the_admin(admin_client)
     text = page.content.decode()
     assert "Enqueue intents: 1 pending" in text and "tests.testapp.tasks_enqueue.charge" in text
     assert "after COMMIT" in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_eager_mode_runs_on_commit_and_writes_no_intent(hygiene_app):
+    key = f"eager-{uuid.uuid4().hex[:8]}"
+    hygiene_app.conf.task_always_eager = True
+    try:
+        with transaction.atomic():
+            t.notify.delay_on_commit(key)
+            assert _effects(key, "notify") == 0
+        assert _effects(key, "notify") == 1
+    finally:
+        hygiene_app.conf.task_always_eager = False
+    assert not EnqueueIntent.objects.exists()

@@ -173,9 +173,9 @@ def publish(
 ) -> None:
     """Send the intent's message: its task id, routing and ETA, plus the intent header."""
     options = dict(options)
-    eta = options.get("eta")
-    if isinstance(eta, str):
-        options["eta"] = dt.datetime.fromisoformat(eta)
+    for name in ("eta", "expires"):  # stored as ISO strings: absolute times
+        if isinstance(options.get(name), str):
+            options[name] = dt.datetime.fromisoformat(options[name])
     options["task_id"] = task_id
     options["headers"] = {**(options.get("headers") or {}), INTENT_HEADER: 1}
     sig = signature(task_name, args=tuple(args or ()), kwargs=dict(kwargs or {}), app=app)

@@ -78,6 +78,20 @@ class OnCommitMixin:
         task = cast("Task[Any, Any]", self)
         intent = build_intent(task, tuple(args or ()), dict(kwargs or {}), options)
         alias = using or router.db_for_write(EnqueueIntent)
+        if task.app.conf.task_always_eager:
+            # Eager mode (users' unit tests): no broker to lose the message, no relay to settle
+            # an intent. Run it on commit, as Celery's delay_on_commit does.
+            run = functools.partial(
+                intents.publish,
+                task.app,
+                task.name,
+                intent.task_id,
+                intent.args,
+                intent.kwargs,
+                intent.options,
+            )
+            transaction.on_commit(run, using=alias)
+            return intent.task_id
         task_id = intents.write(intent, using=alias)
         if task_id != intent.task_id:
             return task_id  # joined an unsettled intent of the same key: it will run
