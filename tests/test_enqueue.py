@@ -18,10 +18,12 @@ from typing import Any
 
 import pytest
 from django.db import connection, connections, transaction
+from django.utils import timezone
 
 from celery_hygiene.exceptions import PayloadTooLarge
 from celery_hygiene.failures import intents
 from celery_hygiene.models import ClaimStatus, DeadLetter, EnqueueIntent, TaskClaim
+from celery_hygiene.task.enqueue import build_intent
 from tests.conftest import broker_is_redis, delete_queue, wait_until
 from tests.testapp import tasks_enqueue as t
 from tests.testapp.models import Attempt, SideEffect
@@ -280,8 +282,6 @@ def test_operators_see_pending_intents_in_the_report_and_the_admin(admin_client)
 
     from django.core.management import call_command
 
-    from celery_hygiene.task.enqueue import build_intent
-
     # Written, never published: as if the producer died right after its COMMIT.
     intents.write(build_intent(t.charge, ("seen",), {}, {"queue": "nobody"}), using="default")
     out = StringIO()
@@ -306,3 +306,31 @@ def test_eager_mode_runs_on_commit_and_writes_no_intent(hygiene_app):
     finally:
         hygiene_app.conf.task_always_eager = False
     assert not EnqueueIntent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_relays_at_the_same_moment_send_each_intent_once(hygiene_app, queue_name):
+    """Two relay rounds started together over one backlog (as two workers' threads, or a
+    worker and ``taskhygiene relay``): the second finds every due intent locked or moved."""
+    keys = [f"race-{i}-{uuid.uuid4().hex[:6]}" for i in range(50)]
+    for key in keys:  # written, never published: the producer died after its COMMIT
+        intent = build_intent(t.charge, (key,), {}, {"queue": queue_name})
+        intents.write(intent, using="default")
+    EnqueueIntent.objects.update(next_attempt_at=timezone.now())
+    start = threading.Barrier(2)
+    rounds: list[intents.Round] = []
+
+    def relay() -> None:
+        try:
+            start.wait(10)
+            rounds.append(intents.relay(hygiene_app))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=relay) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sum(r.sent for r in rounds) == len(keys)
+    assert set(EnqueueIntent.objects.values_list("resends", flat=True)) == {1}
