@@ -139,8 +139,8 @@ class Command(BaseCommand):
             self.stdout.write(f"No task runs recorded since {format_utc(since)}.")
         else:
             self.stdout.write(_table(rows))
-        self.stdout.write(_freshness())
         self.stdout.write(_intents_line())
+        self.stdout.write(_freshness())
 
     def _stale_claims(self, options: dict[str, Any]) -> None:
         from celery_hygiene.claims.state import stale_claims
