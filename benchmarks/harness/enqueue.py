@@ -91,7 +91,7 @@ def enqueue_report(rows: list[dict]) -> str:
         return ""
     base = {r["round"]: r for r in rows if r["way"] == "delay"}
     lines = [
-        "## Enqueue on commit: producer latency and worker throughput",
+        "\n## Enqueue on commit: producer latency and worker throughput",
         "",
         "| way | producer p50 | producer p95 | p50 vs delay | worker tasks/s | vs delay |",
         "| --- | --- | --- | --- | --- | --- |",
