@@ -222,9 +222,9 @@ def test_a_real_worker_and_beat_run_the_projects_tasks(adoption: Adoption) -> No
                 )
 
             wait_until(
-                lambda: (
-                    dead("import_feed") and dead("sync_stock") and len(dead("notify_partner")) == 2
-                ),
+                lambda: dead("import_feed")
+                and dead("sync_stock")
+                and len(dead("notify_partner")) == 2,
                 timeout=60,
             )
             # A plain @app.task, hygienic through task_cls: one run (as in Celery), a dead letter.

@@ -181,7 +181,6 @@ def test_replay_in_eager_settings_is_refused_clearly(eager_app):
 def test_fast_argument_binding_agrees_with_inspect(call_args, call_kwargs):
     """The claim key binds arguments without inspect for plain signatures; the result (or the
     refusal, raised by inspect with its message) must be exactly what Signature.bind gives."""
-
     def body(order_id: int, note: str = "n", *, flag: bool = False) -> None: ...
 
     spec = _spec_for(body, entity="order_id")

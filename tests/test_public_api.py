@@ -102,7 +102,9 @@ def shown_paths() -> set[str]:
     paths: set[str] = set()
     for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
         text = page.read_text()
-        for module, names in re.findall(r"from (celery_hygiene(?:\.\w+)*) import ([\w, ]+)", text):
+        for module, names in re.findall(
+            r"from (celery_hygiene(?:\.\w+)*) import ([\w, ]+)", text
+        ):
             paths.update(f"{module}.{n.strip()}" for n in names.split(",") if n.strip())
         paths.update(re.findall(r"(?<![\w/])celery_hygiene(?:\.\w+)+", text))
     return {p for p in paths if not NOT_IMPORTS.match(p)}

@@ -154,6 +154,7 @@ def _stop_trace(*, ran_body: bool, task: str) -> dict:
     }
 
 
+
 if os.environ.get("BENCH_AMORTIZED_TOTALS"):
     # The AMORTIZED_COMPLETION worker: at warm shutdown, write what its main process recorded
     # (completions and statements) for run.py to report completions per batch.

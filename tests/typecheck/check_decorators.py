@@ -117,7 +117,9 @@ charge_order.si("o-1", "100")  # type: ignore[arg-type]
 
 # -- the hygiene attributes are there, typed ------------------------------------------------------
 
-assert_type(charge_order.hygiene_retry, RetryPolicy | dict[str, Any] | Literal["default"] | None)
+assert_type(
+    charge_order.hygiene_retry, RetryPolicy | dict[str, Any] | Literal["default"] | None
+)
 assert_type(charge_order.expected_duration, float | None)
 assert_type(charge_order.hygiene_policy().max_attempts, int)
 
