@@ -111,6 +111,8 @@ CELERY_HYGIENE: dict[str, object] = {
     "ENQUEUE_RESEND_MAX_DELAY": 4,
     "ENQUEUE_SWEEP_SECONDS": 0.5,
 }
+if os.environ.get("HYGIENE_DEFAULT_LEASE_SECONDS"):  # one test's worker: short default leases
+    CELERY_HYGIENE["DEFAULT_LEASE_SECONDS"] = float(os.environ["HYGIENE_DEFAULT_LEASE_SECONDS"])
 if os.environ.get("HYGIENE_ENQUEUE_DATABASES"):  # one test's workers relay a second database
     CELERY_HYGIENE["ENQUEUE_DATABASES"] = os.environ["HYGIENE_ENQUEUE_DATABASES"].split(",")
 

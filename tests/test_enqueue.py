@@ -152,6 +152,20 @@ def test_a_task_without_acks_late_killed_mid_body_is_resent_after_its_lease(
     assert TaskClaim.objects.filter(owner_task_id=task_id, status=ClaimStatus.SUCCEEDED).exists()
 
 
+def test_a_hygienic_task_body_longer_than_its_lease_keeps_it_and_is_not_resent(
+    worker_factory, queue_name
+):
+    """The worker renews the task-id claim of an intent's run (worker/leases.py): a body three
+    times its lease is not re-sent by the relay and runs once."""
+    worker = worker_factory(queue_name, concurrency=2, env={"HYGIENE_DEFAULT_LEASE_SECONDS": "3"})
+    key = f"long-{uuid.uuid4().hex[:8]}"
+    t.slow_plain_early_ack.apply_async_on_commit((key, 9.0), queue=queue_name)
+    wait_until(lambda: _effects(key, "slow-plain") == 1, timeout=60)
+    wait_until(_settled, timeout=20)
+    assert _attempts("slow_plain_early_ack", key) == 1
+    assert "enqueue_resent" not in worker.log()
+
+
 def test_two_workers_sweeping_the_same_backlog_send_each_intent_once(worker_factory, queue_name):
     keys = [f"bulk-{i}-{uuid.uuid4().hex[:6]}" for i in range(30)]
     out = _producer("die", queue_name, keys)
