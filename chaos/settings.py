@@ -73,6 +73,10 @@ else:
 CELERY_HYGIENE = {
     "DEFER_MAX_SECONDS": 10,
     "AMORTIZED_COMPLETION": os.environ.get("CHAOS_AMORTIZED") == "1",
+    # --enqueue on-commit: the workers' relay re-sends an intent no run has claimed after this
+    # long (the run's drain must outlast it; docs/enqueue.md).
+    "ENQUEUE_RESEND_SECONDS": 15,
+    "ENQUEUE_SWEEP_SECONDS": 2,
 }
 
 LOGGING = {

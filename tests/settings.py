@@ -68,6 +68,13 @@ if os.environ.get("HYGIENE_PGBOUNCER"):
 # A second connection to the same database: tests record attempts through it so the records
 # survive the rollback of an atomic task's transaction.
 DATABASES["attempts"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+# A second database of its own (delay_on_commit's using=): pytest-django creates test_<NAME>
+# for the tests that ask for it; a worker subprocess gets its name via HYGIENE_TEST_OTHER_DB_NAME.
+DATABASES["other"] = {
+    **DATABASES["default"],
+    "NAME": os.environ.get("HYGIENE_TEST_OTHER_DB_NAME")
+    or f"{os.environ.get('HYGIENE_DB_NAME', 'celery_hygiene')}_other",
+}
 # The claim SQL must also run on SQLite (users' development databases and test suites).
 DATABASES["sqlite"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
 
@@ -99,7 +106,15 @@ CELERY_HYGIENE: dict[str, object] = {
     "CLAIM_RETRY_MAX_DELAY": 2,
     "OUTBOX_SWEEP_SECONDS": 1,
     "REDIS_RESTORE_SECONDS": 2,
+    # delay_on_commit's relay, quick enough for a test to watch it (docs/enqueue.md).
+    "ENQUEUE_RESEND_SECONDS": 2,
+    "ENQUEUE_RESEND_MAX_DELAY": 4,
+    "ENQUEUE_SWEEP_SECONDS": 0.5,
 }
+if os.environ.get("HYGIENE_DEFAULT_LEASE_SECONDS"):  # one test's worker: short default leases
+    CELERY_HYGIENE["DEFAULT_LEASE_SECONDS"] = float(os.environ["HYGIENE_DEFAULT_LEASE_SECONDS"])
+if os.environ.get("HYGIENE_ENQUEUE_DATABASES"):  # one test's workers relay a second database
+    CELERY_HYGIENE["ENQUEUE_DATABASES"] = os.environ["HYGIENE_ENQUEUE_DATABASES"].split(",")
 
 LOGGING = {
     "version": 1,

@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--skip",
         default="",
-        help="comma list of phases: floor,throughput,latency,trace,scale,deadletters "
+        help="comma list of phases: floor,throughput,latency,trace,enqueue,scale,deadletters "
         "(deadletters: the dead-letter purge and admin changelist of the scale phase)",
     )
     # Not "celery_hygiene_bench": benchmarks/admin_changelist.py drops and re-creates that one.

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from harness.config import ARGS, BEFORE_DB, QUEUE, REPO, RESULTS_DIR, log
+from harness.enqueue import enqueue_phase, enqueue_report
 from harness.floor import FLOOR_VARIANTS, floor_phase
 from harness.machine import machine
 from harness.report import report
@@ -60,7 +61,7 @@ def main() -> int:
     worker = Worker()
     extra = {kind: Worker(kind, before_src if kind == "before" else None) for kind in ARGS.compare}
     try:
-        phases = {"trace", "latency", "throughput"} - ARGS.skip
+        phases = {"trace", "latency", "throughput", "enqueue"} - ARGS.skip
         if phases:
             worker.start()
             log(f"worker {worker.hostname} ready in {worker.startup_s:.1f}s; log {worker.logfile}")
@@ -96,6 +97,14 @@ def main() -> int:
                             f"{r['tasks_per_s']:,.0f} tasks/s ({r['seconds']:.2f}s; publish "
                             f"{r['publish_s']:.1f}s; deferred {r['deferred']})"
                         )
+        if "enqueue" in phases:
+            log("enqueue on commit: delay, Celery's delay_on_commit, ours")
+            results["enqueue"] = enqueue_phase(worker)
+            for r in results["enqueue"]:
+                log(
+                    f"round {r['round']} enqueue {r['way']}: producer p50 "
+                    f"{r['producer_p50_ms']:.2f} ms, worker {r['tasks_per_s']:,.0f} tasks/s"
+                )
         worker.stop()
         for w in extra.values():
             w.stop()
@@ -110,7 +119,11 @@ def main() -> int:
         with contextlib.suppress(Exception):
             delete_queue()
     results["wall_seconds"] = time.perf_counter() - started
-    text = report(results) + f"\nWall time of the whole run: {results['wall_seconds']:.0f} s.\n"
+    text = (
+        report(results)
+        + enqueue_report(results.get("enqueue", []))
+        + f"\nWall time of the whole run: {results['wall_seconds']:.0f} s.\n"
+    )
     print("\n" + text)
     RESULTS_DIR.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

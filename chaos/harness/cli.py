@@ -93,6 +93,13 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         "shows that the counting sees doubles and that duplicates are not 'explained' by kills",
     )
     p.add_argument(
+        "--enqueue",
+        choices=("direct", "on-commit"),
+        default="direct",
+        help="how the publisher sends: apply_async (direct), or apply_async_on_commit (an intent "
+        "per message, re-sent by the workers' relay until settled; docs/enqueue.md)",
+    )
+    p.add_argument(
         "--amortized",
         action="store_true",
         help="workers run with CELERY_HYGIENE['AMORTIZED_COMPLETION'] = True (CHAOS_AMORTIZED=1): "

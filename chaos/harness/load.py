@@ -17,16 +17,29 @@ from chaos.harness.shell import log
 from chaos.harness.timeline import Timeline
 
 
-def publish(task: Any, mode: str, key: str, timeline: Timeline, stop: threading.Event) -> None:
+def publish(
+    task: Any,
+    mode: str,
+    key: str,
+    timeline: Timeline,
+    stop: threading.Event,
+    on_commit: bool = False,
+) -> None:
     """Publish one message, retrying through a broker cut until the broker takes it.
 
     The task id is chosen here, so a retried publish that did reach the broker only makes a
     same-id copy, and the report can trace every message of a lost key through the worker logs.
+    ``on_commit`` (``--enqueue on-commit``): through ``apply_async_on_commit`` (the control task,
+    a plain Celery task, keeps ``apply_async``); a publish that fails is the relay's to re-send,
+    so only a failed intent write (PostgreSQL away) is retried here.
     """
     task_id = str(uuid.uuid4())
     while not stop.is_set():
         try:
-            task.apply_async(args=[key], queue=QUEUE, retry=True, task_id=task_id)
+            if on_commit and hasattr(task, "apply_async_on_commit"):
+                task_id = _enqueue_on_commit(task, key, task_id)
+            else:
+                task.apply_async(args=[key], queue=QUEUE, retry=True, task_id=task_id)
             timeline.published += 1
             timeline.sent[(mode, key)].append({"id": task_id, "t": time.time()})
             timeline.order.append(task_id)
@@ -36,6 +49,25 @@ def publish(task: Any, mode: str, key: str, timeline: Timeline, stop: threading.
             if timeline.publish_errors <= 5:
                 log(f"publish of {task.name}({key}) failed, retrying: {exc!r}")
             time.sleep(0.5)
+
+
+def _enqueue_on_commit(task: Any, key: str, task_id: str) -> str:
+    """One intent (autocommit: written, then published at once); the task id that will run
+    (a duplicate key still unsettled joins the first one's)."""
+    from django.db import IntegrityError, connections
+
+    from celery_hygiene.models import EnqueueIntent
+
+    try:
+        return str(task.apply_async_on_commit(args=[key], queue=QUEUE, task_id=task_id))
+    except IntegrityError:
+        # A retry after a write whose COMMIT went through but whose answer was lost.
+        if EnqueueIntent.objects.filter(task_id=task_id).exists():
+            return task_id
+        raise
+    except Exception:
+        connections.close_all()  # a connection broken by a PostgreSQL restart: a new one
+        raise
 
 
 def plan_messages(
@@ -72,6 +104,7 @@ def start_publisher(
     delayed: list[tuple[float, str, str]],
     timeline: Timeline,
     stop_publishing: threading.Event,
+    on_commit: bool = False,
 ) -> threading.Thread:
     """Start the thread that publishes the plan: the immediate messages, then each delayed one at
     its time (counted from ``timeline.t0``); it stops early once ``stop_publishing`` is set."""
@@ -80,11 +113,11 @@ def start_publisher(
         for mode, key in immediate:
             if stop_publishing.is_set():
                 return
-            publish(task_for[mode], mode, key, timeline, stop_publishing)
+            publish(task_for[mode], mode, key, timeline, stop_publishing, on_commit)
         for at, mode, key in delayed:
             while not stop_publishing.is_set() and time.time() < timeline.t0 + at:
                 time.sleep(0.05)
-            publish(task_for[mode], mode, key, timeline, stop_publishing)
+            publish(task_for[mode], mode, key, timeline, stop_publishing, on_commit)
 
     publisher = threading.Thread(target=publisher_loop, name="publisher", daemon=True)
     publisher.start()

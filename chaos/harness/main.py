@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
         )
 
         timeline.t0 = time.time()
-        publisher = start_publisher(task_for, immediate, delayed, timeline, stop_publishing)
+        publisher = start_publisher(
+            task_for, immediate, delayed, timeline, stop_publishing, args.enqueue == "on-commit"
+        )
 
         faults = run_faults(args, pg, broker, pool, timeline, publisher)
         drained = drain(args, pool, timeline, broker, publisher)

@@ -53,6 +53,14 @@ Every key is optional::
                                            # has been held longer than this
         "UPKEEP_BROKER_TIMEOUT_SECONDS": 10,  # socket timeouts of the worker's own broker I/O
                                            # (outbox re-send, Redis restore scan)
+        "ENQUEUE_RESEND_SECONDS": 60,      # delay_on_commit: an intent whose message no run
+                                           # has claimed this long (or whose run's lease lapsed)
+                                           # is published again (docs/enqueue.md)
+        "ENQUEUE_RESEND_MAX_DELAY": 3600,  # longest back-off between two re-sends of one intent
+        "ENQUEUE_MAX_RESENDS": 12,         # then it becomes an `undeliverable` dead letter
+        "ENQUEUE_SWEEP_SECONDS": 5,        # how often each worker (or `taskhygiene relay`) looks
+        "ENQUEUE_DATABASES": None,         # aliases holding intents (using=); None: the write
+                                           # alias of the claim table
     }
 
 ``DEFAULT_LEASE_SECONDS`` and ``lease_seconds=`` must be at least ``MIN_LEASE_SECONDS``: the
@@ -98,6 +106,11 @@ DEFAULTS: dict[str, Any] = {
     "AMORTIZED_COMPLETION_GATHER_MS": 10.0,
     "AMORTIZED_ACK_WARN_SECONDS": 60.0,
     "UPKEEP_BROKER_TIMEOUT_SECONDS": 10.0,
+    "ENQUEUE_RESEND_SECONDS": 60.0,
+    "ENQUEUE_RESEND_MAX_DELAY": 3600.0,
+    "ENQUEUE_MAX_RESENDS": 12,
+    "ENQUEUE_SWEEP_SECONDS": 5.0,
+    "ENQUEUE_DATABASES": None,
 }
 
 

@@ -37,3 +37,7 @@ class NotFinished(HygieneError):
     the key runs the body. For "nothing to do yet": a batch that is not complete, an upstream
     that has not published its data.
     """
+
+
+class PayloadTooLarge(HygieneError, ValueError):
+    """``delay_on_commit``: the arguments are over ``PAYLOAD_MAX_BYTES``; nothing was enqueued."""

@@ -76,6 +76,7 @@ class DeadLetterReason(models.TextChoices):
     TIMEOUT = "timeout", "Time limit exceeded"
     WORKER_LOST = "worker_lost", "Worker lost too often"
     DEADLINE = "deadline", "Retry deadline passed"
+    UNDELIVERABLE = "undeliverable", "Never delivered"
 
 
 class DeadLetter(models.Model):
@@ -250,3 +251,47 @@ class OutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_name}[{self.task_id}] ({self.reason})"
+
+
+class EnqueueIntent(models.Model):
+    """A task message written in the producer's transaction (``delay_on_commit``): it is the
+    message itself, kept until its run is settled, so nothing committed can be lost on the way
+    to the broker (docs/enqueue.md).
+
+    Every row is unsettled work: a row is deleted when its claim reaches a final state, or
+    turned into an ``undeliverable`` dead letter past ``ENQUEUE_MAX_RESENDS``.
+    ``(entity, operation)`` is the claim key the run will take (for ``hygienic_task``: the task
+    id and ``intent:<task name>``); the partial unique index makes enqueueing the same key
+    twice before it runs leave one intent.
+    """
+
+    task_id = models.CharField(max_length=255, unique=True)
+    task_name = models.CharField(max_length=255)
+    # kombu JSON of {"args": [...], "kwargs": {...}, "options": {...}}: the types the task
+    # would have received from the broker; a countdown is stored as an absolute "eta".
+    message = models.TextField()
+    queue = models.CharField(max_length=255, blank=True, default="")
+    entity = models.CharField(max_length=255, blank=True, default="")
+    operation = models.CharField(max_length=255, blank=True, default="")
+    # Keyed by entity: a second enqueue of the same work while this one is unsettled joins it.
+    unique_key = models.BooleanField(default=False)
+    not_before = models.DateTimeField(null=True, blank=True)
+    resends = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    created_at = models.DateTimeField(db_default=Now())
+    published_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        verbose_name = "enqueue intent"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["entity", "operation"],
+                condition=models.Q(unique_key=True),
+                name="celery_hyg_intent_unique_key",
+            ),
+        ]
+        indexes = [models.Index(fields=["next_attempt_at"], name="celery_hyg_intent_due")]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}[{self.task_id}]"

@@ -35,6 +35,7 @@ from celery_hygiene.failures.retry import (
     coerce_policy,
 )
 from celery_hygiene.models import DeadLetterReason
+from celery_hygiene.task.enqueue import OnCommitMixin, task_id_spec
 from celery_hygiene.task import (
     atomic_path,
     claim_path,
@@ -84,7 +85,7 @@ else:
             return Task
 
 
-class HygieneTask(_TaskBase[_P, _R_co]):
+class HygieneTask(OnCommitMixin, _TaskBase[_P, _R_co]):
     """Base class for tasks with bounded retries and dead letters (and claims, if idempotent).
 
     Use it directly (``@app.task(base=HygieneTask)``, ``Celery(task_cls=...)``) or through the
@@ -122,7 +123,7 @@ class HygieneTask(_TaskBase[_P, _R_co]):
             # A second copy of a message re-sent from the outbox: another copy has run it. Ignore
             # leaves the result that copy stored alone.
             raise Ignore()
-        spec = self.hygiene_idempotency
+        spec = self.hygiene_idempotency or task_id_spec(self)  # enqueue.py: an intent's run
         if spec is None:
             return cast(_R_co, plain_path.run(self, args, kwargs))
         try:

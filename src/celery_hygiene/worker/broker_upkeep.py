@@ -23,6 +23,7 @@ from celery_hygiene.claims.dbretry import close_broken_connections
 from celery_hygiene.events import log_event
 from celery_hygiene.failures import outbox
 from celery_hygiene.worker import redis_recovery
+from celery_hygiene.worker.intent_relay import IntentRelay
 
 TICK_SECONDS = 1.0
 
@@ -46,6 +47,7 @@ class BrokerUpkeep(threading.Thread):
         self.next_sweep = 0.0
         self.next_restore = 0.0
         self.restores = redis_recovery.uses_redis(app)
+        self.intents = IntentRelay(app, hostname, broker_connection)
 
     def run(self) -> None:
         while not self.stopped.wait(TICK_SECONDS):
@@ -68,6 +70,7 @@ class BrokerUpkeep(threading.Thread):
         if self.restores and now >= self.next_restore:
             self.next_restore = now + float(conf.get("REDIS_RESTORE_SECONDS"))
             self._restore()
+        self.intents.tick(now)  # delay_on_commit's intents (worker/intent_relay.py)
 
     def _sweep(self) -> None:
         connection = broker_connection(self.app)  # kombu connects on first use: only if sending

@@ -37,6 +37,7 @@ from celery_hygiene.claims import state as claims
 from celery_hygiene.claims.dbretry import close_broken_connections
 from celery_hygiene.events import log_event
 from celery_hygiene.models import TaskClaim
+from celery_hygiene.task.enqueue import task_id_claim_key
 from celery_hygiene.worker import amortized
 from celery_hygiene.worker.running import started_requests
 
@@ -179,9 +180,12 @@ class LeaseKeeper:
     def _claim_of(self, request: Any) -> _Tracked | None:
         task = request.task
         spec = getattr(task, "hygiene_idempotency", None)
-        if spec is None or spec.atomic or not hasattr(task, "claim_key_or_none"):
+        if spec is None:  # an intent's run of a claim-less task holds a claim by task id
+            key = task_id_claim_key(task, request)
+        elif spec.atomic or not hasattr(task, "claim_key_or_none"):
             return None
-        key = task.claim_key_or_none(request.args or (), request.kwargs or {})
+        else:
+            key = task.claim_key_or_none(request.args or (), request.kwargs or {})
         if key is None:
             return None
         held = claims.Held(

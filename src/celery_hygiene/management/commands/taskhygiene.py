@@ -6,6 +6,8 @@
   that started and never finished, with no message left to finish it.
 - ``resend [--dry-run]``: publish the messages parked in the outbox because the broker refused
   them (workers do this on their own every ``OUTBOX_SWEEP_SECONDS``; this is for when none runs).
+- ``relay [--once]``: re-send unsettled ``delay_on_commit`` intents (every worker does this on
+  its own every ``ENQUEUE_SWEEP_SECONDS``): a dedicated process, or ``--once`` from cron.
 - ``purge-claims --older-than 30d``: retention for finished claims, in short batches.
 - ``check``: the hygiene audit (the ``celery_hygiene`` system checks). Exits 1 when a message is
   at or above ``--fail-level`` (default ERROR), so it can gate a deploy. ``--tasks`` first lists
@@ -69,6 +71,17 @@ class Command(BaseCommand):
         )
         resend.add_argument("--dry-run", action="store_true", help="List them; send nothing.")
 
+        relay = sub.add_parser(
+            "relay", help="Re-send unsettled delay_on_commit intents until stopped (SIGTERM)."
+        )
+        relay.add_argument("--once", action="store_true", help="One round, then exit (cron).")
+        relay.add_argument(
+            "--interval",
+            type=float,
+            default=None,
+            help="Seconds between rounds (default ENQUEUE_SWEEP_SECONDS).",
+        )
+
         purge = sub.add_parser(
             "purge-claims", help="Delete claims that finished long ago, in short batches."
         )
@@ -106,6 +119,8 @@ class Command(BaseCommand):
             self._stale_claims(options)
         elif subcommand == "resend":
             self._resend(options)
+        elif subcommand == "relay":
+            self._relay(options)
         elif subcommand == "purge-claims":
             self._purge_claims(options)
         else:
@@ -124,6 +139,7 @@ class Command(BaseCommand):
             self.stdout.write(f"No task runs recorded since {format_utc(since)}.")
         else:
             self.stdout.write(_table(rows))
+        self.stdout.write(_intents_line())
         self.stdout.write(_freshness())
 
     def _stale_claims(self, options: dict[str, Any]) -> None:
@@ -165,6 +181,42 @@ class Command(BaseCommand):
                     f"{row['operation']})  {row['status']}  owner={row['owner_task_id']} "
                     f"on {row['owner_worker'] or '?'}  attempts={row['attempts']}"
                 )
+
+    def _relay(self, options: dict[str, Any]) -> None:
+        import signal
+        import threading
+
+        from celery_hygiene import conf
+        from celery_hygiene.claims.dbretry import close_broken_connections
+        from celery_hygiene.failures import intents
+        from celery_hygiene.failures.replay import celery_app
+
+        app = celery_app()
+        stop = threading.Event()
+        if not options["once"]:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: stop.set())
+            self.stdout.write("relay: started")
+        while True:
+            try:
+                done = intents.relay(app)
+            except Exception as exc:  # noqa: BLE001 - database or broker away: next round
+                close_broken_connections()
+                if options["once"]:
+                    raise CommandError(f"relay round failed: {exc!r}") from exc
+                self.stderr.write(f"relay round failed: {exc!r}")
+            else:
+                if options["once"] or done.sent or done.undeliverable or done.failed:
+                    self.stdout.write(
+                        f"relay: sent={done.sent} settled={done.settled} waiting={done.waiting} "
+                        f"undeliverable={done.undeliverable} failed={done.failed}"
+                    )
+            if options["once"]:
+                return
+            interval = options["interval"] or float(conf.get("ENQUEUE_SWEEP_SECONDS"))
+            if stop.wait(interval):
+                self.stdout.write("relay: stopped")
+                return
 
     def _resend(self, options: dict[str, Any]) -> None:
         from celery_hygiene.failures import outbox
@@ -257,6 +309,18 @@ def _audit_only(pattern: str) -> list[checks.CheckMessage]:
     if problem is not None:
         return [problem]
     return [*check_settings(), *audit.audit(app, task_pattern=pattern)]
+
+
+def _intents_line() -> str:
+    """delay_on_commit's intents: what is in flight, how old, how often re-sent, given up."""
+    from celery_hygiene.failures import intents
+
+    found = intents.summary()
+    oldest = "-" if found.oldest_seconds is None else f"{found.oldest_seconds:.0f} s"
+    return (
+        f"Enqueue intents: {found.pending} pending (oldest {oldest}), {found.resent} re-sent "
+        f"(most re-sends: {found.resends}), {found.undeliverable} undeliverable dead letters."
+    )
 
 
 def _freshness() -> str:
