@@ -41,6 +41,7 @@ from typing import Any
 from django.db import connections
 from django.db.models import DateTimeField, ExpressionWrapper
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from celery_hygiene import conf
 
@@ -167,12 +168,17 @@ def _returning(
 def _existing(key: ClaimKey, using: str) -> TaskClaim | None:
     connection = connections[using]
     if connection.vendor != "postgresql":
-        return (
+        # Other backends' claim writes stamp the worker's clock (sql.render), so "now" is read
+        # from that clock too: SQLite's own has millisecond resolution, and a completion stamped
+        # in the same millisecond would look as if it lay in the future.
+        claim = (
             TaskClaim.objects.using(using)
-            .annotate(db_now=Now())
             .filter(entity=key.entity, operation=key.operation)
             .first()
         )
+        if claim is not None:
+            claim.db_now = timezone.now()  # type: ignore[attr-defined]
+        return claim
     sql = existing_sql(connection.ops.quote_name(TaskClaim._meta.db_table))
     row, _ = execute(using, sql, {"entity": key.entity, "operation": key.operation}, fetch=True)
     if row is None:

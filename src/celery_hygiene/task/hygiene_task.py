@@ -35,7 +35,6 @@ from celery_hygiene.failures.retry import (
     coerce_policy,
 )
 from celery_hygiene.models import DeadLetterReason
-from celery_hygiene.task.enqueue import OnCommitMixin, task_id_spec
 from celery_hygiene.task import (
     atomic_path,
     claim_path,
@@ -46,6 +45,7 @@ from celery_hygiene.task import (
     lost_runs,
     plain_path,
 )
+from celery_hygiene.task.enqueue import OnCommitMixin, task_id_spec
 
 # The names this module held before its paths moved out (kept importable from here).
 from celery_hygiene.task.follow_up import FIRST_DEFER_SECONDS
