@@ -17,6 +17,7 @@ from django.db import transaction
 from celery_hygiene.claims import redeliveries
 from celery_hygiene.claims import state as claims
 from celery_hygiene.claims.dbretry import DB_ERRORS
+from celery_hygiene.claims.spec import IdempotencySpec
 from celery_hygiene.claims.state import ClaimKey, Outcome, Ticket
 from celery_hygiene.exceptions import NotFinished
 from celery_hygiene.task import claim_path, claiming, failure, follow_up
@@ -28,7 +29,13 @@ if TYPE_CHECKING:
     AnyTask = HygieneTask[Any, Any]
 
 
-def run(task: AnyTask, key: ClaimKey, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def run(
+    task: AnyTask,
+    spec: IdempotencySpec,
+    key: ClaimKey,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
     using = claims.write_alias()
     ticket: Ticket | None = None
     lost_before = redeliveries.count(task.request, task.name)
@@ -69,8 +76,7 @@ def run(task: AnyTask, key: ClaimKey, args: tuple[Any, ...], kwargs: dict[str, A
         attempt = (ticket.attempts if ticket else 1) + lost_before
         failure.on_body_failure(task, exc, attempt=attempt, ticket=ticket, key=key)
         raise
-    assert task.hygiene_idempotency is not None
-    return claim_path.not_acquired(task, task.hygiene_idempotency, key, claim)
+    return claim_path.not_acquired(task, spec, key, claim)
 
 
 @contextmanager

@@ -26,9 +26,14 @@ if TYPE_CHECKING:
     AnyTask = HygieneTask[Any, Any]
 
 
-def run(task: AnyTask, key: ClaimKey, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    spec = task.hygiene_idempotency
-    assert spec is not None
+def run(
+    task: AnyTask,
+    spec: IdempotencySpec,
+    key: ClaimKey,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """``spec``: the task's own, or the task-id spec of an intent's run (task/enqueue.py)."""
     try:
         claim = claiming.acquire(task, key, using=claims.write_alias())
     except DB_ERRORS as exc:

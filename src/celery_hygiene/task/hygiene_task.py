@@ -129,7 +129,7 @@ class HygieneTask(OnCommitMixin, _TaskBase[_P, _R_co]):
         try:
             key = self._claim_key(spec, args, kwargs)
             path = atomic_path if spec.atomic else claim_path
-            return cast(_R_co, path.run(self, key, args, kwargs))
+            return cast(_R_co, path.run(self, spec, key, args, kwargs))
         except (EntityKeyError, IdempotencyConflict) as exc:
             # The message cannot run as sent; keep it where an operator will see it.
             failure.dead_letter(
