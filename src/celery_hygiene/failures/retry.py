@@ -160,17 +160,8 @@ def _exception_classes(value: Any, where: str, name: str) -> tuple[type[BaseExce
 
 # -- a task that chose no hygiene policy: Celery's own semantics -------------------------------
 
-CELERY_TASK_RETRY_ATTRIBUTES = (
-    "autoretry_for",
-    "dont_autoretry_for",
-    "retry_backoff",
-    "retry_backoff_max",
-    "retry_jitter",
-    "max_retries",
-    "default_retry_delay",
-    "retry_kwargs",
-)
-"""Attributes of a Celery task that decide how Celery retries it (``celery/app/autoretry.py``,
+CELERY_TASK_RETRY_ATTRIBUTES = CELERY_RETRY_OPTIONS
+"""The same names read as a task's attributes: how Celery retries it (``celery/app/autoretry.py``,
 ``Task.retry``)."""
 
 
