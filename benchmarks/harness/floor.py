@@ -43,6 +43,7 @@ def floor_phase() -> dict:
     from django.conf import settings
     from django.db import connections
 
+    from celery_hygiene.claims import sql as claim_sql
     from celery_hygiene.claims import state as claims
     from celery_hygiene.models import TaskClaim
 
@@ -51,8 +52,8 @@ def floor_phase() -> dict:
     conn.ensure_connection()
     pg = conn.connection
     table = conn.ops.quote_name(TaskClaim._meta.db_table)
-    insert = claims._sql(claims._INSERT_SQL, "postgresql", table, True, False)
-    complete = claims._sql(claims._COMPLETE_SQL, "postgresql", table, False, False)
+    insert = claim_sql._sql(claim_sql.INSERT_SQL, "postgresql", table, True, False)
+    complete = claim_sql._sql(claim_sql.COMPLETE_SQL, "postgresql", table, False, False)
     select = f"SELECT * FROM {table} WHERE entity = %(entity)s AND operation = %(operation)s"
     # The one-statement duplicate path, measured here and not used by the library (see docs).
     cte = (
