@@ -7,6 +7,9 @@ because pytest-celery's own ``celery_worker`` needs Docker, which these machines
 
 from __future__ import annotations
 
+import contextlib
+import json
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -125,3 +128,27 @@ def wait_until(
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+@contextlib.contextmanager
+def rabbitmq_policy(queue_name: str, definition: dict[str, object]) -> Iterator[None]:
+    """A RabbitMQ policy on one test queue (``rabbitmqctl set_policy``), cleared on exit."""
+    policy = f"hygiene-test-{uuid.uuid4().hex[:6]}"
+    subprocess.run(
+        [
+            "rabbitmqctl",
+            "-q",
+            "set_policy",
+            "--apply-to",
+            "queues",
+            policy,
+            f"^{queue_name}$",
+            json.dumps(definition),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "clear_policy", policy], capture_output=True)

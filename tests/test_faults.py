@@ -7,10 +7,7 @@ a refused publish, the worker's own database connection cut.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +16,7 @@ import pytest
 from django.db import connection
 
 from celery_hygiene.models import ClaimStatus, DeadLetter, OutboxMessage, TaskClaim
-from tests.conftest import wait_until
+from tests.conftest import rabbitmq_policy, wait_until
 from tests.testapp import tasks_faults as f
 from tests.testapp import tasks_retry
 from tests.testapp.models import Attempt, SideEffect
@@ -155,22 +152,6 @@ def full_queue(queue_name: str) -> Iterator[Callable[[], None]]:
     fills the queue (one message the worker has not taken yet)."""
     from tests.celery_app import app
 
-    policy = f"hygiene-test-{uuid.uuid4().hex[:6]}"
-    subprocess.run(
-        [
-            "rabbitmqctl",
-            "-q",
-            "set_policy",
-            "--apply-to",
-            "queues",
-            policy,
-            f"^{queue_name}$",
-            json.dumps({"max-length": 1, "overflow": "reject-publish"}),
-        ],
-        check=True,
-        capture_output=True,
-    )
-
     def ready() -> int:
         with app.connection_for_write() as conn:
             return int(conn.default_channel.queue_declare(queue_name, passive=True).message_count)
@@ -179,8 +160,8 @@ def full_queue(queue_name: str) -> Iterator[Callable[[], None]]:
         f.record_handover.apply_async(("filler",), queue=queue_name)
         wait_until(lambda: ready() == 1, timeout=10)
 
-    yield fill
-    subprocess.run(["rabbitmqctl", "-q", "clear_policy", policy], capture_output=True)
+    with rabbitmq_policy(queue_name, {"max-length": 1, "overflow": "reject-publish"}):
+        yield fill
 
 
 @pytest.mark.rabbitmq

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
-import uuid
 
 import psycopg
 import pytest
 from django.db import connection
 
 from celery_hygiene.models import ClaimStatus, DeadLetter, DeadLetterStatus, TaskClaim
-from tests.conftest import wait_until
+from tests.conftest import rabbitmq_policy, wait_until
 from tests.testapp import tasks_retry as t
 from tests.testapp.models import Attempt, SideEffect
 
@@ -206,23 +204,8 @@ def parking_queue(queue_name):
         channel.exchange_declare(exchange, "fanout", durable=True)
         channel.queue_declare(parked, durable=True)
         channel.queue_bind(parked, exchange, "")
-    policy = f"hygiene-test-{uuid.uuid4().hex[:6]}"
-    subprocess.run(
-        [
-            "rabbitmqctl",
-            "-q",
-            "set_policy",
-            "--apply-to",
-            "queues",
-            policy,
-            f"^{queue_name}$",
-            json.dumps({"dead-letter-exchange": exchange}),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    yield parked
-    subprocess.run(["rabbitmqctl", "-q", "clear_policy", policy], capture_output=True)
+    with rabbitmq_policy(queue_name, {"dead-letter-exchange": exchange}):
+        yield parked
     with app.connection_for_write() as conn:
         conn.default_channel.queue_delete(parked)
         conn.default_channel.exchange_delete(exchange)
